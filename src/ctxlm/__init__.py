@@ -1,6 +1,20 @@
-"""ctxlm: contextual language models and transfer learning in one PyTorch codebase."""
+"""ctxlm: contextual language models and transfer learning in one PyTorch codebase.
 
+    import ctxlm
+    model = ctxlm.load("runs/gpt2-wt2")          # or a Hugging Face folder, or "gpt2" when online
+    out = model(ids, mask=mask)                  # out.logits, out.hidden.states[0..L]
+    ctxlm.generate(model, ["The history of"], max_new_tokens=40, top_k=40, temperature=0.8)
+    ctxlm.save(model, "path")                    # config.json + model.safetensors + tokenizer files
+"""
+
+from ctxlm.api import load
+from ctxlm.checkpoint import save
+from ctxlm.convert import convert
 from ctxlm.errors import UserError
+from ctxlm.generate import generate, generate_ids
+from ctxlm.outputs import Hidden, LMOutput
+from ctxlm.train import Trainer, TrainConfig
 
-__all__ = ["UserError"]
+__all__ = ["Hidden", "LMOutput", "TrainConfig", "Trainer", "UserError", "convert", "generate", "generate_ids",
+           "load", "save"]
 __version__ = "0.1.0"

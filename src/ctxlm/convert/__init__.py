@@ -1,0 +1,101 @@
+"""Importers of published checkpoints into the native format (config.json + model.safetensors + tokenizer).
+
+A Hub folder holds the reference implementation's `config.json`, its weights (`model.safetensors`, or a
+legacy `pytorch_model.bin` read with `torch.load(weights_only=True)`, which refuses arbitrary objects), and the
+tokenizer files. The family is read from the Hub config's `model_type`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ctxlm.errors import UserError
+
+# Published names that `ctxlm.load` fetches from the Hugging Face Hub when online.
+HUB_MODELS = {
+    "openai-gpt": "openai-community/openai-gpt",
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+
+
+def is_hub_layout(path: Path) -> bool:
+    """A folder in the reference implementation's layout (its config.json names a Hub `model_type`)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "architectures" in json.loads(config.read_text()) or "n_embd" in config.read_text()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:
+    if (path / "model.safetensors").is_file():
+        try:
+            return load_file(path / "model.safetensors")
+        except SafetensorError as err:
+            raise UserError(f"{path / 'model.safetensors'}: truncated or corrupt ({err})") from None
+    if (path / "pytorch_model.bin").is_file():
+        try:  # weights_only: tensors and plain containers only, never arbitrary pickled objects
+            return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure here means the file cannot be trusted or read
+            raise UserError(f"{path / 'pytorch_model.bin'}: refused or unreadable ({err})") from None
+    raise UserError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+def from_hub_folder(path: str | Path) -> nn.Module:
+    """Build a ctxlm model from a folder in the Hugging Face layout."""
+    from ctxlm.convert import hf_gpt
+    from ctxlm.models import build_model
+    from ctxlm.tokenization import Tokenizer
+
+    path = Path(path)
+    hf_config = json.loads((path / "config.json").read_text())
+    hub_type = hf_config.get("model_type")
+    if hub_type not in ("openai-gpt", "gpt2"):
+        raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
+                        "supported: openai-gpt, gpt2")
+    config = hf_gpt.config_from_hf(hf_config)
+    model = build_model(config)
+    model.load_state_dict(hf_gpt.state_dict_from_hf(read_hub_weights(path), config))
+    if (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file():
+        model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
+    return model.eval()
+
+
+def download(name: str) -> Path:
+    """Fetch a published checkpoint's files from the Hub (needs network and `huggingface_hub`)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"downloading {name!r} needs huggingface_hub: pip install 'ctxlm[hub]'") from None
+    try:
+        return Path(snapshot_download(HUB_MODELS[name], allow_patterns=[
+            "config.json", "*.safetensors", "vocab.json", "merges.txt", "tokenizer.json"]))
+    except Exception as err:  # noqa: BLE001 - offline, hub down, gated: all end the same way for the user
+        raise UserError(f"could not download {name!r} ({type(err).__name__}); offline? "
+                        f"Pass a local folder with the checkpoint instead") from None
+
+
+def convert(source: str | Path, destination: str | Path) -> Path:
+    """Import a published checkpoint (a Hub folder, or a published name when online) into `destination`."""
+    from ctxlm.checkpoint import save
+
+    source_path = Path(source)
+    if not source_path.exists():
+        if str(source) not in HUB_MODELS:
+            raise UserError(f"{source}: not a folder, and not a published model ({', '.join(HUB_MODELS)})")
+        source_path = download(str(source))
+    if not is_hub_layout(source_path):
+        raise UserError(f"{source_path}: expected a Hugging Face model folder (config.json + weights)")
+    return save(from_hub_folder(source_path), destination)

@@ -1,0 +1,14 @@
+"""Model families by `model_type`: each maps to the class that `ctxlm.load` builds from a config."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ctxlm.config import ModelConfig
+from ctxlm.models.gpt import GPTLanguageModel
+
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    return MODEL_CLASSES[config.model_type](config)

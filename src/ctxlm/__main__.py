@@ -1,0 +1,3 @@
+from ctxlm.cli import main
+
+main()

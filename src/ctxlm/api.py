@@ -1,0 +1,31 @@
+"""`ctxlm.load`: one entry point for native checkpoints, Hub-layout folders and published names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ctxlm.checkpoint import is_checkpoint, load_checkpoint
+from ctxlm.convert import HUB_MODELS, download, from_hub_folder, is_hub_layout
+from ctxlm.errors import UserError
+
+
+def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """A model in eval mode, with `.tokenizer` and `.config`.
+
+    `name_or_path`: a ctxlm folder (config.json + model.safetensors), a folder in the Hugging Face layout
+    (converted on the fly), or a published name such as "gpt2" (downloaded when online).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        if is_checkpoint(path) and not is_hub_layout(path):
+            return load_checkpoint(path, device=device)
+        if is_hub_layout(path):
+            return from_hub_folder(path).to(device)
+        raise UserError(f"{path}: not a model folder (expected config.json + model.safetensors)")
+    if str(name_or_path) in HUB_MODELS:
+        return from_hub_folder(download(str(name_or_path))).to(device)
+    raise UserError(f"unknown model {str(name_or_path)!r}: not a folder, and not a published name "
+                    f"({', '.join(HUB_MODELS)})")

@@ -1,0 +1,101 @@
+"""The one checkpoint format: a folder with config.json + model.safetensors + tokenizer files.
+
+safetensors holds tensors only, so loading a checkpoint never runs code. Every tensor's name and shape is
+checked against the model the config describes before any weight is copied, and a mismatch names the tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ctxlm.config import load_config
+from ctxlm.errors import UserError
+from ctxlm.models import build_model
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save(model: nn.Module, path: str | Path, *, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write the model (and its tokenizer, if it has one) to the folder `path`, atomically.
+
+    Files go to a temporary sibling folder first, which then replaces `path` by renames: an interrupted save
+    leaves the old checkpoint or the new one, never a mix. `extra(folder)` may add files (training state).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        model.config.save(tmp / CONFIG_FILE)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt", "model_type": model.config.model_type})
+        if getattr(model, "tokenizer", None) is not None:
+            model.tokenizer.save(tmp)
+        if extra is not None:
+            extra(tmp)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the model that `path/config.json` describes and fill it from `path/model.safetensors`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such model folder")
+    config = load_config(path / CONFIG_FILE)
+    model = build_model(config)
+    weights = path / WEIGHTS_FILE
+    load_weights(model, weights)
+    if has_tokenizer(path):
+        from ctxlm.tokenization import Tokenizer
+
+        model.tokenizer = Tokenizer.from_files(path)
+    return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, weights: Path) -> None:
+    """Fill `model` from a safetensors file after checking every tensor's name and shape against it."""
+    if not weights.is_file():
+        raise UserError(f"{weights}: missing (a model folder holds config.json + model.safetensors)")
+    expected = model.state_dict()
+    try:
+        with safe_open(weights, framework="pt") as f:
+            names = set(f.keys())
+            for name in sorted(expected.keys() - names):
+                raise UserError(f"{weights}: tensor {name!r} is missing")
+            for name in sorted(names - expected.keys()):
+                raise UserError(f"{weights}: unexpected tensor {name!r} for model_type {model.config.model_type!r}")
+            for name, target in expected.items():
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape != tuple(target.shape):
+                    raise UserError(f"{weights}: tensor {name!r} has shape {shape}, config expects "
+                                    f"{tuple(target.shape)}")
+            state = {name: f.get_tensor(name) for name in expected}
+    except SafetensorError as err:
+        raise UserError(f"{weights}: not a readable safetensors file, truncated or corrupt ({err})") from None
+    model.load_state_dict(state)
+
+
+def has_tokenizer(path: Path) -> bool:
+    return (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()

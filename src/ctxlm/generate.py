@@ -1,0 +1,113 @@
+"""Text generation for decoders: greedy, temperature, top-k, top-p; batches of prompts with left padding and a
+pre-allocated KV cache, so each new token costs one position of compute rather than the whole prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ctxlm.errors import UserError
+
+
+@dataclass
+class Generated:
+    tokens: list[list[int]]  # the new tokens of each prompt, without the prompt, cut after eos / a stop string
+    scores: Tensor | None = None  # (batch, steps, vocab) logits that chose each token, when asked for
+
+
+def filter_logits(logits: Tensor, *, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set to -inf every logit outside the top k, and outside the smallest set whose probability exceeds top_p."""
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def next_tokens(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator | None) -> Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int = 64,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 eos_id: int | None = None, pad_id: int = 0, seed: int | None = None, use_cache: bool = True,
+                 return_scores: bool = False) -> Generated:
+    """Continue each prompt (token ids); `temperature=0` is greedy decoding."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    context = model.config.max_positions
+    longest = max(len(p) for p in prompts)
+    if longest > context:
+        raise UserError(f"prompt of {longest} tokens is longer than the model's context of {context} positions")
+    max_new_tokens = min(max_new_tokens, context - longest)  # generation stops at the end of the context
+    device = next(model.parameters()).device
+    batch = len(prompts)
+    ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, longest, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):  # left padding: every row's last prompt token sits in the last column
+        ids[i, longest - len(p):] = torch.tensor(p, device=device)
+        mask[i, longest - len(p):] = True
+    padded = not bool(mask.all())
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+
+    was_training = model.training
+    model.eval()
+    cache = model.new_cache(batch, longest + max_new_tokens) if use_cache else None
+    step_ids, new, scores = ids, [], []
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        logits = model(step_ids, mask=mask if padded else None, cache=cache).logits[:, -1].float()
+        token = next_tokens(logits, temperature, top_k, top_p, generator)
+        token = token.masked_fill(done, pad_id)
+        new.append(token)
+        if return_scores:
+            scores.append(logits)
+        if eos_id is not None:
+            done |= token == eos_id
+            if bool(done.all()):
+                break
+        # Tokens after a row's eos are never read back (attention stays within a row), so they need no masking.
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        step_ids = token[:, None] if use_cache else ids
+    model.train(was_training)
+
+    tokens = torch.stack(new, 1).tolist() if new else [[] for _ in prompts]
+    if eos_id is not None:
+        tokens = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in tokens]
+    return Generated(tokens, torch.stack(scores, 1) if return_scores and scores else None)
+
+
+def generate(model: nn.Module, prompts: str | list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, stop: list[str] | None = None,
+             seed: int | None = None, use_cache: bool = True) -> list[str]:
+    """Continue text prompts with the model's own tokenizer; returns the continuations (prompt excluded).
+
+    Each continuation ends at the end-of-text token, or just before the first of the `stop` strings.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise UserError("this model has no tokenizer; load it with ctxlm.load or pass token ids to generate_ids")
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    out = generate_ids(model, tokenizer.encode_batch(texts), max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
+                       pad_id=tokenizer.pad_id, seed=seed, use_cache=use_cache)
+    results = []
+    for row in out.tokens:
+        text = tokenizer.decode(row)
+        for s in stop or []:
+            if s in text:
+                text = text[: text.index(s)]
+        results.append(text)
+    return results

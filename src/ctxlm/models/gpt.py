@@ -1,0 +1,102 @@
+"""GPT (Radford et al., 2018) and GPT-2 (Radford et al., 2019): decoder-only transformers trained as causal LMs.
+
+GPT: 12 post-LN blocks of masked self-attention (768 wide, 12 heads), learned positions over 512 tokens,
+a 40,478-token BPE vocabulary, GELU, and an LM head tied to the token embeddings.
+GPT-2: the same decoder with LayerNorm moved to the input of each sub-block, a final LayerNorm after the last
+block, residual projections initialised at 1/sqrt(2 L), a 50,257-token byte-level BPE and 1,024 positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctxlm.config import GPTConfig
+from ctxlm.errors import UserError
+from ctxlm.nn.attention import KVCache, build_attention_mask
+from ctxlm.nn.blocks import Embeddings, TransformerBlock, init_transformer_weights, positions_from_mask
+from ctxlm.outputs import Hidden, LMOutput
+
+
+class GPT(nn.Module):
+    """The backbone: token ids → every layer's hidden states."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embed = Embeddings(config.vocab_size, config.dim, config.max_positions, dropout=config.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                config.dim, config.n_heads, config.mlp_dim, causal=True, pre_norm=config.pre_norm,
+                dropout=config.dropout, attn_dropout=config.attn_dropout, norm_eps=config.layer_norm_eps,
+            )
+            for _ in range(config.n_layers)
+        )
+        self.final_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps) if config.pre_norm else None
+
+    def forward(self, ids: Tensor, *, mask: Tensor | None = None, segments: Tensor | None = None,
+                memory: list[Tensor] | None = None, cache: KVCache | None = None) -> Hidden:
+        """`ids` (batch, time); `mask` (batch, past + time), True for real tokens, covers cached positions too.
+
+        With a `cache`, `ids` are the tokens after the cached ones. The top state of GPT-2 has the final
+        LayerNorm applied (as in the reference implementation), the others are the residual stream.
+        """
+        if segments is not None or memory is not None:
+            raise ValueError("GPT models take neither segment ids nor memory")
+        batch, time = ids.shape
+        past = cache.length if cache is not None else 0
+        if past + time > self.config.max_positions:
+            raise UserError(
+                f"input of {past + time} tokens is longer than the model's context of "
+                f"{self.config.max_positions} positions"
+            )
+        if mask is not None:
+            positions = positions_from_mask(mask, time)
+        else:
+            positions = torch.arange(past, past + time, device=ids.device)[None]
+        attn_mask = build_attention_mask(time, past + time, causal=True, key_mask=mask)
+
+        x = self.embed(ids, positions)
+        states = [x]
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, i)
+            states.append(x)
+        if self.final_norm is not None:
+            states[-1] = self.final_norm(x)
+        if cache is not None:
+            cache.advance(time)
+        return Hidden(tuple(states))
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """[embeddings, block 1, ..., block L]; GPT-2's final LayerNorm belongs to the top block's group."""
+        groups = [list(self.embed.parameters())] + [list(b.parameters()) for b in self.blocks]
+        if self.final_norm is not None:
+            groups[-1] += list(self.final_norm.parameters())
+        return groups
+
+
+class GPTLanguageModel(nn.Module):
+    """GPT or GPT-2 with its language-model head, whose weights are the token embeddings (tied)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = GPT(config)
+        self.tokenizer = None  # set by ctxlm.load / the trainer; saved beside the weights
+        init_transformer_weights(self, config.init_std, config.n_layers)
+
+    def forward(self, ids: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None) -> LMOutput:
+        hidden = self.backbone(ids, mask=mask, cache=cache)
+        logits = F.linear(hidden.last, self.backbone.embed.tokens.weight)  # (batch, time, vocab)
+        return LMOutput(logits=logits, hidden=hidden)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        return self.backbone.layer_groups()
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        c = self.config
+        param = self.backbone.embed.tokens.weight
+        return KVCache(c.n_layers, batch, c.n_heads, c.dim // c.n_heads, max_len or c.max_positions,
+                       dtype=param.dtype, device=param.device)

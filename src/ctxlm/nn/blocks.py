@@ -1,0 +1,101 @@
+"""Transformer building blocks shared by every family: embeddings, MLP, the block with pre- or post-LN."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctxlm.nn.attention import KVCache, MultiHeadAttention
+
+ACTIVATIONS = {
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT, GPT-2 ("gelu_new"): one fused kernel
+    "gelu": F.gelu,  # BERT (erf form)
+    "relu": F.relu,
+}
+
+
+class Embeddings(nn.Module):
+    """Token + learned absolute position (+ segment) embeddings, optionally LayerNorm'ed, then dropout."""
+
+    def __init__(self, vocab_size: int, dim: int, max_positions: int, *, n_segments: int = 0,
+                 norm_eps: float | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, dim)
+        self.positions = nn.Embedding(max_positions, dim)
+        self.segments = nn.Embedding(n_segments, dim) if n_segments else None
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm_eps is not None else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, ids: Tensor, positions: Tensor, segments: Tensor | None = None) -> Tensor:
+        x = self.tokens(ids) + self.positions(positions)
+        if segments is not None:
+            if self.segments is None:
+                raise ValueError("this model has no segment embeddings")
+            x = x + self.segments(segments)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: Linear → activation → Linear."""
+
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu_tanh") -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden)
+        self.proj = nn.Linear(hidden, dim)
+        self.activation = ACTIVATIONS[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.activation(self.fc(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Attention and MLP sub-layers, each in a residual connection with LayerNorm.
+
+    post-LN (GPT, BERT):  x = LN(x + Attn(x));   x = LN(x + MLP(x))
+    pre-LN  (GPT-2):      x = x + Attn(LN(x));   x = x + MLP(LN(x))
+    """
+
+    def __init__(self, dim: int, n_heads: int, mlp_dim: int, *, causal: bool, pre_norm: bool,
+                 dropout: float = 0.0, attn_dropout: float = 0.0, norm_eps: float = 1e-5,
+                 activation: str = "gelu_tanh") -> None:
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.attn = MultiHeadAttention(dim, n_heads, causal=causal, dropout=attn_dropout)
+        self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLP(dim, mlp_dim, activation)
+        self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.attn_norm(x), mask, cache, layer))
+            return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, mask, cache, layer)))
+        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+
+
+def positions_from_mask(key_mask: Tensor, q_len: int) -> Tensor:
+    """Positions of the last `q_len` tokens counted over real tokens only, so left padding does not shift them."""
+    positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return positions[:, -q_len:]
+
+
+def init_transformer_weights(module: nn.Module, std: float, n_layers: int) -> None:
+    """N(0, std) weights, zero biases, unit LayerNorms; residual output projections scaled by 1/sqrt(2 L).
+
+    The scaling of the projections that write into the residual stream is GPT-2's (§2.3), so the stream's
+    variance does not grow with depth.
+    """
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            scale = (2 * n_layers) ** -0.5 if name.endswith(("attn.out.weight", "mlp.proj.weight")) else 1.0
+            nn.init.normal_(p, mean=0.0, std=std * scale)
+        elif "norm" in name and name.endswith("weight"):
+            nn.init.ones_(p)
+        else:
+            nn.init.zeros_(p)

@@ -1,0 +1,31 @@
+"""What models return: named dataclasses, never tuples whose meaning depends on flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class Hidden:
+    """Every layer's hidden states, bottom to top.
+
+    states[0] is the embedding layer and states[-1] the top layer, each (batch, time, dim). `memory` carries
+    Transformer-XL's segment memory; other families leave it None.
+    """
+
+    states: tuple[Tensor, ...]
+    memory: list[Tensor] | None = None
+
+    @property
+    def last(self) -> Tensor:
+        return self.states[-1]
+
+
+@dataclass
+class LMOutput:
+    """A language model's next-token (or masked-token) logits, (batch, time, vocab), and its hidden states."""
+
+    logits: Tensor
+    hidden: Hidden

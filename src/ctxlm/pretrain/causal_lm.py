@@ -1,0 +1,107 @@
+"""Causal language-model pretraining (GPT, GPT-2): predict each token from the ones before it.
+
+`pretrain_causal_lm` is the whole job behind `ctxlm pretrain --model gpt2`: train (or load) a tokenizer,
+tokenise the corpus once into a memory-mapped cache, build the model, train, report validation perplexity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctxlm.config import GPTConfig
+from ctxlm.errors import UserError
+from ctxlm.models import build_model
+from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, find_text_files
+from ctxlm.tokenization import Tokenizer
+from ctxlm.train import Trainer, TrainConfig
+
+
+def causal_lm_objective(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean next-token cross-entropy over a batch of (inputs, inputs shifted left by one)."""
+    x, y = batch
+    logits = model(x).logits  # (batch, time, vocab)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    return loss, {}
+
+
+@dataclass
+class LMData:
+    """Where the text comes from: a train file or folder, and optionally a separate validation one."""
+
+    train: Path
+    valid: Path | None = None
+    valid_fraction: float = 0.05  # used only without `valid`: the corpus's last 5 % of tokens
+
+    @classmethod
+    def resolve(cls, path: str | Path, valid: str | Path | None = None) -> LMData:
+        """A folder with train.txt[.gz] and valid.txt[.gz] (as wikitext2) uses them as its splits."""
+        path = Path(path)
+        if valid is None and path.is_dir():
+            splits = {name: [p for p in path.iterdir() if p.name in (f"{name}.txt", f"{name}.txt.gz")]
+                      for name in ("train", "valid")}
+            if splits["train"] and splits["valid"]:
+                return cls(splits["train"][0], splits["valid"][0])
+        return cls(path, Path(valid) if valid is not None else None)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CTXLM_CACHE", Path.home() / ".cache" / "ctxlm"))
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    return hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()[:16]
+
+
+def tokenize(path: Path, tokenizer: Tokenizer) -> TokenizedCorpus:
+    end = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    return TokenizedCorpus.build(path, tokenizer.encode_batch, tokenizer.vocab_size, cache_root() / "corpus",
+                                 fingerprint=tokenizer_fingerprint(tokenizer), end_of_document=end)
+
+
+def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfig, train: TrainConfig, *,
+                       block_size: int = 256, batch_size: int = 16, tokenizer: Tokenizer | None = None,
+                       resume: bool = False, eval_batches: int = 50) -> nn.Module:
+    """Pretrain a GPT / GPT-2 on raw text; the model (with its tokenizer) ends in run_dir/checkpoint."""
+    run_dir = Path(run_dir)
+    if block_size > model_config.max_positions:
+        raise UserError(f"block size {block_size} exceeds the model's {model_config.max_positions} positions")
+    if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_files(run_dir / "checkpoint")
+    elif tokenizer is None:
+        files = find_text_files(data.train)
+        print(f"training a {model_config.vocab_size}-token {model_config.model_type} tokenizer "
+              f"on {len(files)} file(s)")
+        tokenizer = Tokenizer.train(files, kind=model_config.model_type, vocab_size=model_config.vocab_size)
+    model_config.vocab_size = tokenizer.vocab_size
+
+    corpus = tokenize(data.train, tokenizer)
+    if data.valid is not None:
+        train_span, valid_span = corpus.split(0.0)[0], tokenize(data.valid, tokenizer).split(0.0)[0]
+    else:
+        train_span, valid_span = corpus.split(data.valid_fraction)
+    train_batches = BlockBatches(train_span, block_size, batch_size, seed=train.seed)
+    valid_batches = BlockBatches(valid_span, block_size, batch_size, seed=train.seed)
+    print(f"corpus: {len(train_span):,} training tokens, {len(valid_span):,} validation tokens "
+          f"({len(train_batches):,} batches of {batch_size}x{block_size} per epoch)")
+
+    torch.manual_seed(train.seed)  # the initial weights are part of the run's seed
+    model = build_model(model_config)
+    model.tokenizer = tokenizer
+    print(f"model: {model_config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data.json").write_text(json.dumps(
+        {"train": str(data.train), "valid": str(data.valid) if data.valid else None,
+         "block_size": block_size, "batch_size": batch_size}, indent=2) + "\n")
+    trainer = Trainer(model, causal_lm_objective, train_batches.batch, train, run_dir,
+                      eval_batches=lambda: valid_batches.eval_batches(eval_batches),
+                      tokens_per_batch=batch_size * block_size)
+    trainer.fit(resume=resume)
+    return model

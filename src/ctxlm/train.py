@@ -1,0 +1,250 @@
+"""One trainer for every objective: AdamW, warm-up + decay, clipping, accumulation, evaluation, checkpoints and
+exact resume.
+
+The trainer knows nothing of model families or tasks. It is given
+- an objective: `objective(model, batch) -> (loss, metrics)`, metrics being scalar tensors;
+- `train_batch(i)`: the i-th micro-batch, a pure function of i (and the data's seed), so that a resumed run sees
+  exactly the batches the uninterrupted one would have;
+- `eval_batches()`: an iterable of validation batches.
+A checkpoint folder holds the model (config.json + model.safetensors + tokenizer) and the training state
+(optimizer moments as safetensors, step and RNG states as JSON/safetensors), written together atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, save
+from ctxlm.errors import UserError
+
+Objective = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 6e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # "cosine", "linear" (decay to min_lr_ratio * lr after warm-up) or "constant"
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = 1.0
+    eval_every: int = 200
+    save_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    max_minutes: float | None = None  # stop (and checkpoint) at the first step past this wall-clock budget
+
+    def validate(self) -> None:
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise UserError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        for name in ("steps", "grad_accum", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based): linear warm-up, then decay."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    floor = config.min_lr_ratio
+    if config.schedule == "linear":
+        return 1.0 - (1.0 - floor) * progress
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases and LayerNorm gains are not shrunk toward zero."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.AdamW:
+    device = groups[0]["params"][0].device
+    fused = device.type in ("cpu", "cuda")  # one kernel for the whole update instead of one per tensor
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
+    for group in optimizer.param_groups:  # strategies may give groups their own rates; the schedule scales them
+        group.setdefault("base_lr", group["lr"])
+    return optimizer
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, objective: Objective, train_batch: Callable[[int], Any],
+                 config: TrainConfig, run_dir: str | Path, *,
+                 eval_batches: Callable[[], Iterable[Any]] | None = None,
+                 param_groups: list[dict] | None = None, tokens_per_batch: int | None = None) -> None:
+        config.validate()
+        self.model, self.objective, self.train_batch = model, objective, train_batch
+        self.config, self.run_dir, self.eval_batches = config, Path(run_dir), eval_batches
+        self.tokens_per_batch = tokens_per_batch
+        self.optimizer = make_optimizer(param_groups or default_param_groups(model, config.weight_decay), config)
+        self.step = 0
+        self.history: list[dict] = []
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoint"
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def fit(self, *, resume: bool = False) -> dict[str, float]:
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_state()
+        else:
+            torch.manual_seed(config.seed)
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (self.run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        start = time.perf_counter()
+        window_loss, window_start, window_steps = None, time.perf_counter(), 0
+        self.model.train()
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        last: dict[str, float] = {}
+        while self.step < config.steps:
+            loss = self.train_step()
+            self.step += 1
+            window_loss = loss if window_loss is None else window_loss + loss
+            window_steps += 1
+            bar.update(1)
+            out_of_time = config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes
+            finished = self.step == config.steps or out_of_time
+            if self.step % config.log_every == 0 or finished:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": self.step, "loss": float(window_loss) / window_steps,  # one sync per window
+                          "lr": self.optimizer.param_groups[0]["lr"]}
+                if self.tokens_per_batch:
+                    record["tokens_per_s"] = self.tokens_per_batch * config.grad_accum * window_steps / elapsed
+                self.log(record)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"})
+                window_loss, window_start, window_steps = None, time.perf_counter(), 0
+            if self.eval_batches is not None and (self.step % config.eval_every == 0 or finished):
+                last = self.evaluate()
+                self.log({"step": self.step, **last})
+                self.model.train()
+            if self.step % config.save_every == 0 or finished:
+                self.save_state()
+            if out_of_time:
+                bar.write(f"time budget of {config.max_minutes} min reached at step {self.step}")
+                break
+        bar.close()
+        self.plot()
+        return last
+
+    def train_step(self) -> Tensor:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss as a tensor (no sync)."""
+        config = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(self.step, config)
+        total = 0.0
+        for micro in range(config.grad_accum):
+            loss, _ = self.objective(self.model, self.train_batch(self.step * config.grad_accum + micro))
+            (loss / config.grad_accum).backward()
+            total = total + loss.detach().float() / config.grad_accum  # stays on the device: no sync
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean of the objective's loss and metrics over the validation batches; perplexity = exp(loss)."""
+        self.model.eval()
+        sums: dict[str, Tensor] = {}
+        count = 0
+        for batch in tqdm(self.eval_batches(), desc="eval", leave=False, dynamic_ncols=True):
+            loss, metrics = self.objective(self.model, batch)
+            for name, value in {"loss": loss, **metrics}.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            count += 1
+        if not count:
+            raise UserError("the validation set gave no batch (too short for the block size?)")
+        result = {f"valid_{name}": float(value) / count for name, value in sums.items()}
+        result["valid_perplexity"] = math.exp(min(result["valid_loss"], 50.0))
+        return result
+
+    # -- logs -----------------------------------------------------------------------------------------------
+    def log(self, record: dict[str, float]) -> None:
+        self.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def plot(self) -> None:
+        """loss.png in the run folder: training loss per logged step, validation loss per evaluation."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (("loss", "train"), ("valid_loss", "validation")):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=label, marker="." if key != "loss" else None)
+        ax.set(xlabel="step", ylabel="loss (nats/token)", title=self.run_dir.name)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "loss.png", dpi=100)
+        plt.close(fig)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Model + optimizer + step + RNG into run_dir/checkpoint, replacing the previous one atomically."""
+        optimizer = self.optimizer.state_dict()
+        tensors = {f"state.{i}.{name}": value.contiguous() for i, state in optimizer["state"].items()
+                   for name, value in state.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {"step": self.step, "train_config": asdict(self.config),
+                 "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
+                                  for g in optimizer["param_groups"]]}
+
+        def write_training_state(folder: Path) -> None:
+            save_file(tensors, folder / OPTIMIZER_FILE)
+            (folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+        save(self.model, self.checkpoint_dir, extra=write_training_state)
+
+    def load_state(self) -> None:
+        folder = self.checkpoint_dir
+        if not (folder / STATE_FILE).is_file():
+            raise UserError(f"{folder}: no checkpoint to resume from (expected {STATE_FILE})")
+        load_weights(self.model, folder / WEIGHTS_FILE)
+        state = json.loads((folder / STATE_FILE).read_text())
+        tensors = load_file(folder / OPTIMIZER_FILE)
+        per_param: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("state."):
+                _, index, name = key.split(".", 2)
+                per_param.setdefault(int(index), {})[name] = value
+        groups = [g | {"betas": tuple(g["betas"])} for g in state["param_groups"]]
+        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step = state["step"]
+        metrics = self.run_dir / "metrics.jsonl"  # drop what the interrupted run logged after its checkpoint
+        if metrics.is_file():
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))

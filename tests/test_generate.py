@@ -1,0 +1,60 @@
+"""Generation: cache equals no cache, greedy equals the reference, sampling filters and batches behave."""
+
+import pytest
+import torch
+
+from ctxlm.generate import filter_logits, generate_ids
+from test_gpt_parity import CONFIGS, reference_pair
+
+
+@pytest.mark.parametrize("spec", [CONFIGS[1], CONFIGS[3]], ids=["gpt2", "gpt"])
+def test_cached_generation_equals_uncached(spec):
+    _, model = reference_pair(*spec)
+    prompts = [[5, 6, 7, 8, 9], [3, 1], [4, 4, 4]]  # ragged: left padding and a per-row position offset
+    cached = generate_ids(model, prompts, max_new_tokens=12, return_scores=True)
+    uncached = generate_ids(model, prompts, max_new_tokens=12, return_scores=True, use_cache=False)
+    assert cached.tokens == uncached.tokens
+    torch.testing.assert_close(cached.scores, uncached.scores, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("spec", [CONFIGS[1], CONFIGS[3]], ids=["gpt2", "gpt"])
+def test_batched_rows_equal_single_prompts(spec):
+    _, model = reference_pair(*spec)
+    prompts = [[5, 6, 7, 8, 9], [3, 1]]
+    batch = generate_ids(model, prompts, max_new_tokens=8, return_scores=True)
+    for i, prompt in enumerate(prompts):
+        alone = generate_ids(model, [prompt], max_new_tokens=8, return_scores=True)
+        assert batch.tokens[i] == alone.tokens[0]
+        torch.testing.assert_close(batch.scores[i], alone.scores[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("spec", [CONFIGS[0], CONFIGS[2]], ids=["gpt2", "gpt"])
+def test_greedy_continuation_equals_reference_generate(spec):
+    ref, model = reference_pair(*spec)
+    prompt = [11, 12, 13, 14]
+    expected = ref.generate(torch.tensor([prompt]), max_new_tokens=15, do_sample=False, pad_token_id=0,
+                            attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):]
+    assert generate_ids(model, [prompt], max_new_tokens=15).tokens[0] == expected.tolist()
+
+
+def test_eos_ends_a_row_and_generation_stops_at_context():
+    _, model = reference_pair(*CONFIGS[0])  # 64 positions
+    first = generate_ids(model, [[1, 2, 3]], max_new_tokens=5).tokens[0]
+    eos = first[2]
+    out = generate_ids(model, [[1, 2, 3]], max_new_tokens=5, eos_id=eos).tokens[0]
+    assert out == first[: first.index(eos) + 1]
+    long = generate_ids(model, [[1] * 60], max_new_tokens=50).tokens[0]
+    assert len(long) == 4  # 60 + 4 = the 64-position context
+
+
+def test_sampling_is_seeded_and_filters_apply():
+    _, model = reference_pair(*CONFIGS[0])
+    kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=5, seed=3)
+    assert generate_ids(model, [[1, 2]], **kwargs).tokens == generate_ids(model, [[1, 2]], **kwargs).tokens
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True, True]]
+    probs = logits.softmax(-1)[0]  # 0.64, 0.24, 0.09, ...: top_p=0.8 keeps the first two
+    assert probs[0] < 0.8 < probs[0] + probs[1]
+    assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, True, True, True]]
+    top1 = generate_ids(model, [[1, 2]], max_new_tokens=6, temperature=1.0, top_k=1, seed=0).tokens
+    assert top1 == generate_ids(model, [[1, 2]], max_new_tokens=6).tokens  # top-1 sampling is greedy

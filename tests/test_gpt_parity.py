@@ -1,0 +1,75 @@
+"""Converted random-initialised `transformers` GPT / GPT-2 models match the reference to 1e-4 (fp32)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from ctxlm.convert.hf_gpt import config_from_hf, state_dict_from_hf  # noqa: E402
+from ctxlm.models.gpt import GPTLanguageModel  # noqa: E402
+
+CONFIGS = [  # (family, layers, heads, head width, positions, vocab) — odd sizes on purpose
+    ("gpt2", 2, 4, 16, 64, 101),
+    ("gpt2", 3, 6, 16, 48, 257),
+    ("gpt", 2, 4, 16, 64, 101),
+    ("gpt", 3, 6, 16, 48, 257),
+]
+
+
+def reference_pair(family, n_layer, n_head, head_dim, n_positions, vocab):
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab, n_positions=n_positions, n_embd=n_head * head_dim, n_layer=n_layer,
+                  n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    if family == "gpt2":
+        ref = transformers.GPT2LMHeadModel(transformers.GPT2Config(**common))
+    else:
+        ref = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**common))
+    ref.eval()
+    with torch.no_grad():  # random LayerNorm parameters, so a swapped norm cannot pass by accident
+        for name, p in ref.named_parameters():
+            if "ln" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    config = config_from_hf(ref.config.to_dict())
+    ours = GPTLanguageModel(config).eval()
+    ours.load_state_dict(state_dict_from_hf(ref.state_dict(), config))
+    return ref, ours
+
+
+@pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"{s[0]}-L{s[1]}-H{s[2]}x{s[3]}-V{s[5]}")
+def test_logits_and_hidden_states_match(spec):
+    ref, ours = reference_pair(*spec)
+    ids = torch.randint(0, spec[5], (3, 17))
+    with torch.no_grad():
+        expected = ref(ids, output_hidden_states=True)
+        got = ours(ids)
+    torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=0)
+    assert len(got.hidden.states) == spec[1] + 1
+    for ours_state, ref_state in zip(got.hidden.states, expected.hidden_states, strict=True):
+        torch.testing.assert_close(ours_state, ref_state, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"{s[0]}-L{s[1]}-H{s[2]}x{s[3]}-V{s[5]}")
+def test_padded_batch_matches_reference(spec):
+    ref, ours = reference_pair(*spec)
+    lengths = [11, 7, 3]
+    ids = torch.randint(0, spec[5], (3, 11))
+    mask = torch.arange(11)[None, :] < torch.tensor(lengths)[:, None]  # right padding
+    with torch.no_grad():
+        expected = ref(ids, attention_mask=mask.long()).logits
+        got = ours(ids, mask=mask).logits
+        alone = [ours(ids[i : i + 1, :n]).logits[0] for i, n in enumerate(lengths)]
+    for i, n in enumerate(lengths):  # padding positions carry no meaning; real ones must agree
+        torch.testing.assert_close(got[i, :n], expected[i, :n], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got[i, :n], alone[i], atol=1e-4, rtol=0)
+
+
+def test_left_padded_batch_equals_unpadded_rows():
+    _, ours = reference_pair(*CONFIGS[1])
+    ids = torch.randint(0, 257, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, :4] = False  # row 1 is left-padded by 4
+    with torch.no_grad():
+        got = ours(ids, mask=mask).logits
+        alone = ours(ids[1:, 4:]).logits
+    torch.testing.assert_close(got[1, 4:], alone[0], atol=1e-4, rtol=0)
+    assert torch.isfinite(got).all()
