@@ -13,7 +13,7 @@ from ctxlm.convert import convert
 from ctxlm.errors import UserError
 from ctxlm.generate import generate, generate_ids
 from ctxlm.outputs import Hidden, LMOutput
-from ctxlm.train import Trainer, TrainConfig
+from ctxlm.train import TrainConfig, Trainer
 
 __all__ = ["Hidden", "LMOutput", "TrainConfig", "Trainer", "UserError", "convert", "generate", "generate_ids",
            "load", "save"]

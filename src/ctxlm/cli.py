@@ -170,7 +170,8 @@ def info(model) -> None:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        result = cli.main(standalone_mode=False)  # returns --help's exit code, or the command's return value
+        sys.exit(result if isinstance(result, int) else 0)
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)

@@ -144,6 +144,7 @@ class Trainer:
                 last = self.evaluate()
                 self.log({"step": self.step, **last})
                 self.model.train()
+                window_start = time.perf_counter()  # tokens/s counts training time only
             if self.step % config.save_every == 0 or finished:
                 self.save_state()
             if out_of_time:
@@ -171,15 +172,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean of the objective's loss and metrics over the validation batches; perplexity = exp(loss)."""
+        """Mean of the objective's loss and metrics over the validation rows; perplexity = exp(loss)."""
         self.model.eval()
         sums: dict[str, Tensor] = {}
         count = 0
         for batch in tqdm(self.eval_batches(), desc="eval", leave=False, dynamic_ncols=True):
             loss, metrics = self.objective(self.model, batch)
+            rows = len(batch[0])  # a last, smaller batch weighs by its rows (LM blocks have equal lengths)
             for name, value in {"loss": loss, **metrics}.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
-            count += 1
+                sums[name] = sums.get(name, 0) + value.detach().float() * rows
+            count += rows
         if not count:
             raise UserError("the validation set gave no batch (too short for the block size?)")
         result = {f"valid_{name}": float(value) / count for name, value in sums.items()}

@@ -57,7 +57,8 @@ def state_dict_from_hf(hf_state: dict[str, Tensor], config: GPTConfig) -> dict[s
 
     missing = [theirs for theirs in names.values() if theirs not in hf_state]
     if missing:
-        raise UserError(f"checkpoint lacks {len(missing)} tensor(s) a {config.model_type} model needs, e.g. {missing[0]}")
+        raise UserError(f"checkpoint lacks {len(missing)} tensor(s) that a {config.model_type} model needs, "
+                        f"e.g. {missing[0]}")
     ours = {}
     for our_name, their_name in names.items():
         tensor = hf_state[their_name]

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 from ctxlm.config import GPTConfig
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
-from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, find_text_files
+from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan, find_text_files
 from ctxlm.tokenization import Tokenizer
-from ctxlm.train import Trainer, TrainConfig
+from ctxlm.train import TrainConfig, Trainer
 
 
 def causal_lm_objective(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -84,7 +84,7 @@ def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfi
 
     corpus = tokenize(data.train, tokenizer)
     if data.valid is not None:
-        train_span, valid_span = corpus.split(0.0)[0], tokenize(data.valid, tokenizer).split(0.0)[0]
+        train_span, valid_span = TokenSpan(corpus.ids), TokenSpan(tokenize(data.valid, tokenizer).ids)
     else:
         train_span, valid_span = corpus.split(data.valid_fraction)
     train_batches = BlockBatches(train_span, block_size, batch_size, seed=train.seed)

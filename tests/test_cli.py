@@ -1,0 +1,100 @@
+"""The command line: bad input gives one line naming the file or value, exit status 1, no traceback."""
+
+import gzip
+import shutil
+import sys
+
+import pytest
+
+from ctxlm.cli import main
+
+
+def ctxlm(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["ctxlm", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def assert_user_error(result, *fragments):
+    code, _, err = result
+    assert code == 1, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # progress bars may precede it
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def pretrain(monkeypatch, capsys, tmp_path, data):
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    return ctxlm(monkeypatch, capsys, "pretrain", "--data", data, "--out", tmp_path / "run", "--steps", 1)
+
+
+def test_missing_corpus(monkeypatch, capsys, tmp_path):
+    assert_user_error(pretrain(monkeypatch, capsys, tmp_path, tmp_path / "nope.txt"), "nope.txt")
+
+
+def test_unknown_data_set_name_says_where_to_put_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("CTXLM_DATA", str(tmp_path))
+    assert_user_error(pretrain(monkeypatch, capsys, tmp_path, "wikitext9"), "wikitext9", "CTXLM_DATA")
+
+
+def test_empty_corpus(monkeypatch, capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("\n  \n")
+    assert_user_error(pretrain(monkeypatch, capsys, tmp_path, tmp_path / "empty"), "empty")
+
+
+def test_binary_file(monkeypatch, capsys, tmp_path):
+    (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 10)
+    assert_user_error(pretrain(monkeypatch, capsys, tmp_path, tmp_path / "blob.txt"), "blob.txt", "binary")
+
+
+def test_non_utf8_file_names_file_and_line(monkeypatch, capsys, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("first line\nsecond caf\xe9 line\n".encode("latin-1"))
+    assert_user_error(pretrain(monkeypatch, capsys, tmp_path, tmp_path / "latin1.txt"), "latin1.txt:2")
+
+
+def test_corrupt_gzip(monkeypatch, capsys, tmp_path):
+    data = gzip.compress(b"some text\n" * 1000)
+    (tmp_path / "cut.txt.gz").write_bytes(data[: len(data) // 2])
+    assert_user_error(pretrain(monkeypatch, capsys, tmp_path, tmp_path / "cut.txt.gz"), "cut.txt.gz")
+
+
+def test_unknown_model_name(monkeypatch, capsys):
+    assert_user_error(ctxlm(monkeypatch, capsys, "info", "gpt5-turbo"), "gpt5-turbo", "unknown model")
+
+
+def test_truncated_checkpoint(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert_user_error(ctxlm(monkeypatch, capsys, "info", broken), "model.safetensors")
+
+
+def test_garbage_checkpoint_and_bad_config(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "garbage")
+    (broken / "model.safetensors").write_bytes(b"\x80\x04not a tensor file at all")
+    assert_user_error(ctxlm(monkeypatch, capsys, "info", broken), "model.safetensors")
+    (broken / "config.json").write_text('{"model_type": "gpt2", "n_layers": "four"}')
+    assert_user_error(ctxlm(monkeypatch, capsys, "info", broken), "config.json", "n_layers")
+
+
+def test_prompt_longer_than_context(monkeypatch, capsys, tiny_model_dir):
+    prompt = "the cat sees the house . " * 40  # far more than 32 positions
+    assert_user_error(ctxlm(monkeypatch, capsys, "generate", tiny_model_dir, prompt), "longer than", "32")
+
+
+def test_generate_and_info_work(monkeypatch, capsys, tiny_model_dir):
+    code, out, _ = ctxlm(monkeypatch, capsys, "generate", tiny_model_dir, "the cat", "--max-new-tokens", 5)
+    assert code == 0 and out.startswith("the cat")
+    code, out, _ = ctxlm(monkeypatch, capsys, "info", tiny_model_dir)
+    assert code == 0 and "layer groups" in out and "gpt2" in out
+
+
+@pytest.mark.parametrize("command", ["pretrain", "generate", "convert", "info"])
+def test_help_teaches_with_examples(monkeypatch, capsys, command):
+    code, out, _ = ctxlm(monkeypatch, capsys, command, "--help")
+    assert code == 0 and "Examples:" in out and f"ctxlm {command}" in out
