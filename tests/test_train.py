@@ -1,6 +1,8 @@
 """The trainer: loss falls on a fixed seed, a resumed run equals an uninterrupted one, schedules are right."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -44,13 +46,15 @@ class Interrupt(Exception):
     pass
 
 
-def run(run_dir, *, stop_at=None, resume=False, steps=12):
+def run(run_dir, *, stop_at=None, ctrl_c_at=None, resume=False, steps=12):
     model = tiny_model()
     batches = synthetic_batches()
 
     def batch(i):
         if stop_at is not None and i == stop_at:
             raise Interrupt  # as if the process were killed while fetching this batch
+        if ctrl_c_at is not None and i == ctrl_c_at:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C in the middle of a step
         return batches.batch(i)
 
     config = TrainConfig(steps=steps, lr=1e-2, warmup_steps=3, save_every=4, eval_every=100, log_every=1,
@@ -70,6 +74,17 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     assert ref_trainer.history[-1]["loss"] == trainer.history[-1]["loss"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # the interrupted run's records after step 8 were dropped, none repeat
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
+    reference, _ = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 6"):
+        run(tmp_path / "b", ctrl_c_at=2 * 5 + 1)  # inside step 6 (micro-batches 10 and 11)
+    state = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 6  # not a save_every multiple: saved because of the interrupt
+    resumed, _ = run(tmp_path / "b", resume=True)
+    for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
 
 
 def test_resume_without_checkpoint_is_a_user_error(tmp_path):

@@ -12,10 +12,13 @@ A checkpoint folder holds the model (config.json + model.safetensors + tokenizer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +94,31 @@ def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.AdamW
     return optimizer
 
 
+@contextlib.contextmanager
+def graceful_interrupt(say: Callable[[str], None]) -> Iterator[threading.Event]:
+    """The first Ctrl-C asks the loop to stop after the current step (it then checkpoints); a second aborts.
+
+    Stopping between steps keeps the checkpoint consistent: a KeyboardInterrupt raised inside an optimizer step
+    could otherwise leave weights updated but the step counter not.
+    """
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        say("interrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train_batch: Callable[[int], Any],
                  config: TrainConfig, run_dir: str | Path, *,
@@ -119,9 +147,19 @@ class Trainer:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         (self.run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
         start = time.perf_counter()
-        window_loss, window_start, window_steps = None, time.perf_counter(), 0
         self.model.train()
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        with graceful_interrupt(bar.write) as interrupted:
+            last = self._loop(bar, start, interrupted)
+        bar.close()
+        self.plot()
+        if interrupted.is_set():
+            raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved in {self.checkpoint_dir}")
+        return last
+
+    def _loop(self, bar: tqdm, start: float, interrupted: threading.Event) -> dict[str, float]:
+        config = self.config
+        window_loss, window_start, window_steps = None, time.perf_counter(), 0
         last: dict[str, float] = {}
         while self.step < config.steps:
             loss = self.train_step()
@@ -130,7 +168,7 @@ class Trainer:
             window_steps += 1
             bar.update(1)
             out_of_time = config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes
-            finished = self.step == config.steps or out_of_time
+            finished = self.step == config.steps or out_of_time or interrupted.is_set()
             if self.step % config.log_every == 0 or finished:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": self.step, "loss": float(window_loss) / window_steps,  # one sync per window
@@ -140,7 +178,8 @@ class Trainer:
                 self.log(record)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"})
                 window_loss, window_start, window_steps = None, time.perf_counter(), 0
-            if self.eval_batches is not None and (self.step % config.eval_every == 0 or finished):
+            if self.eval_batches is not None and (self.step % config.eval_every == 0 or finished) \
+                    and not interrupted.is_set():
                 last = self.evaluate()
                 self.log({"step": self.step, **last})
                 self.model.train()
@@ -149,9 +188,8 @@ class Trainer:
                 self.save_state()
             if out_of_time:
                 bar.write(f"time budget of {config.max_minutes} min reached at step {self.step}")
+            if finished:
                 break
-        bar.close()
-        self.plot()
         return last
 
     def train_step(self) -> Tensor:

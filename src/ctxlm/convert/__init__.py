@@ -29,14 +29,12 @@ HUB_MODELS = {
 
 
 def is_hub_layout(path: Path) -> bool:
-    """A folder in the reference implementation's layout (its config.json names a Hub `model_type`)."""
-    config = path / "config.json"
-    if not config.is_file():
-        return False
+    """A folder in the reference implementation's layout: its config.json uses the Hub's key names."""
     try:
-        return "architectures" in json.loads(config.read_text()) or "n_embd" in config.read_text()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(config, dict) and bool({"architectures", "n_embd", "hidden_size"} & config.keys())
 
 
 def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,72 @@
+"""Importing Hub-layout GPT / GPT-2 folders, and the native checkpoint round trip."""
+
+import pickle
+
+import pytest
+import torch
+
+import ctxlm
+from ctxlm.errors import UserError
+from test_gpt_parity import CONFIGS, reference_pair
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("spec", [CONFIGS[0], CONFIGS[2]], ids=["gpt2", "gpt"])
+def test_convert_hub_folder_then_load_gives_reference_logits(tmp_path, spec):
+    ref, _ = reference_pair(*spec)
+    ref.save_pretrained(tmp_path / "hub")  # model.safetensors + config.json, as on the Hub
+    ctxlm.convert(tmp_path / "hub", tmp_path / "native")
+    ids = torch.randint(0, spec[5], (2, 9))
+    with torch.no_grad():
+        expected = ref(ids).logits
+    for model in (ctxlm.load(tmp_path / "native"), ctxlm.load(tmp_path / "hub")):
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, expected, atol=1e-4, rtol=0)
+
+
+def test_legacy_bin_loads_with_weights_only_and_refuses_pickled_code(tmp_path):
+    ref, _ = reference_pair(*CONFIGS[0])
+    folder = tmp_path / "legacy"
+    ref.save_pretrained(folder, safe_serialization=False)
+    if not (folder / "pytorch_model.bin").exists():  # newer transformers always write safetensors
+        (folder / "model.safetensors").unlink()
+        torch.save(ref.state_dict(), folder / "pytorch_model.bin")
+    ids = torch.randint(0, 101, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(ctxlm.load(folder)(ids).logits, ref(ids).logits, atol=1e-4, rtol=0)
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": Exploit()}))
+    with pytest.raises(UserError, match="pytorch_model.bin"):
+        ctxlm.load(folder)
+
+
+def test_save_load_round_trip_keeps_weights_and_tokenizer(tmp_path, tiny_model_dir):
+    model = ctxlm.load(tiny_model_dir)
+    again = ctxlm.load(ctxlm.save(model, tmp_path / "copy"))
+    for (name, p), q in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert again.tokenizer.encode("the cat sees") == model.tokenizer.encode("the cat sees")
+    assert [len(g) for g in again.layer_groups()] == [2, 12, 14]  # embeddings, block 1, block 2 + final norm
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    config["dim"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"tensor 'backbone\.\S+' has shape"):
+        ctxlm.load(folder)
+
+
+def test_published_name_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="gpt2"):
+        ctxlm.load("gpt2")
