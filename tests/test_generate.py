@@ -58,3 +58,15 @@ def test_sampling_is_seeded_and_filters_apply():
     assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, True, True, True]]
     top1 = generate_ids(model, [[1, 2]], max_new_tokens=6, temperature=1.0, top_k=1, seed=0).tokens
     assert top1 == generate_ids(model, [[1, 2]], max_new_tokens=6).tokens  # top-1 sampling is greedy
+
+
+def test_text_generation_stops_before_stop_strings(tiny_model_dir):
+    import ctxlm
+
+    model = ctxlm.load(tiny_model_dir)
+    free = ctxlm.generate(model, ["the cat", "a dog sees"], max_new_tokens=12)
+    assert len(free) == 2 and all(isinstance(t, str) for t in free)
+    cut = free[0][len(free[0]) // 2:][:2]
+    assert cut, free
+    stopped = ctxlm.generate(model, ["the cat"], max_new_tokens=12, stop=[cut])[0]
+    assert stopped == free[0][: free[0].index(cut)]
