@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ctxlm.checkpoint import is_checkpoint, load_checkpoint
-from ctxlm.convert import HUB_MODELS, download, from_hub_folder, is_hub_layout
+from ctxlm.convert import HUB_MODELS, download, from_hub_folder, is_hub_layout, packaged_model_path
 from ctxlm.errors import UserError
 
 
@@ -16,7 +16,8 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> nn.
     """A model in eval mode, with `.tokenizer` and `.config`.
 
     `name_or_path`: a ctxlm folder (config.json + model.safetensors), a folder in the Hugging Face layout
-    (converted on the fly), or a published name such as "gpt2" (downloaded when online).
+    (converted on the fly), "minilm" (the packaged all-MiniLM-L6-v2, offline), or a published name such as
+    "gpt2" (downloaded when online).
     """
     path = Path(name_or_path)
     if path.is_dir():
@@ -25,7 +26,10 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> nn.
         if is_hub_layout(path):
             return from_hub_folder(path).to(device)
         raise UserError(f"{path}: not a model folder (expected config.json + model.safetensors)")
+    packaged = packaged_model_path(str(name_or_path))
+    if packaged is not None:
+        return from_hub_folder(packaged).to(device)
     if str(name_or_path) in HUB_MODELS:
         return from_hub_folder(download(str(name_or_path))).to(device)
     raise UserError(f"unknown model {str(name_or_path)!r}: not a folder, and not a published name "
-                    f"({', '.join(HUB_MODELS)})")
+                    f"(minilm, {', '.join(HUB_MODELS)})")

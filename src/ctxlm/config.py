@@ -62,19 +62,59 @@ class GPTConfig(ModelConfig):
         return self.model_type == "gpt2"
 
     def validate(self) -> None:
-        if self.model_type not in self.model_types:
-            raise UserError(f"config: model_type {self.model_type!r} is not one of {self.model_types}")
-        for name in ("vocab_size", "max_positions", "dim", "n_layers", "n_heads", "mlp_dim"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"config: {name} must be positive, got {getattr(self, name)}")
-        if self.dim % self.n_heads:
-            raise UserError(f"config: dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
+        _validate_transformer(self)
 
 
-CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig]
+@dataclass
+class BertConfig(ModelConfig):
+    """BERT (Devlin et al. 2018): a bidirectional post-LN transformer encoder with segment embeddings.
+
+    The heads are optional because published encoders often ship without them (sentence-embedding models
+    such as MiniLM keep only the pooler): a model converted without a head says so here.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("bert",)
+
+    model_type: str = "bert"
+    vocab_size: int = 30522
+    max_positions: int = 512
+    n_segments: int = 2
+    dim: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    mlp_dim: int | None = None  # None: 4 * dim
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    pooler: bool = True  # tanh(W h_[CLS]): the input of next-sentence prediction
+    mlm_head: bool = True
+    nsp_head: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mlp_dim is None:
+            self.mlp_dim = 4 * self.dim
+
+    def validate(self) -> None:
+        _validate_transformer(self)
+        if self.nsp_head and not self.pooler:
+            raise UserError("config: nsp_head needs the pooler (pooler: true)")
+
+
+def _validate_transformer(config: GPTConfig | BertConfig) -> None:
+    if config.model_type not in config.model_types:
+        raise UserError(f"config: model_type {config.model_type!r} is not one of {config.model_types}")
+    for name in ("vocab_size", "max_positions", "dim", "n_layers", "n_heads", "mlp_dim"):
+        if getattr(config, name) <= 0:
+            raise UserError(f"config: {name} must be positive, got {getattr(config, name)}")
+    if config.dim % config.n_heads:
+        raise UserError(f"config: dim {config.dim} is not divisible by n_heads {config.n_heads}")
+    for name in ("dropout", "attn_dropout"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise UserError(f"config: {name} must be in [0, 1), got {getattr(config, name)}")
+
+
+CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig]
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -98,7 +138,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> ModelConfi
         expected = fields[key].type  # a string: annotations are postponed
         wrong_int = expected.startswith("int") and not isinstance(value, int | None)
         wrong_float = expected == "float" and not isinstance(value, int | float)
-        if wrong_int or wrong_float:
+        wrong_bool = expected == "bool" and not isinstance(value, bool)
+        if wrong_int or wrong_float or wrong_bool:
             raise UserError(f"{source}: {key} should be {expected}, got {value!r}")
     config = cls(**data)
     try:

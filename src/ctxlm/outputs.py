@@ -29,3 +29,17 @@ class LMOutput:
 
     logits: Tensor
     hidden: Hidden
+
+
+@dataclass
+class EncoderOutput:
+    """A BERT-style encoder's outputs; a head the checkpoint lacks gives None."""
+
+    hidden: Hidden
+    pooled: Tensor | None = None  # (batch, dim): tanh(W h_[CLS] + b), the pooler
+    logits: Tensor | None = None  # (batch, time, vocab): masked-LM logits
+    nsp_logits: Tensor | None = None  # (batch, 2): class 0 = B follows A, 1 = B is random
+
+    @property
+    def mlm_logits(self) -> Tensor | None:
+        return self.logits

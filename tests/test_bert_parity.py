@@ -1,0 +1,86 @@
+"""Converted random-initialised `transformers` BERT models match the reference: states 1e-5, heads 1e-4."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from ctxlm.convert.hf_bert import config_from_hf, state_dict_from_hf  # noqa: E402
+from ctxlm.models.bert import BertModel  # noqa: E402
+
+CONFIGS = [  # (layers, heads, head width, intermediate, vocab)
+    (2, 4, 16, 128, 97),
+    (3, 6, 16, 200, 211),
+]
+
+
+def reference_pair(layers, heads, head_dim, intermediate, vocab, cls=None):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=vocab, hidden_size=heads * head_dim, num_hidden_layers=layers,
+                                     num_attention_heads=heads, intermediate_size=intermediate,
+                                     max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    ref = (cls or transformers.BertForPreTraining)(config).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    state = ref.state_dict()
+    ours_config = config_from_hf(config.to_dict(), state)
+    ours = BertModel(ours_config).eval()
+    ours.load_state_dict(state_dict_from_hf(state, ours_config))
+    return ref, ours
+
+
+def padded_pairs(vocab):
+    torch.manual_seed(1)
+    ids = torch.randint(5, vocab, (3, 13))
+    segments = torch.zeros_like(ids)
+    segments[:, 7:] = 1
+    lengths = torch.tensor([13, 10, 6])
+    mask = torch.arange(13)[None] < lengths[:, None]
+    return ids, segments, mask, lengths
+
+
+@pytest.mark.parametrize("spec", CONFIGS, ids=lambda s: f"L{s[0]}-H{s[1]}x{s[2]}")
+def test_pretraining_model_matches_reference(spec):
+    ref, ours = reference_pair(*spec)
+    ids, segments, mask, lengths = padded_pairs(spec[4])
+    with torch.no_grad():
+        expected = ref(ids, attention_mask=mask.long(), token_type_ids=segments, output_hidden_states=True)
+        got = ours(ids, mask=mask, segments=segments)
+    assert len(got.hidden.states) == spec[0] + 1
+    for i, n in enumerate(lengths.tolist()):  # real positions only: padding carries no meaning
+        for layer, (a, b) in enumerate(zip(got.hidden.states, expected.hidden_states, strict=True)):
+            torch.testing.assert_close(a[i, :n], b[i, :n], atol=1e-5, rtol=0, msg=f"layer {layer}")
+        torch.testing.assert_close(got.mlm_logits[i, :n], expected.prediction_logits[i, :n], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.nsp_logits, expected.seq_relationship_logits, atol=1e-4, rtol=0)
+
+
+def test_masked_positions_score_only_those():
+    _, ours = reference_pair(*CONFIGS[0])
+    ids, segments, mask, _ = padded_pairs(CONFIGS[0][4])
+    chosen = torch.zeros_like(ids, dtype=torch.bool)
+    chosen[0, 3] = chosen[2, 1] = True
+    with torch.no_grad():
+        full = ours(ids, mask=mask, segments=segments).logits
+        part = ours(ids, mask=mask, segments=segments, masked_positions=chosen).logits
+    torch.testing.assert_close(part, full[chosen], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["BertModel", "BertForMaskedLM"])
+def test_layouts_without_some_heads(layout):
+    ref, ours = reference_pair(*CONFIGS[0], cls=getattr(transformers, layout))
+    config = ours.config
+    assert (config.pooler, config.mlm_head, config.nsp_head) == (
+        (True, False, False) if layout == "BertModel" else (False, True, False))
+    ids, segments, mask, lengths = padded_pairs(CONFIGS[0][4])
+    with torch.no_grad():
+        expected = ref(ids, attention_mask=mask.long(), token_type_ids=segments)
+        got = ours(ids, mask=mask, segments=segments)
+    if layout == "BertModel":
+        torch.testing.assert_close(got.pooled, expected.pooler_output, atol=1e-5, rtol=0)
+        assert got.logits is None
+    else:
+        for i, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(got.logits[i, :n], expected.logits[i, :n], atol=1e-4, rtol=0)
