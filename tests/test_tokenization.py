@@ -116,7 +116,7 @@ def test_small_corpus_gives_at_most_the_vocab_size() -> None:
     assert 260 < tok.vocab_size < 5000
 
 
-@pytest.mark.parametrize(("kind", "size"), [("gpt2", 259), ("gpt", 5), ("gpt", 20), ("bert", 100)])
+@pytest.mark.parametrize(("kind", "size"), [("gpt2", 259), ("gpt", 5), ("gpt", 20), ("bert", 20), ("wordpiece", 1000)])
 def test_impossible_vocab_size_or_unknown_kind(kind: str, size: int) -> None:
     with pytest.raises(UserError, match="vocab_size|kind"):
         Tokenizer.train(iter(CORPUS), kind, size)
@@ -302,7 +302,7 @@ def test_from_files_errors_name_the_file(tmp_path: Path, gpt2: Tokenizer) -> Non
         Tokenizer.from_files(published)
 
     gpt2.save(tmp_path / "saved")
-    (tmp_path / "saved" / "tokenizer_config.json").write_text('{"kind": "bert"}')
+    (tmp_path / "saved" / "tokenizer_config.json").write_text('{"kind": "t5"}')
     with pytest.raises(UserError, match=r"tokenizer_config\.json.*unknown tokenizer kind"):
         Tokenizer.from_files(tmp_path / "saved")
     config = {"kind": "gpt2", "special_tokens": {"eos": "<x>"}}
