@@ -52,38 +52,41 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: 
         raise UserError(f"prompt of {longest} tokens is longer than the model's context of {context} positions")
     max_new_tokens = min(max_new_tokens, context - longest)  # generation stops at the end of the context
     device = next(model.parameters()).device
-    batch = len(prompts)
-    ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(batch, longest, dtype=torch.bool, device=device)
-    for i, p in enumerate(prompts):  # left padding: every row's last prompt token sits in the last column
-        ids[i, longest - len(p):] = torch.tensor(p, device=device)
-        mask[i, longest - len(p):] = True
+    batch, total = len(prompts), longest + max_new_tokens
+    # Ids and mask of the whole run are allocated once and filled in as tokens come: a step slices them
+    # rather than concatenating. Left padding puts every row's last prompt token in column longest - 1.
+    ids = torch.full((batch, total), pad_id, dtype=torch.long, device=device)
+    mask = torch.ones(batch, total, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):longest] = torch.tensor(p, device=device)
+        mask[i, :longest - len(p)] = False
     padded = not bool(mask.all())
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
 
     was_training = model.training
     model.eval()
-    cache = model.new_cache(batch, longest + max_new_tokens) if use_cache else None
-    step_ids, new, scores = ids, [], []
+    cache = model.new_cache(batch, total) if use_cache else None
+    end, scores = longest, []  # ids[:, :end] are known
+    step_ids = ids[:, :end]
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
-        logits = model(step_ids, mask=mask if padded else None, cache=cache).logits[:, -1].float()
+        out = model(step_ids, mask=mask[:, :end] if padded else None, cache=cache, last_only=True)
+        logits = out.logits[:, -1].float()
         token = next_tokens(logits, temperature, top_k, top_p, generator)
         token = token.masked_fill(done, pad_id)
-        new.append(token)
+        # Tokens after a row's eos are never read back (attention stays within a row), so they need no masking.
+        ids[:, end] = token
+        end += 1
         if return_scores:
             scores.append(logits)
         if eos_id is not None:
             done |= token == eos_id
             if bool(done.all()):
                 break
-        # Tokens after a row's eos are never read back (attention stays within a row), so they need no masking.
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        step_ids = token[:, None] if use_cache else ids
+        step_ids = ids[:, end - 1:end] if use_cache else ids[:, :end]
     model.train(was_training)
 
-    tokens = torch.stack(new, 1).tolist() if new else [[] for _ in prompts]
+    tokens = ids[:, longest:end].tolist()
     if eos_id is not None:
         tokens = [row[: row.index(eos_id) + 1] if eos_id in row else row for row in tokens]
     return Generated(tokens, torch.stack(scores, 1) if return_scores and scores else None)

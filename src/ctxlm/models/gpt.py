@@ -9,12 +9,11 @@ block, residual projections initialised at 1/sqrt(2 L), a 50,257-token byte-leve
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlm.config import GPTConfig
 from ctxlm.errors import UserError
-from ctxlm.nn.attention import KVCache, build_attention_mask
+from ctxlm.nn.attention import KVCache, TransposedCopy, build_attention_mask
 from ctxlm.nn.blocks import Embeddings, TransformerBlock, init_transformer_weights, positions_from_mask
 from ctxlm.outputs import Hidden, LMOutput
 
@@ -86,10 +85,15 @@ class GPTLanguageModel(nn.Module):
         self.backbone = GPT(config)
         self.tokenizer = None  # set by ctxlm.load / the trainer; saved beside the weights
         init_transformer_weights(self, config.init_std, config.n_layers)
+        self.head_copy = TransposedCopy()  # the tied LM head, read transposed when decoding
 
-    def forward(self, ids: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None) -> LMOutput:
+    def forward(self, ids: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> LMOutput:
+        """`last_only`: logits of the last position only, (batch, 1, vocab), all that generation reads; it
+        spares the LM-head product over the rest of a prompt (the largest matrix of a small model)."""
         hidden = self.backbone(ids, mask=mask, cache=cache)
-        logits = F.linear(hidden.last, self.backbone.embed.tokens.weight)  # (batch, time, vocab)
+        top = hidden.last[:, -1:] if last_only else hidden.last
+        logits = self.head_copy.linear(top, self.backbone.embed.tokens.weight)  # (batch, time or 1, vocab)
         return LMOutput(logits=logits, hidden=hidden)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:

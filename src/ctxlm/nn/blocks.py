@@ -7,7 +7,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctxlm.nn.attention import KVCache, MultiHeadAttention
+from ctxlm.nn.attention import DecodingLinear, KVCache, MultiHeadAttention
 
 ACTIVATIONS = {
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT, GPT-2 ("gelu_new"): one fused kernel
@@ -44,7 +44,7 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int, activation: str = "gelu_tanh") -> None:
         super().__init__()
-        self.fc = nn.Linear(dim, hidden)
+        self.fc = DecodingLinear(dim, hidden)
         self.proj = nn.Linear(hidden, dim)
         self.activation = ACTIVATIONS[activation]
 
@@ -85,15 +85,16 @@ def positions_from_mask(key_mask: Tensor, q_len: int) -> Tensor:
     return positions[:, -q_len:]
 
 
-def init_transformer_weights(module: nn.Module, std: float, n_layers: int) -> None:
-    """N(0, std) weights, zero biases, unit LayerNorms; residual output projections scaled by 1/sqrt(2 L).
+def init_transformer_weights(module: nn.Module, std: float, n_layers: int | None) -> None:
+    """N(0, std) weights, zero biases, unit LayerNorms; with `n_layers`, residual projections scaled by 1/sqrt(2 L).
 
     The scaling of the projections that write into the residual stream is GPT-2's (§2.3), so the stream's
-    variance does not grow with depth.
+    variance does not grow with depth; BERT (post-LN) has none: pass n_layers=None.
     """
+    residual = ("attn.out.weight", "mlp.proj.weight")
     for name, p in module.named_parameters():
         if p.dim() >= 2:
-            scale = (2 * n_layers) ** -0.5 if name.endswith(("attn.out.weight", "mlp.proj.weight")) else 1.0
+            scale = (2 * n_layers) ** -0.5 if n_layers and name.endswith(residual) else 1.0
             nn.init.normal_(p, mean=0.0, std=std * scale)
         elif "norm" in name and name.endswith("weight"):
             nn.init.ones_(p)

@@ -1,0 +1,36 @@
+"""Speed-only code paths of the GPT models give what the plain paths give."""
+
+import pytest
+import torch
+
+from test_gpt_parity import CONFIGS, reference_pair
+
+pytest.importorskip("transformers")
+
+
+def test_decoding_copies_equal_plain_products_and_follow_weight_changes():
+    _, model = reference_pair(*CONFIGS[1])
+    ids = torch.tensor([[5], [6]])  # two single-row sequences: decoding-sized products
+    with torch.no_grad():
+        fast = model(ids).logits
+        with torch.enable_grad():  # the plain F.linear path
+            plain = model(ids).logits.detach()
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+        assert all(p.is_contiguous() for p in model.parameters())  # parameters keep nn.Linear's layout
+        for p in model.parameters():  # an in-place update (as an optimizer step) must reach the copies
+            p.mul_(0.5)
+        with torch.enable_grad():
+            plain = model(ids).logits.detach()
+        torch.testing.assert_close(model(ids).logits, plain, atol=1e-5, rtol=0)
+    assert set(model.state_dict()) == {k for k, _ in model.named_parameters()}  # copies are not saved
+
+
+def test_last_only_logits_equal_the_last_position():
+    _, model = reference_pair(*CONFIGS[3])
+    ids = torch.tensor([[5, 6, 7, 8, 9], [1, 2, 3, 4, 4]])
+    mask = torch.tensor([[True] * 5, [False, True, True, True, True]])
+    with torch.no_grad():
+        full = model(ids, mask=mask).logits
+        last = model(ids, mask=mask, last_only=True).logits
+    assert last.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(last, full[:, -1:], atol=1e-5, rtol=0)
