@@ -73,3 +73,13 @@ def test_left_padded_batch_equals_unpadded_rows():
         alone = ours(ids[1:, 4:]).logits
     torch.testing.assert_close(got[1, 4:], alone[0], atol=1e-4, rtol=0)
     assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("spec", [CONFIGS[1], CONFIGS[3]], ids=["gpt2", "gpt"])
+def test_training_loss_equals_reference_loss(spec):
+    ref, ours = reference_pair(*spec)
+    ids = torch.randint(0, spec[5], (2, 12))
+    with torch.no_grad():
+        expected = ref(ids, labels=ids).loss  # the reference shifts the labels itself
+        got = ours(ids[:, :-1], targets=ids[:, 1:]).loss
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

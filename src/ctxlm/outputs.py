@@ -25,10 +25,15 @@ class Hidden:
 
 @dataclass
 class LMOutput:
-    """A language model's next-token (or masked-token) logits, (batch, time, vocab), and its hidden states."""
+    """A language model's next-token logits, (batch, time, vocab), and its hidden states.
 
-    logits: Tensor
+    Given targets, a model returns the mean cross-entropy as `loss` and skips the logits (None), which it
+    never materialises in full (see `ctxlm.nn.losses`).
+    """
+
+    logits: Tensor | None
     hidden: Hidden
+    loss: Tensor | None = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from ctxlm.config import GPTConfig
 from ctxlm.errors import UserError
 from ctxlm.nn.attention import KVCache, TransposedCopy, build_attention_mask
 from ctxlm.nn.blocks import Embeddings, TransformerBlock, init_transformer_weights, positions_from_mask
+from ctxlm.nn.losses import linear_cross_entropy
 from ctxlm.outputs import Hidden, LMOutput
 
 
@@ -88,10 +89,14 @@ class GPTLanguageModel(nn.Module):
         self.head_copy = TransposedCopy()  # the tied LM head, read transposed when decoding
 
     def forward(self, ids: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> LMOutput:
+                last_only: bool = False, targets: Tensor | None = None) -> LMOutput:
         """`last_only`: logits of the last position only, (batch, 1, vocab), all that generation reads; it
-        spares the LM-head product over the rest of a prompt (the largest matrix of a small model)."""
+        spares the LM-head product over the rest of a prompt (the largest matrix of a small model).
+        `targets` (batch, time; -100 = not scored): return the mean next-token loss instead of logits."""
         hidden = self.backbone(ids, mask=mask, cache=cache)
+        if targets is not None:
+            loss = linear_cross_entropy(hidden.last, self.backbone.embed.tokens.weight, targets)
+            return LMOutput(logits=None, hidden=hidden, loss=loss)
         top = hidden.last[:, -1:] if last_only else hidden.last
         logits = self.head_copy.linear(top, self.backbone.embed.tokens.weight)  # (batch, time or 1, vocab)
         return LMOutput(logits=logits, hidden=hidden)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlm.config import GPTConfig
@@ -27,9 +26,7 @@ from ctxlm.train import TrainConfig, Trainer
 def causal_lm_objective(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean next-token cross-entropy over a batch of (inputs, inputs shifted left by one)."""
     x, y = batch
-    logits = model(x).logits  # (batch, time, vocab)
-    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-    return loss, {}
+    return model(x, targets=y).loss, {}
 
 
 @dataclass
