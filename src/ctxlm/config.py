@@ -32,22 +32,16 @@ class ModelConfig:
 
 
 @dataclass
-class GPTConfig(ModelConfig):
-    """GPT (Radford et al. 2018) and GPT-2 (Radford et al. 2019): a decoder-only transformer.
+class TransformerConfig(ModelConfig):
+    """What every transformer family here shares; families change defaults and add their own fields."""
 
-    The two differ in where LayerNorm sits: GPT normalises after each residual addition (post-LN), GPT-2 before
-    each sub-layer with a final LayerNorm on top (pre-LN). `model_type` selects the variant.
-    """
-
-    model_types: ClassVar[tuple[str, ...]] = ("gpt", "gpt2")
-
-    model_type: str = "gpt2"
+    model_type: str = ""
     vocab_size: int = 50257
     max_positions: int = 1024
     dim: int = 768
     n_layers: int = 12
     n_heads: int = 12
-    mlp_dim: int | None = None  # None: 4 * dim, as in both papers
+    mlp_dim: int | None = None  # None: 4 * dim, as in the papers
     dropout: float = 0.1  # embeddings, residual branches
     attn_dropout: float = 0.1  # attention probabilities
     layer_norm_eps: float = 1e-5
@@ -57,16 +51,37 @@ class GPTConfig(ModelConfig):
         if self.mlp_dim is None:
             self.mlp_dim = 4 * self.dim
 
+    def validate(self) -> None:
+        if self.model_type not in self.model_types:
+            raise UserError(f"config: model_type {self.model_type!r} is not one of {self.model_types}")
+        for name in ("vocab_size", "max_positions", "dim", "n_layers", "n_heads", "mlp_dim"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"config: {name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.n_heads:
+            raise UserError(f"config: dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class GPTConfig(TransformerConfig):
+    """GPT (Radford et al. 2018) and GPT-2 (Radford et al. 2019): a decoder-only transformer.
+
+    The two differ in where LayerNorm sits: GPT normalises after each residual addition (post-LN), GPT-2 before
+    each sub-layer with a final LayerNorm on top (pre-LN). `model_type` selects the variant.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("gpt", "gpt2")
+    model_type: str = "gpt2"
+
     @property
     def pre_norm(self) -> bool:
         return self.model_type == "gpt2"
 
-    def validate(self) -> None:
-        _validate_transformer(self)
-
 
 @dataclass
-class BertConfig(ModelConfig):
+class BertConfig(TransformerConfig):
     """BERT (Devlin et al. 2018): a bidirectional post-LN transformer encoder with segment embeddings.
 
     The heads are optional because published encoders often ship without them (sentence-embedding models
@@ -74,44 +89,19 @@ class BertConfig(ModelConfig):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
-
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
-    n_segments: int = 2
-    dim: int = 768
-    n_layers: int = 12
-    n_heads: int = 12
-    mlp_dim: int | None = None  # None: 4 * dim
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
-    init_std: float = 0.02
+    n_segments: int = 2
     pooler: bool = True  # tanh(W h_[CLS]): the input of next-sentence prediction
     mlm_head: bool = True
     nsp_head: bool = True
 
-    def __post_init__(self) -> None:
-        if self.mlp_dim is None:
-            self.mlp_dim = 4 * self.dim
-
     def validate(self) -> None:
-        _validate_transformer(self)
+        super().validate()
         if self.nsp_head and not self.pooler:
             raise UserError("config: nsp_head needs the pooler (pooler: true)")
-
-
-def _validate_transformer(config: GPTConfig | BertConfig) -> None:
-    if config.model_type not in config.model_types:
-        raise UserError(f"config: model_type {config.model_type!r} is not one of {config.model_types}")
-    for name in ("vocab_size", "max_positions", "dim", "n_layers", "n_heads", "mlp_dim"):
-        if getattr(config, name) <= 0:
-            raise UserError(f"config: {name} must be positive, got {getattr(config, name)}")
-    if config.dim % config.n_heads:
-        raise UserError(f"config: dim {config.dim} is not divisible by n_heads {config.n_heads}")
-    for name in ("dropout", "attn_dropout"):
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise UserError(f"config: {name} must be in [0, 1), got {getattr(config, name)}")
 
 
 CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig]
