@@ -216,7 +216,8 @@ class Trainer:
         count = 0
         for batch in tqdm(self.eval_batches(), desc="eval", leave=False, dynamic_ncols=True):
             loss, metrics = self.objective(self.model, batch)
-            rows = len(batch[0])  # a last, smaller batch weighs by its rows (LM blocks have equal lengths)
+            rows = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])  # a last, smaller
+            # batch weighs by its rows (LM blocks have equal lengths)
             for name, value in {"loss": loss, **metrics}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float() * rows
             count += rows
