@@ -98,3 +98,24 @@ def test_generate_and_info_work(monkeypatch, capsys, tiny_model_dir):
 def test_help_teaches_with_examples(monkeypatch, capsys, command):
     code, out, _ = ctxlm(monkeypatch, capsys, command, "--help")
     assert code == 0 and "Examples:" in out and f"ctxlm {command}" in out
+
+
+def test_pretrain_bert_end_to_end(monkeypatch, capsys, tmp_path, corpus_dir):
+    lines = (corpus_dir / "train.txt").read_text().splitlines()
+    paragraphs = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]  # documents of 8 sentences
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.txt").write_text("\n\n".join(paragraphs) + "\n")
+    (tmp_path / "data" / "valid.txt").write_text("\n\n".join(paragraphs[:6]) + "\n")
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    code, out, err = ctxlm(monkeypatch, capsys, "pretrain", "--model", "bert", "--data", tmp_path / "data",
+                           "--out", tmp_path / "run", "--steps", 4, "--block-size", 32, "--batch-size", 4,
+                           "--vocab-size", 200, "--layers", 1, "--dim", 32, "--heads", 2, "--eval-every", 2)
+    assert code == 0, err
+    assert "masked-LM accuracy" in out and "next-sentence accuracy" in out and "fill-in:" in out
+
+
+def test_bert_on_a_single_document_says_why(monkeypatch, capsys, tmp_path, corpus_dir):
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    result = ctxlm(monkeypatch, capsys, "pretrain", "--model", "bert", "--data", corpus_dir / "train.txt",
+                   "--out", tmp_path / "run", "--steps", 1, "--block-size", 32, "--vocab-size", 200)
+    assert_user_error(result, "2 non-empty documents")

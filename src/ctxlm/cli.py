@@ -42,14 +42,16 @@ Examples:
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --max-minutes 5
   # the 2018 GPT variant (post-LN, BPE with end-of-word markers) on your own text files
   ctxlm pretrain --model gpt --data my_corpus/ --valid my_valid.txt --out runs/gpt --steps 2000
+  # BERT: masked LM (15 %, 80/10/10) + next-sentence prediction, whole-word masking
+  ctxlm pretrain --model bert --data wikitext2 --out runs/bert-wt2 --block-size 128 --whole-word-masking
   # continue an interrupted run exactly where its last checkpoint left it
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --resume
 """)
-@click.option("--model", "model_type", type=click.Choice(["gpt2", "gpt"]), default="gpt2", show_default=True,
-              help="architecture family")
+@click.option("--model", "model_type", type=click.Choice(["gpt2", "gpt", "bert"]), default="gpt2",
+              show_default=True, help="architecture family (and objective: causal LM, or masked LM + NSP for bert)")
 @click.option("--data", default="wikitext2", show_default=True,
               help="text file or folder (.txt/.txt.gz), or a data set name under $CTXLM_DATA")
-@click.option("--valid", type=click.Path(), help="validation text (default: the folder's valid split or 5% held out)")
+@click.option("--valid", type=click.Path(), help="validation text (default: the folder's valid split, or 5% held out)")
 @click.option("--out", "run_dir", type=click.Path(), required=True, help="run folder: checkpoint, metrics, loss.png")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), help="use this tokenizer folder")
 @click.option("--vocab-size", default=8192, show_default=True, help="tokenizer vocabulary to train")
@@ -65,36 +67,72 @@ Examples:
 @click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine",
               show_default=True)
 @click.option("--dropout", default=0.1, show_default=True)
+@click.option("--whole-word-masking", is_flag=True, help="bert: mask all pieces of a chosen word together")
 @click.option("--eval-every", default=200, show_default=True)
 @click.option("--save-every", default=200, show_default=True, help="checkpoint period in steps")
 @click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint")
 def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, dim, heads, block_size,
-             batch_size, grad_accum, steps, lr, warmup, schedule, dropout, eval_every, save_every, max_minutes,
-             seed, resume) -> None:
-    """Pretrain a language model from scratch on raw text (causal LM for GPT / GPT-2)."""
-    from ctxlm.config import GPTConfig
-    from ctxlm.generate import generate
-    from ctxlm.pretrain.causal_lm import LMData, pretrain_causal_lm
+             batch_size, grad_accum, steps, lr, warmup, schedule, dropout, whole_word_masking, eval_every,
+             save_every, max_minutes, seed, resume) -> None:
+    """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2) or masked LM + next sentence (BERT)."""
+    from ctxlm.config import BertConfig, GPTConfig
+    from ctxlm.pretrain.causal_lm import LMData
     from ctxlm.tokenization import Tokenizer
     from ctxlm.train import TrainConfig
 
-    config = GPTConfig(model_type=model_type, vocab_size=vocab_size, max_positions=max(block_size, 128),
-                       dim=dim, n_layers=layers, n_heads=heads, dropout=dropout, attn_dropout=dropout)
+    shape = dict(vocab_size=vocab_size, max_positions=max(block_size, 128), dim=dim, n_layers=layers,
+                 n_heads=heads, dropout=dropout, attn_dropout=dropout)
+    config = BertConfig(**shape) if model_type == "bert" else GPTConfig(model_type=model_type, **shape)
     config.validate()
     train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
                         eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes)
     data_spec = LMData.resolve(resolve_corpus(data), resolve_corpus(valid) if valid else None)
-    model = pretrain_causal_lm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
-                               tokenizer=Tokenizer.from_files(tokenizer) if tokenizer else None, resume=resume)
-    final = [r for r in _read_metrics(Path(run_dir)) if "valid_perplexity" in r][-1]
+    given = Tokenizer.from_files(tokenizer) if tokenizer else None
+    if model_type == "bert":
+        from ctxlm.pretrain.masked_lm import pretrain_masked_lm
+
+        model = pretrain_masked_lm(data_spec, run_dir, config, train, max_length=block_size, batch_size=batch_size,
+                                   tokenizer=given, resume=resume, whole_word=whole_word_masking)
+        report_masked_lm(model, Path(run_dir))
+    else:
+        from ctxlm.pretrain.causal_lm import pretrain_causal_lm
+
+        model = pretrain_causal_lm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
+                                   tokenizer=given, resume=resume)
+        report_causal_lm(model, Path(run_dir), seed)
+    click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
+
+
+def report_causal_lm(model, run_dir: Path, seed: int) -> None:
+    from ctxlm.generate import generate
+
+    final = [r for r in _read_metrics(run_dir) if "valid_perplexity" in r][-1]
     click.echo(f"step {final['step']}: validation loss {final['valid_loss']:.3f}, "
-               f"perplexity {final['valid_perplexity']:.1f} (per {model_type} token)")
+               f"perplexity {final['valid_perplexity']:.1f} (per {model.config.model_type} token)")
     prompt = "The"
     sample = generate(model, prompt, max_new_tokens=40, temperature=0.8, top_k=40, seed=seed)[0]
     click.echo(f"sample: {prompt}{sample}")
-    click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
+
+
+def report_masked_lm(model, run_dir: Path) -> None:
+    import math
+
+    import torch
+
+    final = [r for r in _read_metrics(run_dir) if "valid_mlm_accuracy" in r][-1]
+    click.echo(f"step {final['step']}: masked-LM accuracy {final['valid_mlm_accuracy']:.3f} "
+               f"(perplexity {math.exp(final['valid_mlm_loss']):.1f}), next-sentence accuracy "
+               f"{final['valid_nsp_accuracy']:.3f}")
+    tok = model.tokenizer
+    text = "the city is on the [MASK] of the river ."
+    enc = tok.encode_bert(text)
+    with torch.no_grad():
+        logits = model(torch.tensor([enc.ids])).logits[0]
+    position = enc.ids.index(tok.mask_id)
+    best = logits[position].topk(5).indices.tolist()
+    click.echo(f"fill-in: {text} → " + ", ".join(tok.decode([i]) for i in best))
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:

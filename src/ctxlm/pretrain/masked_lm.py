@@ -258,3 +258,53 @@ def load_documents(path: str | Path, encode: Callable[[list[str]], list[list[int
         out.append(flat[k:k + len(doc)])
         k += len(doc)
     return out
+
+
+def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_length: int = 128,
+                       batch_size: int = 32, tokenizer=None, resume: bool = False, whole_word: bool = False,
+                       eval_batches: int = 50) -> nn.Module:
+    """Pretrain a BERT by masked LM + next-sentence prediction; the model ends in run_dir/checkpoint.
+
+    `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
+    documents are held out.
+    """
+    from ctxlm.models import build_model
+    from ctxlm.pretrain.corpus import find_text_files
+    from ctxlm.tokenization import Tokenizer
+    from ctxlm.train import Trainer
+
+    run_dir = Path(run_dir)
+    if max_length > model_config.max_positions:
+        raise UserError(f"max length {max_length} exceeds the model's {model_config.max_positions} positions")
+    if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_files(run_dir / "checkpoint")
+    elif tokenizer is None:
+        files = find_text_files(data.train)
+        print(f"training a {model_config.vocab_size}-token WordPiece vocabulary on {len(files)} file(s)")
+        tokenizer = Tokenizer.train(files, kind="bert", vocab_size=model_config.vocab_size)
+    model_config.vocab_size = tokenizer.vocab_size
+    vocab = Vocabulary.of(tokenizer)
+
+    documents = load_documents(data.train, tokenizer.encode_batch)
+    if data.valid is not None:
+        valid_documents = load_documents(data.valid, tokenizer.encode_batch)
+    else:
+        held_out = max(2, len(documents) // 20)
+        documents, valid_documents = documents[:-held_out], documents[-held_out:]
+    train_pairs = build_instances(documents, vocab, max_length, seed=train.seed)
+    valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
+    options = dict(whole_word=whole_word, max_predictions=max(1, round(0.15 * max_length)))
+    train_batches = MaskedLMBatches(train_pairs, vocab, batch_size, seed=train.seed, **options)
+    valid_batches = MaskedLMBatches(valid_pairs, vocab, batch_size, seed=train.seed, **options)
+    print(f"corpus: {len(documents):,} documents → {len(train_pairs):,} training pairs "
+          f"({len(train_batches):,} batches of {batch_size} per epoch), {len(valid_pairs):,} validation pairs")
+
+    torch.manual_seed(train.seed)
+    model = build_model(model_config)
+    model.tokenizer = tokenizer
+    print(f"model: bert, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    trainer = Trainer(model, mlm_nsp_objective, train_batches.batch, train, run_dir,
+                      eval_batches=lambda: valid_batches.eval_batches(eval_batches),
+                      tokens_per_batch=int(np.diff(train_pairs.offsets).mean() * batch_size))
+    trainer.fit(resume=resume)
+    return model
