@@ -111,7 +111,7 @@ def report_causal_lm(model, run_dir: Path, seed: int) -> None:
     final = [r for r in _read_metrics(run_dir) if "valid_perplexity" in r][-1]
     click.echo(f"step {final['step']}: validation loss {final['valid_loss']:.3f}, "
                f"perplexity {final['valid_perplexity']:.1f} (per {model.config.model_type} token)")
-    prompt = "The"
+    prompt = "In 1990 , the"  # WikiText's own tokenisation style: the main job's default corpus
     sample = generate(model, prompt, max_new_tokens=40, temperature=0.8, top_k=40, seed=seed)[0]
     click.echo(f"sample: {prompt}{sample}")
 

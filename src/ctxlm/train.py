@@ -234,20 +234,27 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> None:
-        """loss.png in the run folder: training loss per logged step, validation loss per evaluation."""
+        """loss.png in the run folder: training and validation loss per step, and beside them any validation
+        accuracies the objective reports (BERT: masked-LM and next-sentence)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label in (("loss", "train"), ("valid_loss", "validation")):
-            points = [(r["step"], r[key]) for r in records if key in r]
-            if points:
-                ax.plot(*zip(*points, strict=True), label=label, marker="." if key != "loss" else None)
-        ax.set(xlabel="step", ylabel="loss (nats/token)", title=self.run_dir.name)
-        ax.legend()
+        accuracies = sorted({k for r in records for k in r if k.startswith("valid_") and k.endswith("accuracy")})
+        fig, axes = plt.subplots(1, 2 if accuracies else 1, figsize=(11 if accuracies else 6, 4), squeeze=False)
+        panels = [(axes[0][0], [("loss", "train"), ("valid_loss", "validation")], "loss (nats)")]
+        if accuracies:
+            panels.append((axes[0][1], [(k, k.removeprefix("valid_").replace("_", " ")) for k in accuracies],
+                           "validation accuracy"))
+        for ax, series, ylabel in panels:
+            for key, label in series:
+                points = [(r["step"], r[key]) for r in records if key in r]
+                if points:
+                    ax.plot(*zip(*points, strict=True), label=label, marker="." if key != "loss" else None)
+            ax.set(xlabel="step", ylabel=ylabel, title=self.run_dir.name)
+            ax.legend()
         fig.tight_layout()
         fig.savefig(self.run_dir / "loss.png", dpi=100)
         plt.close(fig)
