@@ -84,3 +84,39 @@ def test_layouts_without_some_heads(layout):
     else:
         for i, n in enumerate(lengths.tolist()):
             torch.testing.assert_close(got.logits[i, :n], expected.logits[i, :n], atol=1e-4, rtol=0)
+
+
+def test_hub_checkpoint_with_a_wrong_shape_or_missing_tensor_names_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    import ctxlm
+    from ctxlm.errors import UserError
+
+    ref, _ = reference_pair(*CONFIGS[0], cls=transformers.BertModel)
+    ref.save_pretrained(tmp_path / "hub")
+    weights = tmp_path / "hub" / "model.safetensors"
+    state = load_file(weights)
+    state["encoder.layer.1.intermediate.dense.weight"] = torch.zeros(100, 64)
+    save_file(state, weights)
+    with pytest.raises(UserError, match=r"'backbone\.blocks\.1\.mlp\.fc\.weight' has shape \(100, 64\), "
+                                        r"the config expects \(128, 64\)"):
+        ctxlm.load(tmp_path / "hub")
+    del state["encoder.layer.1.intermediate.dense.weight"]
+    save_file(state, weights)
+    with pytest.raises(UserError, match=r"encoder\.layer\.1\.intermediate\.dense\.weight"):
+        ctxlm.load(tmp_path / "hub")
+
+
+def test_native_checkpoint_missing_a_tensor_names_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    import ctxlm
+    from ctxlm.errors import UserError
+
+    _, ours = reference_pair(*CONFIGS[0])
+    folder = ctxlm.save(ours, tmp_path / "bert")
+    state = load_file(folder / "model.safetensors")
+    del state["nsp.bias"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(UserError, match=r"tensor 'nsp\.bias' is missing"):
+        ctxlm.load(folder)

@@ -74,28 +74,32 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     return model.to(device).eval()
 
 
+def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise `UserError` naming the first tensor that is missing, unexpected, or of the wrong shape."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name in sorted(expected.keys() - shapes.keys()):
+        raise UserError(f"{source}: tensor {name!r} is missing")
+    for name in sorted(shapes.keys() - expected.keys()):
+        raise UserError(f"{source}: unexpected tensor {name!r} for model_type {model.config.model_type!r}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise UserError(f"{source}: tensor {name!r} has shape {tuple(shapes[name])}, the config expects {shape}")
+
+
 def load_weights(model: nn.Module, weights: Path) -> None:
-    """Fill `model` from a safetensors file after checking every tensor's name and shape against it."""
+    """Fill `model` from a safetensors file after checking every tensor's name and shape against it (from the
+    file's header, before any tensor is read)."""
     if not weights.is_file():
         raise UserError(f"{weights}: missing (a model folder holds config.json + model.safetensors)")
-    expected = model.state_dict()
     try:
         with safe_open(weights, framework="pt") as f:
-            names = set(f.keys())
-            for name in sorted(expected.keys() - names):
-                raise UserError(f"{weights}: tensor {name!r} is missing")
-            for name in sorted(names - expected.keys()):
-                raise UserError(f"{weights}: unexpected tensor {name!r} for model_type {model.config.model_type!r}")
-            for name, target in expected.items():
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != tuple(target.shape):
-                    raise UserError(f"{weights}: tensor {name!r} has shape {shape}, config expects "
-                                    f"{tuple(target.shape)}")
-            state = {name: f.get_tensor(name) for name in expected}
+            names = f.keys()  # safe_open is not iterable itself
+            check_shapes(model, {name: tuple(f.get_slice(name).get_shape()) for name in names}, str(weights))
+            state = {name: f.get_tensor(name) for name in names}
     except SafetensorError as err:
         raise UserError(f"{weights}: not a readable safetensors file, truncated or corrupt ({err})") from None
     model.load_state_dict(state)
 
 
 def has_tokenizer(path: Path) -> bool:
-    return (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
+    return any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt"))

@@ -53,6 +53,7 @@ def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def from_hub_folder(path: str | Path) -> nn.Module:
     """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2 or BERT)."""
+    from ctxlm.checkpoint import check_shapes, has_tokenizer
     from ctxlm.convert import hf_bert, hf_gpt
     from ctxlm.models import build_model
     from ctxlm.tokenization import Tokenizer
@@ -71,8 +72,9 @@ def from_hub_folder(path: str | Path) -> nn.Module:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
                         "supported: openai-gpt, gpt2, bert")
     model = build_model(config)
+    check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     model.load_state_dict(state)
-    if any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
+    if has_tokenizer(path):
         model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
     return model.eval()
 

@@ -291,6 +291,9 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     else:
         held_out = max(2, len(documents) // 20)
         documents, valid_documents = documents[:-held_out], documents[-held_out:]
+    empty = sum(1 for doc in documents + valid_documents if not any(doc))
+    if empty:  # build_instances leaves them out; say so rather than drop them silently
+        print(f"skipping {empty} document(s) that gave no tokens")
     train_pairs = build_instances(documents, vocab, max_length, seed=train.seed)
     valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
     options = dict(whole_word=whole_word, max_predictions=max(1, round(0.15 * max_length)))
