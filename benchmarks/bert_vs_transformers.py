@@ -14,7 +14,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 import transformers
-from common import machine_line, median_rates, print_table, train_rate
+from common import add_model_arguments, machine_line, median_rates, print_table, train_rate
 
 from ctxlm.convert.hf_bert import config_from_hf, state_dict_from_hf
 from ctxlm.models.bert import BertModel
@@ -22,12 +22,7 @@ from ctxlm.models.bert import BertModel
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--block", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=16)
+    add_model_arguments(parser, block=128, batch=16)
     parser.add_argument("--steps", type=int, default=5, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()

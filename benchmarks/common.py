@@ -36,6 +36,13 @@ def median_rates(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def add_model_arguments(parser, **defaults: int) -> None:
+    """The model shape every benchmark takes: --layers --dim --heads --vocab --block --batch."""
+    shape = {"layers": 4, "dim": 256, "heads": 4, "vocab": 8192, "block": 256, "batch": 8} | defaults
+    for name, value in shape.items():
+        parser.add_argument(f"--{name}", type=int, default=value)
+
+
 def machine_line() -> str:
     import transformers
 

@@ -15,7 +15,7 @@ import time
 
 import torch
 import transformers
-from common import machine_line, median_rates, print_table, train_rate
+from common import add_model_arguments, machine_line, median_rates, print_table, train_rate
 
 from ctxlm.convert.hf_gpt import config_from_hf, state_dict_from_hf
 from ctxlm.generate import generate_ids
@@ -51,12 +51,7 @@ def generation_rate(generate, new_tokens: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--block", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=8)
+    add_model_arguments(parser)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=5, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=5)

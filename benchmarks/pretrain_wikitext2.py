@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_model_arguments
 
 from ctxlm.config import GPTConfig
 from ctxlm.pretrain.causal_lm import LMData, causal_lm_objective, pretrain_causal_lm, tokenize
@@ -41,12 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench-gpt2-wt2")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--block", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=16)
+    add_model_arguments(parser, block=128, batch=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--dropout", type=float, default=0.1)
     args = parser.parse_args()

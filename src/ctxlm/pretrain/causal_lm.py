@@ -57,6 +57,23 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()[:16]
 
 
+def run_tokenizer(data: LMData, run_dir: Path, model_config, *, given: Tokenizer | None,
+                  resume: bool) -> Tokenizer:
+    """The run's tokenizer: the checkpoint's when resuming, else the one given, else one trained on the
+    training text with the config's vocabulary size (the config then takes the tokenizer's exact size)."""
+    if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_files(run_dir / "checkpoint")
+    elif given is not None:
+        tokenizer = given
+    else:
+        files = find_text_files(data.train)
+        print(f"training a {model_config.vocab_size}-token {model_config.model_type} tokenizer "
+              f"on {len(files)} file(s)")
+        tokenizer = Tokenizer.train(files, kind=model_config.model_type, vocab_size=model_config.vocab_size)
+    model_config.vocab_size = tokenizer.vocab_size
+    return tokenizer
+
+
 def tokenize(path: Path, tokenizer: Tokenizer) -> TokenizedCorpus:
     end = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     return TokenizedCorpus.build(path, tokenizer.encode_batch, tokenizer.vocab_size, cache_root() / "corpus",
@@ -70,14 +87,7 @@ def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfi
     run_dir = Path(run_dir)
     if block_size > model_config.max_positions:
         raise UserError(f"block size {block_size} exceeds the model's {model_config.max_positions} positions")
-    if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
-        tokenizer = Tokenizer.from_files(run_dir / "checkpoint")
-    elif tokenizer is None:
-        files = find_text_files(data.train)
-        print(f"training a {model_config.vocab_size}-token {model_config.model_type} tokenizer "
-              f"on {len(files)} file(s)")
-        tokenizer = Tokenizer.train(files, kind=model_config.model_type, vocab_size=model_config.vocab_size)
-    model_config.vocab_size = tokenizer.vocab_size
+    tokenizer = run_tokenizer(data, run_dir, model_config, given=tokenizer, resume=resume)
 
     corpus = tokenize(data.train, tokenizer)
     if data.valid is not None:

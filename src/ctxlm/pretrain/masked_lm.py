@@ -1,18 +1,25 @@
 """BERT pretraining data and objective: masked LM (15 %; 80 % [MASK], 10 % random, 10 % kept) + next sentence.
 
-Instances follow Google's `create_pretraining_data.py`: each document's sentences are packed into chunks of up to
-`max_length - 3` tokens (10 % of chunks shorter, so the model also sees short inputs); a chunk is cut into A and
-B at a random sentence boundary; half of the time B is replaced by text from another document (label 1,
-NotNext), and the sentences it displaced go back to the pool. Masking is drawn per batch from (seed, batch index),
-so every epoch masks differently and a resumed run sees exactly the batches it would have seen.
+Devlin et al. (2018) §3.1 and appendix A.2, data side as Google's `create_pretraining_data.py`:
+
+- `split_documents`: raw text -> documents, each a list of sentences.
+- `build_instances`: tokenised documents -> sentence pairs `[CLS] A [SEP] B [SEP]` with segment ids and a
+  next-sentence label (0 = IsNext, 1 = NotNext, as BERT and Hugging Face), drawn once from a seed and stored flat
+  in numpy arrays (4 bytes a token).
+- `mask_tokens`: masking drawn at batch time ("dynamic masking", as RoBERTa): every epoch masks differently and
+  a batch is a pure function of (seed, batch index), so a resumed run sees exactly the batches it would have.
+- `MaskedLMBatches`: the batches the shared `Trainer` asks for by index; `mlm_nsp_objective`: the loss.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +30,33 @@ from torch import Tensor, nn
 from ctxlm.errors import UserError
 from ctxlm.pretrain.corpus import read_documents
 
-IGNORE = -100
-_HEADING = re.compile(r"^\s*=(\s*=)*\s[^=].*\s=\s*$")  # WikiText's " = Title = " lines
+IGNORE = -100  # the label of positions the masked-LM loss skips (PyTorch's default ignore_index)
+IS_NEXT, NOT_NEXT = 0, 1
+MIN_LENGTH = 8  # [CLS] A [SEP] B [SEP] with room for a few tokens of text
+_HEADING = re.compile(r"^\s*=(\s*=)*\s[^=].*\s=\s*$")  # WikiText's " = Title = " and " = = Section = = " lines
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_SENTENCES_PER_CALL = 4096  # sentences per encode() call: bounds the memory of a batch encoder's outputs
+
+Sentence = Sequence[int]  # token ids without specials: a list or a numpy array
+Document = Sequence[Sentence]
 
 
+# -- text -> documents ----------------------------------------------------------------------------------------
 def split_documents(text: str) -> list[list[str]]:
-    """Documents (lists of sentences) of a text: blank lines separate documents, and a WikiText heading starts
-    a new one (its articles are separated by headings, not blank lines). Lines are split into sentences at
-    . ! ? followed by a space, the unit NSP pairs are cut at."""
+    """The documents of a text, each a list of sentences; a UserError if it has none.
+
+    A blank line ends a document, and so does a WikiText heading line (` = Title = `, ` = = Section = = `), which
+    is dropped: headings are not sentences, and in WikiText, where blank lines only surround headings, this makes
+    each article section a document. Every other line is cut into sentences after . ! or ? and a space, the
+    units that pairs are packed from (a line without such an ending is one sentence).
+    """
+    documents = _split_documents(text)
+    if not documents:
+        raise UserError("the text has no sentences (it is empty, or only blank lines and headings)")
+    return documents
+
+
+def _split_documents(text: str) -> list[list[str]]:
     documents, current = [], []
     for line in text.splitlines():
         if not line.strip() or _HEADING.match(line):
@@ -45,20 +70,49 @@ def split_documents(text: str) -> list[list[str]]:
     return documents
 
 
-@dataclass(frozen=True)
+def encode_documents(documents: Sequence[Sequence[str]], encode: Callable[[list[str]], list[list[int]]]
+                     ) -> list[list[np.ndarray]]:
+    """Tokenise documents of sentences with `encode(texts) -> ids per text` (no special tokens), a few thousand
+    sentences per call; each sentence becomes an int32 array (compact, and what `build_instances` slices)."""
+    flat = [s for doc in documents for s in doc]
+    encoded: list[np.ndarray] = []
+    for start in range(0, len(flat), _SENTENCES_PER_CALL):
+        texts = flat[start:start + _SENTENCES_PER_CALL]
+        ids = encode(texts)
+        if len(ids) != len(texts):
+            raise ValueError(f"encode() returned {len(ids)} id lists for {len(texts)} texts")
+        encoded.extend(np.asarray(x, dtype=np.int32) for x in ids)
+    out, k = [], 0
+    for doc in documents:
+        out.append(encoded[k:k + len(doc)])
+        k += len(doc)
+    return out
+
+
+def load_documents(path: str | Path, encode: Callable[[list[str]], list[list[int]]]) -> list[list[np.ndarray]]:
+    """Every document of a file or folder (`split_documents` of each file), as lists of tokenised sentences."""
+    documents = [doc for text in read_documents(path) for doc in _split_documents(text)]
+    if not documents:
+        raise UserError(f"{path}: no sentences, only blank lines and headings")
+    return encode_documents(documents, encode)
+
+
+# -- the vocabulary's special ids --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
 class Vocabulary:
-    """The ids masking needs: BERT's specials, the vocabulary size, and which tokens continue a word."""
+    """The ids BERT's data needs: its specials, the vocabulary size, and which tokens continue a word."""
 
     cls_id: int
     sep_id: int
     mask_id: int
     pad_id: int
-    size: int
-    special_ids: frozenset[int]
-    continuation: Tensor | None = None  # (size,) bool: WordPiece "##" pieces, for whole-word masking
+    size: int  # the vocabulary size: random replacements are drawn from range(size) minus special_ids
+    special_ids: frozenset[int]  # never chosen for masking, never drawn as a replacement
+    continuation: Tensor | None = None  # (size,) bool, e.g. WordPiece "##" pieces: for whole-word masking
 
     @classmethod
     def of(cls, tokenizer) -> Vocabulary:
+        """From a `ctxlm.tokenization.Tokenizer` (BERT kind): its specials and its "##" continuation pieces."""
         vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
         continuation = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
         for token, index in vocab.items():
@@ -66,124 +120,249 @@ class Vocabulary:
         return cls(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.vocab_size,
                    frozenset(tokenizer.special_ids), continuation)
 
+    @cached_property
+    def special_tensor(self) -> Tensor:
+        return torch.tensor(sorted(self.special_ids), dtype=torch.long)
 
+    @cached_property
+    def ordinary_ids(self) -> Tensor:
+        """Every id that is not special: the pool of the 10 % random replacements."""
+        keep = torch.ones(self.size, dtype=torch.bool)
+        keep[self.special_tensor[self.special_tensor < self.size]] = False
+        return keep.nonzero().flatten()
+
+
+SpecialIds = Vocabulary  # the name the design notes use
+
+
+# -- documents -> sentence pairs ---------------------------------------------------------------------------------
 @dataclass
 class Instances:
     """Sentence pairs `[CLS] A [SEP] B [SEP]`, stored flat: pair k is ids[offsets[k]:offsets[k+1]]."""
 
-    ids: np.ndarray  # int32
+    ids: np.ndarray  # int32, every pair's ids one after the other
     offsets: np.ndarray  # int64, len = n + 1
-    first_segment_length: np.ndarray  # len([CLS] A [SEP]) per pair
-    is_random_next: np.ndarray  # int64: 0 = B follows A, 1 = B from another document
+    first_segment_length: np.ndarray  # int64, len([CLS] A [SEP]) per pair: segment 0, the rest is segment 1
+    is_random_next: np.ndarray  # int64 NSP labels: 0 = IsNext (B follows A), 1 = NotNext (B from elsewhere)
+    documents: int = 0  # documents that had tokens
+    empty_documents: int = 0  # documents given with no tokens at all: skipped
+    skipped_chunks: int = 0  # one-token, one-sentence chunks drawn as IsNext: no pair can be cut from them
 
     def __len__(self) -> int:
         return len(self.is_random_next)
 
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
 
-def build_instances(documents: Sequence[Sequence[list[int]]], vocab: Vocabulary, max_length: int, seed: int, *,
-                    short_seq_prob: float = 0.1) -> Instances:
-    """Pack tokenised documents (lists of sentences of token ids) into NSP pairs, as Google's script does,
-    except that a chunk of one sentence is cut inside that sentence for an IsNext pair, so that NotNext does not
-    dominate corpora of long sentences."""
-    if max_length < 8:
-        raise UserError(f"max sequence length {max_length} is too short for [CLS] A [SEP] B [SEP] (need >= 8)")
-    documents = [[s for s in doc if s] for doc in documents]
-    documents = [doc for doc in documents if doc]
-    if len(documents) < 2:
-        raise UserError(f"next-sentence prediction needs at least 2 non-empty documents, got {len(documents)}")
+    def describe(self) -> str:
+        text = f"{len(self):,} pairs from {self.documents:,} documents"
+        if self.empty_documents:
+            text += f" ({self.empty_documents:,} empty documents skipped)"
+        return text
+
+
+def build_instances(documents: Sequence[Document], vocab: Vocabulary, max_length: int, seed: int, *,
+                    short_seq_prob: float = 0.1, dupe_factor: int = 1) -> Instances:
+    """Pack tokenised documents (lists of sentences of token ids) into NSP pairs as Google's script does.
+
+    For each document, sentences are gathered into a chunk until it holds `target` tokens, `target` being
+    `max_length - 3` or, with probability `short_seq_prob`, uniform in [2, max_length - 3] (drawn per chunk; Google
+    draws it once per document). The chunk is cut into A and B at a random sentence boundary; with probability
+    1/2 B is replaced by consecutive sentences, from a random sentence on, of a random *other* document (NotNext)
+    and the chunk's sentences after the cut go back to be used again. The pair is then truncated to fit, one
+    token at a time from the longer side, its front or back at random.
+
+    One change from Google: a chunk of one sentence (a one-sentence document, or a sentence longer than the target)
+    that draws IsNext is cut inside the sentence, so both halves are consecutive text; Google makes every such
+    chunk NotNext, which skews the labels on corpora of long sentences. A one-token such chunk cannot be cut and
+    is skipped (counted in `skipped_chunks`). Documents with no tokens are skipped and counted.
+
+    `dupe_factor` passes are made over the documents, each drawing different chunks, cuts and partners; all
+    pairs are then shuffled. Everything comes from `random.Random(seed)`: the same inputs give the same pairs.
+    """
+    if max_length < MIN_LENGTH:
+        raise UserError(f"max sequence length {max_length} is too short for [CLS] A [SEP] B [SEP] "
+                        f"(need >= {MIN_LENGTH})")
+    if dupe_factor < 1:
+        raise UserError(f"dupe factor must be at least 1, got {dupe_factor}")
+    if not 0 <= short_seq_prob <= 1:
+        raise UserError(f"short sequence probability must be in [0, 1], got {short_seq_prob}")
+    docs = [[np.asarray(s, dtype=np.int32) for s in doc] for doc in documents]
+    docs = [[s for s in doc if len(s)] for doc in docs]
+    empty = sum(not doc for doc in docs)
+    docs = [doc for doc in docs if doc]
+    for doc in docs:
+        ids = np.concatenate(doc)
+        if ids.min() < 0 or ids.max() >= vocab.size:
+            bad = ids.max() if ids.max() >= vocab.size else ids.min()
+            raise ValueError(f"token id {bad} is outside the vocabulary of {vocab.size}")
+    if len(docs) < 2:
+        raise UserError(f"next-sentence prediction needs at least 2 non-empty documents, got {len(docs)}"
+                        + (f" ({empty} more had no tokens)" if empty else ""))
+
     rng = random.Random(seed)
     budget = max_length - 3
-    pairs: list[tuple[list[int], list[int], int]] = []
-    for index, document in enumerate(documents):
-        target = rng.randint(2, budget) if rng.random() < short_seq_prob else budget
-        chunk, length, i = [], 0, 0
-        while i < len(document):
-            chunk.append(document[i])
-            length += len(document[i])
-            if i == len(document) - 1 or length >= target:
-                random_next = rng.random() < 0.5
-                if len(chunk) == 1 and not random_next:  # one sentence: A and B are its two parts
-                    tokens = chunk[0]
-                    if len(tokens) >= 2:
-                        cut = rng.randint(1, len(tokens) - 1)
-                        pairs.append((*truncate_pair(tokens[:cut], tokens[cut:], budget, rng), 0))
-                else:
-                    a_end = rng.randint(1, len(chunk) - 1) if len(chunk) > 1 else 1
-                    a = [t for s in chunk[:a_end] for t in s]
-                    if random_next:
-                        b = random_text(documents, index, max(1, target - len(a)), rng)
-                        i -= len(chunk) - a_end  # the displaced sentences are used again
-                    else:
-                        b = [t for s in chunk[a_end:] for t in s]
-                    pairs.append((*truncate_pair(a, b, budget, rng), int(random_next)))
-                chunk, length = [], 0
-                target = rng.randint(2, budget) if rng.random() < short_seq_prob else budget
-            i += 1
-    rng.shuffle(pairs)
-    rows = [[vocab.cls_id, *a, vocab.sep_id, *b, vocab.sep_id] for a, b, _ in pairs]
+    cls, sep = np.array([vocab.cls_id], np.int32), np.array([vocab.sep_id], np.int32)
+    rows: list[np.ndarray] = []
+    firsts: list[int] = []
+    labels: list[int] = []
+    skipped = 0
+    for _ in range(dupe_factor):
+        for index in range(len(docs)):
+            for a, b, label in _document_pairs(docs, index, budget, short_seq_prob, rng):
+                if b is None:
+                    skipped += 1
+                    continue
+                a, b = truncate_pair(a, b, budget, rng)
+                rows.append(np.concatenate([cls, a, sep, b, sep]))
+                firsts.append(len(a) + 2)
+                labels.append(label)
+    if not rows:
+        raise UserError("no sentence pairs could be made: every document is a single one-token sentence")
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    lengths = np.array([len(rows[k]) for k in order], dtype=np.int64)
     return Instances(
-        ids=np.fromiter((t for row in rows for t in row), dtype=np.int32),
-        offsets=np.cumsum([0] + [len(r) for r in rows], dtype=np.int64),
-        first_segment_length=np.array([len(a) + 2 for a, _, _ in pairs], dtype=np.int64),
-        is_random_next=np.array([label for _, _, label in pairs], dtype=np.int64),
+        ids=np.concatenate([rows[k] for k in order]),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        first_segment_length=np.array([firsts[k] for k in order], dtype=np.int64),
+        is_random_next=np.array([labels[k] for k in order], dtype=np.int64),
+        documents=len(docs), empty_documents=empty, skipped_chunks=skipped,
     )
 
 
-def random_text(documents: Sequence[Sequence[list[int]]], exclude: int, length: int, rng: random.Random) -> list[int]:
-    """At least `length` tokens of consecutive sentences from a random document other than `exclude`."""
+def _document_pairs(docs: list[list[np.ndarray]], index: int, budget: int, short_seq_prob: float,
+                    rng: random.Random) -> Iterator[tuple[np.ndarray, np.ndarray | None, int]]:
+    """The (A, B, label) pairs of one document, untruncated; B is None for a chunk that gives no pair."""
+    document = docs[index]
+
+    def draw_target() -> int:
+        return rng.randint(2, budget) if rng.random() < short_seq_prob else budget
+
+    target = draw_target()
+    chunk: list[np.ndarray] = []
+    length, i = 0, 0
+    while i < len(document):
+        chunk.append(document[i])
+        length += len(document[i])
+        if i == len(document) - 1 or length >= target:
+            random_next = rng.random() < 0.5
+            if len(chunk) == 1 and not random_next:  # one sentence: A and B are its two halves
+                tokens = chunk[0]
+                if len(tokens) < 2:
+                    yield tokens, None, IS_NEXT
+                else:
+                    cut = rng.randint(1, len(tokens) - 1)
+                    yield tokens[:cut], tokens[cut:], IS_NEXT
+            else:
+                a_end = rng.randint(1, len(chunk) - 1) if len(chunk) > 1 else 1
+                a = np.concatenate(chunk[:a_end])
+                if random_next:
+                    b = random_text(docs, index, max(1, target - len(a)), rng)
+                    i -= len(chunk) - a_end  # the sentences after the cut are used again ("put back")
+                    yield a, b, NOT_NEXT
+                else:
+                    yield a, np.concatenate(chunk[a_end:]), IS_NEXT
+            chunk, length = [], 0
+            target = draw_target()
+        i += 1
+
+
+def random_text(documents: Sequence[Sequence[np.ndarray]], exclude: int, length: int,
+                rng: random.Random) -> np.ndarray:
+    """At least `length` tokens (or to the document's end) of consecutive sentences, from a random sentence of a
+    random document other than `exclude`."""
     other = rng.randrange(len(documents) - 1)
     document = documents[other + (other >= exclude)]
     start = rng.randrange(len(document))
-    out: list[int] = []
+    out, total = [], 0
     for sentence in document[start:]:
-        out.extend(sentence)
-        if len(out) >= length:
+        out.append(sentence)
+        total += len(sentence)
+        if total >= length:
             break
-    return out
+    return np.concatenate(out)
 
 
-def truncate_pair(a: list[int], b: list[int], budget: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    """Remove tokens from the longer of A and B, from its front or back at random, until both fit `budget`."""
-    a, b = list(a), list(b)
-    while len(a) + len(b) > budget:
-        longer = a if len(a) > len(b) else b
-        del longer[0 if rng.random() < 0.5 else -1]
-    return a, b
+def truncate_pair(a: Sequence[int], b: Sequence[int], budget: int,
+                  rng: random.Random) -> tuple[Sequence[int], Sequence[int]]:
+    """Remove tokens from the longer of A and B (B on a tie), from its front or back at random, until the pair
+    fits `budget`: Google's `truncate_seq_pair`, with the same random draws, as slices instead of deletions."""
+    a_lo, a_hi, b_lo, b_hi = 0, len(a), 0, len(b)
+    while (a_hi - a_lo) + (b_hi - b_lo) > budget:
+        if a_hi - a_lo > b_hi - b_lo:
+            if rng.random() < 0.5:
+                a_lo += 1
+            else:
+                a_hi -= 1
+        elif rng.random() < 0.5:
+            b_lo += 1
+        else:
+            b_hi -= 1
+    return a[a_lo:a_hi], b[b_lo:b_hi]
 
 
+# -- masking ----------------------------------------------------------------------------------------------------
 def mask_tokens(ids: Tensor, candidates: Tensor, vocab: Vocabulary, generator: torch.Generator, *,
                 mask_prob: float = 0.15, max_predictions: int | None = None,
                 whole_word: bool = False) -> tuple[Tensor, Tensor]:
     """BERT's masking of a (batch, time) id tensor: returns (inputs, labels), labels = IGNORE where not chosen.
 
-    Per row, round(mask_prob * n) of its n candidate positions (at least 1, at most `max_predictions`) are chosen
-    uniformly; with `whole_word`, words are chosen instead (a word = a token and its "##" continuations) and all
-    their pieces are masked together. Of the chosen tokens 80 % become [MASK], 10 % a random non-special token,
-    10 % stay as they are.
+    Per row, `round(mask_prob * n)` of its n candidate positions (at least 1, at most `max_predictions` and n) are
+    chosen uniformly at random. With `whole_word`, whole words are chosen instead, a word being a candidate token
+    with the continuation tokens that follow it (`vocab.continuation`; a continuation after a non-candidate such
+    as [SEP] starts a word of its own), all its pieces masked together. As in Google's script, words are taken in
+    random order while they fit the row's token count (a word that would overshoot is passed over), so that about
+    15 % of tokens are still chosen; if no word fits, the first word in the order is taken alone.
+    Of the chosen tokens, each independently: 80 % become [MASK], 10 % a random non-special id, 10 % stay.
     """
-    units = candidates
-    if whole_word:
-        is_start = candidates & ~vocab.continuation[ids]
-        word = is_start.long().cumsum(1)  # word number of every position (continuations share their start's)
-        units = is_start
-    counts = units.sum(1, keepdim=True)
-    n_chosen = (counts.float() * mask_prob).round().clamp(min=1).long().minimum(counts)
+    candidates = candidates.bool()
+    counts = candidates.sum(1)
+    n_target = (counts.double() * mask_prob).round().long().clamp(min=1).minimum(counts)
     if max_predictions is not None:
-        n_chosen = n_chosen.clamp(max=max_predictions)
-    scores = torch.rand(ids.shape, generator=generator).masked_fill(~units, 2.0)
-    rank = scores.argsort(1).argsort(1)  # 0 = the lowest score in the row
-    chosen = (rank < n_chosen) & units
+        n_target = n_target.clamp(max=max_predictions)
+    scores = torch.rand(ids.shape, generator=generator)
     if whole_word:
-        chosen_words = torch.zeros(ids.shape[0], ids.shape[1] + 1, dtype=torch.bool)
-        chosen_words.scatter_(1, word * chosen, chosen)  # word numbers of the chosen starts (0 = none)
-        chosen = chosen_words.gather(1, word) & candidates & (word > 0)
+        chosen = _choose_words(ids, candidates, vocab, scores, n_target)
+    else:
+        rank = scores.masked_fill(~candidates, 2.0).argsort(1).argsort(1)  # 0 = the lowest score in the row
+        chosen = (rank < n_target[:, None]) & candidates
     labels = torch.where(chosen, ids, IGNORE)
     action = torch.rand(ids.shape, generator=generator)
-    ordinary = torch.tensor(sorted(set(range(vocab.size)) - vocab.special_ids))
+    ordinary = vocab.ordinary_ids
     random_ids = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator)]
     inputs = torch.where(chosen & (action < 0.8), vocab.mask_id, ids)
     inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
     return inputs, labels
+
+
+def word_starts(ids: Tensor, candidates: Tensor, continuation: Tensor) -> Tensor:
+    """(batch, time) bool: where a word starts, among the candidates (a word = a start and its continuations)."""
+    follows_candidate = F.pad(candidates[:, :-1], (1, 0), value=False)
+    return candidates & ~(continuation[ids] & follows_candidate)
+
+
+def _choose_words(ids: Tensor, candidates: Tensor, vocab: Vocabulary, scores: Tensor, n_target: Tensor) -> Tensor:
+    if vocab.continuation is None:
+        raise ValueError("whole-word masking needs vocab.continuation (which tokens continue a word)")
+    starts = word_starts(ids, candidates, vocab.continuation)
+    word = torch.where(candidates, starts.long().cumsum(1), 0)  # word number per position, from 1; 0 = none
+    chosen = torch.zeros_like(candidates)
+    for row in range(ids.shape[0]):
+        n_words = int(word[row].max())
+        if n_words == 0:
+            continue
+        length = torch.bincount(word[row], minlength=n_words + 1)[1:].tolist()
+        order = scores[row][starts[row]].argsort().tolist()  # the words in a random order
+        target, total, taken = int(n_target[row]), 0, []
+        for w in order:
+            if total >= target:
+                break
+            if total + length[w] <= target:
+                taken.append(w + 1)
+                total += length[w]
+        chosen[row] = torch.isin(word[row], torch.tensor(taken or [order[0] + 1]))
+    return chosen & candidates
 
 
 def seeded(*numbers: int) -> torch.Generator:
@@ -191,28 +370,51 @@ def seeded(*numbers: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(numbers)).generate_state(1)[0]))
 
 
+# -- batches ----------------------------------------------------------------------------------------------------
 class MaskedLMBatches:
-    """Batches of masked pairs, padded to their longest row: ids, mask, segments, mlm_labels, nsp_labels."""
+    """Batches of masked pairs: dict(ids, mask, segments, mlm_labels, nsp_labels), all int64 but `mask` (bool).
+
+    Rows are padded to the longest in the batch (`pad_to=None`), not to the maximum length: a tenth of the pairs
+    are short by design and the chunks at document ends are too, so fixed padding would spend compute on padding;
+    give `pad_to` (e.g. max_length) for static shapes (CUDA graphs, compiled models). `batch(i)` is a pure function
+    of (seed, i): the epoch's order is a permutation drawn from (seed, epoch) and the masking from (seed, i).
+    """
 
     def __init__(self, instances: Instances, vocab: Vocabulary, batch_size: int, seed: int, *,
-                 mask_prob: float = 0.15, max_predictions: int | None = None, whole_word: bool = False) -> None:
+                 mask_prob: float = 0.15, max_predictions: int | None = None, whole_word: bool = False,
+                 pad_to: int | None = None) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
         if len(instances) < batch_size:
             raise UserError(f"{len(instances)} training pairs are fewer than one batch of {batch_size}")
-        self.instances, self.vocab, self.batch_size, self.seed = instances, vocab, batch_size, seed
+        if not 0 < mask_prob < 1:
+            raise UserError(f"mask probability must be in (0, 1), got {mask_prob}")
+        if whole_word and vocab.continuation is None:
+            raise UserError("whole-word masking needs to know which tokens continue a word (vocab.continuation)")
+        longest = int(instances.lengths().max())
+        if pad_to is not None and pad_to < longest:
+            raise UserError(f"pad_to={pad_to} is shorter than the longest pair ({longest} tokens)")
+        self.instances, self.vocab, self.batch_size, self.seed, self.pad_to = instances, vocab, batch_size, seed, pad_to
         self.options = dict(mask_prob=mask_prob, max_predictions=max_predictions, whole_word=whole_word)
+        self._order: tuple[int, Tensor] | None = None  # (epoch, permutation), the last one drawn
 
     def __len__(self) -> int:
+        """Batches per epoch; the pairs that do not fill a last batch wait for another epoch's shuffle."""
         return len(self.instances) // self.batch_size
 
     def batch(self, step: int) -> dict[str, Tensor]:
-        """The step-th batch: the epoch's order and the masking are pure functions of (seed, step)."""
+        """The step-th batch, counted from 0 across epochs."""
+        if step < 0:
+            raise ValueError(f"batch index must be >= 0, got {step}")
         epoch, within = divmod(step, len(self))
-        order = torch.randperm(len(self.instances), generator=seeded(self.seed, 0, epoch))
-        rows = order[within * self.batch_size:(within + 1) * self.batch_size].tolist()
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, torch.randperm(len(self.instances), generator=seeded(self.seed, 0, epoch)))
+        rows = self._order[1][within * self.batch_size:(within + 1) * self.batch_size].tolist()
         return self.collate(rows, seeded(self.seed, 1, step))
 
     def eval_batches(self, max_batches: int | None = None) -> Iterator[dict[str, Tensor]]:
-        """In order, with masking fixed by the seed: the same validation set at every evaluation."""
+        """Every pair in stored (already shuffled) order, masked from a fixed seed: the same validation batches at
+        every evaluation. The last batch may be smaller."""
         count = -(-len(self.instances) // self.batch_size)
         for b in range(count if max_batches is None else min(count, max_batches)):
             rows = list(range(b * self.batch_size, min(len(self.instances), (b + 1) * self.batch_size)))
@@ -220,49 +422,63 @@ class MaskedLMBatches:
 
     def collate(self, rows: list[int], generator: torch.Generator) -> dict[str, Tensor]:
         inst = self.instances
-        lengths = [int(inst.offsets[r + 1] - inst.offsets[r]) for r in rows]
-        ids = torch.full((len(rows), max(lengths)), self.vocab.pad_id, dtype=torch.long)
-        segments = torch.zeros_like(ids)
-        for i, (r, n) in enumerate(zip(rows, lengths, strict=True)):
-            ids[i, :n] = torch.from_numpy(inst.ids[inst.offsets[r]:inst.offsets[r + 1]].astype(np.int64))
-            segments[i, inst.first_segment_length[r]:n] = 1
-        mask = torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]
-        special = torch.tensor(sorted(self.vocab.special_ids))
-        candidates = mask & ~torch.isin(ids, special)
+        starts, ends = inst.offsets[rows], inst.offsets[np.asarray(rows) + 1]
+        lengths = torch.from_numpy(ends - starts)
+        width = self.pad_to or int(lengths.max())
+        ids = torch.full((len(rows), width), self.vocab.pad_id, dtype=torch.long)
+        for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            ids[i, :e - s] = torch.from_numpy(inst.ids[s:e].astype(np.int64))
+        position = torch.arange(width)[None]
+        mask = position < lengths[:, None]
+        segments = ((position >= torch.from_numpy(inst.first_segment_length[rows])[:, None]) & mask).long()
+        candidates = mask & ~torch.isin(ids, self.vocab.special_tensor)
         inputs, labels = mask_tokens(ids, candidates, self.vocab, generator, **self.options)
         return {"ids": inputs, "mask": mask, "segments": segments, "mlm_labels": labels,
                 "nsp_labels": torch.from_numpy(inst.is_random_next[rows])}
 
 
+# -- objective --------------------------------------------------------------------------------------------------
 def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Masked-LM cross-entropy over the chosen positions + next-sentence cross-entropy, with both accuracies."""
-    chosen = batch["mlm_labels"] != IGNORE
-    out = model(batch["ids"], mask=batch["mask"], segments=batch["segments"], masked_positions=chosen)
-    targets = batch["mlm_labels"][chosen]
-    mlm_loss = F.cross_entropy(out.logits, targets)
-    nsp_loss = F.cross_entropy(out.nsp_logits, batch["nsp_labels"])
-    metrics = {
-        "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach(),
-        "mlm_accuracy": (out.logits.argmax(-1) == targets).float().mean(),
-        "nsp_accuracy": (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean(),
-    }
+    """Masked-LM cross-entropy over the chosen positions + next-sentence cross-entropy, with both accuracies.
+
+    The model is called as `model(ids, mask=, segments=)` and returns `.mlm_logits` (batch, time, vocab) and
+    `.nsp_logits` (batch, 2). A model whose forward takes `masked_positions` (ctxlm's BERT) is given the chosen
+    positions and may return their logits only, (n_chosen, vocab), which skips 85 % of the vocabulary projection.
+    Metrics are detached scalar tensors; nothing here syncs with the device except that gather.
+    """
+    labels = batch["mlm_labels"]
+    chosen = labels != IGNORE
+    extra = {"masked_positions": chosen} if _takes_masked_positions(model) else {}
+    out = model(batch["ids"], mask=batch["mask"], segments=batch["segments"], **extra)
+    logits = out.mlm_logits
+    if logits.dim() == 3:  # every position scored: keep the chosen ones through ignore_index, without a sync
+        logits, targets, weight = logits.flatten(0, 1), labels.flatten(), chosen.flatten()
+    else:
+        targets = labels[chosen]
+        weight = torch.ones_like(targets, dtype=torch.bool)
+    mlm_loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
+    nsp_loss = F.cross_entropy(out.nsp_logits.float(), batch["nsp_labels"])
+    with torch.no_grad():
+        hits = (logits.argmax(-1) == targets) & weight
+        metrics = {
+            "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach(),
+            "mlm_accuracy": hits.sum() / weight.sum().clamp(min=1),
+            "nsp_accuracy": (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean(),
+        }
     return mlm_loss + nsp_loss, metrics
 
 
-def load_documents(path: str | Path, encode: Callable[[list[str]], list[list[int]]]) -> list[list[list[int]]]:
-    """Every document of a file or folder, as lists of tokenised sentences."""
-    documents = [doc for text in read_documents(path) for doc in split_documents(text)]
-    flat = encode([s for doc in documents for s in doc])
-    out, k = [], 0
-    for doc in documents:
-        out.append(flat[k:k + len(doc)])
-        k += len(doc)
-    return out
+def _takes_masked_positions(model: nn.Module) -> bool:
+    try:
+        return "masked_positions" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
+# -- the job ----------------------------------------------------------------------------------------------------
 def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_length: int = 128,
                        batch_size: int = 32, tokenizer=None, resume: bool = False, whole_word: bool = False,
-                       eval_batches: int = 50) -> nn.Module:
+                       dupe_factor: int = 1, eval_batches: int = 50) -> nn.Module:
     """Pretrain a BERT by masked LM + next-sentence prediction; the model ends in run_dir/checkpoint.
 
     `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
@@ -291,16 +507,15 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     else:
         held_out = max(2, len(documents) // 20)
         documents, valid_documents = documents[:-held_out], documents[-held_out:]
-    empty = sum(1 for doc in documents + valid_documents if not any(doc))
-    if empty:  # build_instances leaves them out; say so rather than drop them silently
-        print(f"skipping {empty} document(s) that gave no tokens")
-    train_pairs = build_instances(documents, vocab, max_length, seed=train.seed)
+    train_pairs = build_instances(documents, vocab, max_length, seed=train.seed, dupe_factor=dupe_factor)
     valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
-    options = dict(whole_word=whole_word, max_predictions=max(1, round(0.15 * max_length)))
+    # Google's 20 predictions for 128 tokens; it binds only with whole words (15 % of 125 tokens is 19).
+    options = dict(whole_word=whole_word, max_predictions=max(1, math.ceil(0.15 * max_length)))
     train_batches = MaskedLMBatches(train_pairs, vocab, batch_size, seed=train.seed, **options)
-    valid_batches = MaskedLMBatches(valid_pairs, vocab, batch_size, seed=train.seed, **options)
-    print(f"corpus: {len(documents):,} documents → {len(train_pairs):,} training pairs "
-          f"({len(train_batches):,} batches of {batch_size} per epoch), {len(valid_pairs):,} validation pairs")
+    valid_batches = MaskedLMBatches(valid_pairs, vocab, min(batch_size, len(valid_pairs)), seed=train.seed,
+                                    **options)
+    print(f"corpus: {train_pairs.describe()} ({len(train_batches):,} batches of {batch_size} per epoch); "
+          f"validation: {valid_pairs.describe()}")
 
     torch.manual_seed(train.seed)
     model = build_model(model_config)
@@ -308,6 +523,6 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     print(f"model: bert, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     trainer = Trainer(model, mlm_nsp_objective, train_batches.batch, train, run_dir,
                       eval_batches=lambda: valid_batches.eval_batches(eval_batches),
-                      tokens_per_batch=int(np.diff(train_pairs.offsets).mean() * batch_size))
+                      tokens_per_batch=int(train_pairs.lengths().mean() * batch_size))
     trainer.fit(resume=resume)
     return model
