@@ -70,3 +70,10 @@ def test_text_generation_stops_before_stop_strings(tiny_model_dir):
     assert cut, free
     stopped = ctxlm.generate(model, ["the cat"], max_new_tokens=12, stop=[cut])[0]
     assert stopped == free[0][: free[0].index(cut)]
+
+
+def test_empty_prompt_generates_unconditionally(tiny_model_dir):
+    import ctxlm
+
+    model = ctxlm.load(tiny_model_dir)
+    assert isinstance(ctxlm.generate(model, "", max_new_tokens=5)[0], str)

@@ -103,7 +103,10 @@ def generate(model: nn.Module, prompts: str | list[str], *, max_new_tokens: int 
     if tokenizer is None:
         raise UserError("this model has no tokenizer; load it with ctxlm.load or pass token ids to generate_ids")
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
-    out = generate_ids(model, tokenizer.encode_batch(texts), max_new_tokens=max_new_tokens,
+    encoded = tokenizer.encode_batch(texts)
+    if tokenizer.eos_id is not None:  # an empty prompt is unconditional generation: start after end-of-text
+        encoded = [ids or [tokenizer.eos_id] for ids in encoded]
+    out = generate_ids(model, encoded, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
                        pad_id=tokenizer.pad_id, seed=seed, use_cache=use_cache)
     results = []
