@@ -13,7 +13,6 @@ Devlin et al. (2018) §3.1 and appendix A.2, data side as Google's `create_pretr
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import re
@@ -330,7 +329,8 @@ def mask_tokens(ids: Tensor, candidates: Tensor, vocab: Vocabulary, generator: t
     labels = torch.where(chosen, ids, IGNORE)
     action = torch.rand(ids.shape, generator=generator)
     ordinary = vocab.ordinary_ids
-    random_ids = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator)]
+    draws = torch.randint(len(ordinary), (ids.numel(),), generator=generator)
+    random_ids = ordinary.index_select(0, draws).view(ids.shape)  # (much faster than ordinary[draws] on CPU)
     inputs = torch.where(chosen & (action < 0.8), vocab.mask_id, ids)
     inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
     return inputs, labels
@@ -339,7 +339,8 @@ def mask_tokens(ids: Tensor, candidates: Tensor, vocab: Vocabulary, generator: t
 def word_starts(ids: Tensor, candidates: Tensor, continuation: Tensor) -> Tensor:
     """(batch, time) bool: where a word starts, among the candidates (a word = a start and its continuations)."""
     follows_candidate = F.pad(candidates[:, :-1], (1, 0), value=False)
-    return candidates & ~(continuation[ids] & follows_candidate)
+    continues = continuation.index_select(0, ids.flatten()).view(ids.shape)  # = continuation[ids], faster on CPU
+    return candidates & ~(continues & follows_candidate)
 
 
 def _choose_words(ids: Tensor, candidates: Tensor, vocab: Vocabulary, scores: Tensor, n_target: Tensor) -> Tensor:
@@ -347,22 +348,27 @@ def _choose_words(ids: Tensor, candidates: Tensor, vocab: Vocabulary, scores: Te
         raise ValueError("whole-word masking needs vocab.continuation (which tokens continue a word)")
     starts = word_starts(ids, candidates, vocab.continuation)
     word = torch.where(candidates, starts.long().cumsum(1), 0)  # word number per position, from 1; 0 = none
-    chosen = torch.zeros_like(candidates)
-    for row in range(ids.shape[0]):
-        n_words = int(word[row].max())
-        if n_words == 0:
-            continue
-        length = torch.bincount(word[row], minlength=n_words + 1)[1:].tolist()
-        order = scores[row][starts[row]].argsort().tolist()  # the words in a random order
-        target, total, taken = int(n_target[row]), 0, []
-        for w in order:
+    rows, width = ids.shape
+    length = torch.zeros(rows, width + 1, dtype=torch.long).scatter_add_(1, word, candidates.long())[:, 1:]
+    start_score = torch.full((rows, width + 1), 2.0).scatter_(1, torch.where(starts, word, 0), scores)[:, 1:]
+    order = start_score.argsort(1)  # each row's words in a random order (the unused slots, score 2, last)
+    taken_rows, taken_words = [], []  # Google's greedy pass, in Python: a few dozen words a row
+    for row, (n_words, target, lengths, ranked) in enumerate(zip(
+            word.amax(1).tolist(), n_target.tolist(), length.tolist(), order.tolist(), strict=True)):
+        total = 0
+        for w in ranked[:n_words]:
             if total >= target:
                 break
-            if total + length[w] <= target:
-                taken.append(w + 1)
-                total += length[w]
-        chosen[row] = torch.isin(word[row], torch.tensor(taken or [order[0] + 1]))
-    return chosen & candidates
+            if total + lengths[w] <= target:
+                taken_rows.append(row)
+                taken_words.append(w + 1)
+                total += lengths[w]
+        if n_words and not total:
+            taken_rows.append(row)
+            taken_words.append(ranked[0] + 1)
+    taken = torch.zeros(rows, width + 1, dtype=torch.bool)
+    taken[taken_rows, taken_words] = True
+    return taken.gather(1, word) & candidates
 
 
 def seeded(*numbers: int) -> torch.Generator:
@@ -441,38 +447,22 @@ class MaskedLMBatches:
 def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """Masked-LM cross-entropy over the chosen positions + next-sentence cross-entropy, with both accuracies.
 
-    The model is called as `model(ids, mask=, segments=)` and returns `.mlm_logits` (batch, time, vocab) and
-    `.nsp_logits` (batch, 2). A model whose forward takes `masked_positions` (ctxlm's BERT) is given the chosen
-    positions and may return their logits only, (n_chosen, vocab), which skips 85 % of the vocabulary projection.
-    Metrics are detached scalar tensors; nothing here syncs with the device except that gather.
+    The model is called as `model(ids, mask=, segments=, masked_positions=)` and returns `.mlm_logits` for the
+    chosen positions only, (n_chosen, vocab), which skips 85 % of the vocabulary projection, and `.nsp_logits`
+    (batch, 2). Metrics are detached scalar tensors: nothing here waits for the device.
     """
-    labels = batch["mlm_labels"]
-    chosen = labels != IGNORE
-    extra = {"masked_positions": chosen} if _takes_masked_positions(model) else {}
-    out = model(batch["ids"], mask=batch["mask"], segments=batch["segments"], **extra)
-    logits = out.mlm_logits
-    if logits.dim() == 3:  # every position scored: keep the chosen ones through ignore_index, without a sync
-        logits, targets, weight = logits.flatten(0, 1), labels.flatten(), chosen.flatten()
-    else:
-        targets = labels[chosen]
-        weight = torch.ones_like(targets, dtype=torch.bool)
-    mlm_loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
+    chosen = batch["mlm_labels"] != IGNORE
+    out = model(batch["ids"], mask=batch["mask"], segments=batch["segments"], masked_positions=chosen)
+    targets = batch["mlm_labels"][chosen]
+    mlm_loss = F.cross_entropy(out.mlm_logits.float(), targets)
     nsp_loss = F.cross_entropy(out.nsp_logits.float(), batch["nsp_labels"])
     with torch.no_grad():
-        hits = (logits.argmax(-1) == targets) & weight
         metrics = {
             "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach(),
-            "mlm_accuracy": hits.sum() / weight.sum().clamp(min=1),
+            "mlm_accuracy": (out.mlm_logits.argmax(-1) == targets).float().mean(),
             "nsp_accuracy": (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean(),
         }
     return mlm_loss + nsp_loss, metrics
-
-
-def _takes_masked_positions(model: nn.Module) -> bool:
-    try:
-        return "masked_positions" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # -- the job ----------------------------------------------------------------------------------------------------
@@ -485,20 +475,13 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     documents are held out.
     """
     from ctxlm.models import build_model
-    from ctxlm.pretrain.corpus import find_text_files
-    from ctxlm.tokenization import Tokenizer
+    from ctxlm.pretrain.causal_lm import run_tokenizer
     from ctxlm.train import Trainer
 
     run_dir = Path(run_dir)
     if max_length > model_config.max_positions:
         raise UserError(f"max length {max_length} exceeds the model's {model_config.max_positions} positions")
-    if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
-        tokenizer = Tokenizer.from_files(run_dir / "checkpoint")
-    elif tokenizer is None:
-        files = find_text_files(data.train)
-        print(f"training a {model_config.vocab_size}-token WordPiece vocabulary on {len(files)} file(s)")
-        tokenizer = Tokenizer.train(files, kind="bert", vocab_size=model_config.vocab_size)
-    model_config.vocab_size = tokenizer.vocab_size
+    tokenizer = run_tokenizer(data, run_dir, model_config, given=tokenizer, resume=resume)
     vocab = Vocabulary.of(tokenizer)
 
     documents = load_documents(data.train, tokenizer.encode_batch)
