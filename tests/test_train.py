@@ -110,3 +110,12 @@ def test_no_weight_decay_on_biases_and_norms():
     decay, no_decay = default_param_groups(tiny_model(), 0.1)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_a_run_folder_loads_its_checkpoint(tmp_path):
+    import ctxlm
+
+    reference, _ = run(tmp_path / "run")
+    loaded = ctxlm.load(tmp_path / "run")  # the folder `ctxlm pretrain --out` wrote, as the README uses it
+    for (name, p), q in zip(reference.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name

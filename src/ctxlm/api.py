@@ -15,11 +15,14 @@ from ctxlm.errors import UserError
 def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """A model in eval mode, with `.tokenizer` and `.config`.
 
-    `name_or_path`: a ctxlm folder (config.json + model.safetensors), a folder in the Hugging Face layout
+    `name_or_path`: a ctxlm folder (config.json + model.safetensors) or a run folder holding one in
+    `checkpoint/`, a folder in the Hugging Face layout
     (converted on the fly), "minilm" (the packaged all-MiniLM-L6-v2, offline), or a published name such as
     "gpt2" (downloaded when online).
     """
     path = Path(name_or_path)
+    if path.is_dir() and is_checkpoint(path / "checkpoint"):  # a training run folder: its latest checkpoint
+        path = path / "checkpoint"
     if path.is_dir():
         if is_checkpoint(path) and not is_hub_layout(path):
             return load_checkpoint(path, device=device)
