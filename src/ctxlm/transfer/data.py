@@ -1,0 +1,414 @@
+"""Task data for fine-tuning: the built-in data sets and the user's own CSV/TSV/JSONL files → `TaskData`.
+
+One small reader per format (GLUE TSV, CoNLL columns, COPA JSONL, ARC-style JSON or JSONL, user CSV/JSONL) returns
+examples whose labels are as written in the file; `_task_data` then turns class names into indices, so that every
+task gets the same label order (the training split's names, sorted) and the same errors. Every example keeps the
+`path:line` it came from, so a bad row or an unknown label is reported where the user can fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctxlm.errors import UserError
+from ctxlm.pretrain.corpus import dataset_path
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task head needs to know: the input layout, the classes and how results are scored."""
+
+    name: str  # "sst2", ..., or "csv" for user files
+    kind: str  # "single" | "pair" | "choice" | "tag"
+    labels: tuple[str, ...]  # class names in index order (tag names for "tag"); () for regression and choice
+    metrics: tuple[str, ...]  # names understood by metrics.compute_metrics; the FIRST is the main one
+    regression: bool = False  # STS-B: one float per example
+
+    @property
+    def num_labels(self) -> int:
+        """Outputs per scored slot: one score for regression and for each choice, else one per class."""
+        return 1 if self.regression or self.kind == "choice" else len(self.labels)
+
+
+@dataclass(frozen=True)
+class Example:
+    texts: tuple[str, ...]  # single: (text,); pair: (a, b); choice: (context, choice_1, ..., choice_n); tag: words
+    label: int | float | tuple[int, ...] | None  # class / choice index; score; tag index per word; None = unlabelled
+    source: str = ""  # "path:line" where it was read, for error messages
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example] | None = None  # only where labelled test data ships (conll2003, arc_easy)
+
+
+@dataclass(frozen=True)
+class UserTaskOptions:
+    """How to read a `csv:PATH` task: which columns hold the texts and the label."""
+
+    text_column: str = "text"
+    label_column: str = "label"
+    text_pair_column: str | None = None  # pair task when set
+    dev_path: str | None = None  # else the last 10% of the train file (after a seeded shuffle) is held out as dev
+    regression: bool = False  # float labels
+
+
+Splits = tuple[list[Example], list[Example], list[Example] | None]  # train, dev, test; labels as in the files
+
+# ---------------------------------------------------------------------------------------------------- file access
+
+
+def _read_text(path: Path) -> str:
+    """The whole file (gunzipped if it ends in .gz) as UTF-8 text without a BOM: the task files are small."""
+    try:
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: not a valid gzip file ({e})") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}), expected UTF-8 text") from None
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for each line with some text; split on "\\n" only so numbers agree with editors."""
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            yield number, line
+
+
+def _tsv_rows(path: Path, fields: int, header: bool) -> Iterator[tuple[str, list[str]]]:
+    """("path:line", fields) per row. Fields are split on tabs alone: MRPC has unbalanced quotes inside them."""
+    lines = _lines(_read_text(path))
+    if header:
+        next(lines, None)
+    for number, line in lines:
+        parts = line.split("\t")
+        if len(parts) != fields:
+            raise UserError(f"{path}:{number}: expected {fields} tab-separated fields, got {len(parts)}")
+        yield f"{path}:{number}", parts
+
+
+_SPACE = re.compile(r"\s*")
+
+
+def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """("path:line", value) for each element of a JSON array file, or for each line of a JSON-lines file."""
+    text = _read_text(path)
+    if not text.lstrip().startswith("["):
+        for number, line in _lines(text):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            yield f"{path}:{number}", value
+        return
+    # Decode the array one element at a time, so each element can be reported by the line where it starts.
+    decoder, pos, line, counted = json.JSONDecoder(), text.index("[") + 1, 1, 0
+    while True:
+        pos = _SPACE.match(text, pos).end()
+        if text.startswith("]", pos):
+            return
+        line, counted = line + text.count("\n", counted, pos), pos
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        yield f"{path}:{line}", value
+        pos = _SPACE.match(text, pos).end()
+        if text.startswith(",", pos):
+            pos += 1
+        elif not text.startswith("]", pos):
+            where = text.count("\n", 0, pos) + 1
+            raise UserError(f"{path}:{where}: expected ',' or ']' between the elements of the JSON array")
+
+
+def _nonempty(path: Path, examples: list[Example]) -> list[Example]:
+    if not examples:
+        raise UserError(f"{path}: no examples")
+    return examples
+
+
+def _number(value: Any, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: label {value!r} is not a number, expected a score such as 3.5") from None
+
+
+# ---------------------------------------------------------------------------------------------------- built-in tasks
+
+
+@dataclass(frozen=True)
+class _Glue:
+    """A GLUE TSV layout: where the texts and the label are among a fixed number of fields."""
+
+    fields: int
+    texts: tuple[int, ...]
+    label: int
+    header: bool = True
+
+    def read(self, path: Path) -> list[Example]:
+        return _nonempty(path, [Example(tuple(row[i].strip() for i in self.texts), row[self.label].strip(), where)
+                                for where, row in _tsv_rows(path, self.fields, self.header)])
+
+
+def _glue(name: str, layout: _Glue, train: str = "train.tsv") -> Callable[[], Splits]:
+    def read() -> Splits:
+        return tuple(layout.read(dataset_path(name, file)) for file in (train, "dev.tsv")) + (None,)
+
+    return read
+
+
+def _conll(path: Path) -> list[Example]:
+    """Sentences of `word POS chunk NER` lines; blank lines end a sentence and -DOCSTART- lines are skipped."""
+    sentences, words, tags, start = [], [], [], 0
+    for number, line in enumerate([*_read_text(path).split("\n"), ""], 1):  # "": the last sentence ends too
+        parts = line.split()
+        if parts and parts[0] != "-DOCSTART-":
+            if len(parts) != 4:
+                raise UserError(f"{path}:{number}: expected 4 space-separated columns (word POS chunk NER), "
+                                f"got {len(parts)}")
+            start = start or number
+            words.append(parts[0])
+            tags.append(parts[3])
+        elif words:
+            sentences.append(Example(tuple(words), tuple(tags), f"{path}:{start}"))
+            words, tags, start = [], [], 0
+    return _nonempty(path, sentences)
+
+
+def _read_conll() -> Splits:
+    return tuple(_conll(dataset_path("conll2003", file)) for file in ("train.txt.gz", "valid.txt", "test.txt"))
+
+
+_COPA_QUESTIONS = {"cause": " What was the cause?", "effect": " What happened as a result?"}
+_COPA_TRAIN_IDS = 400  # SuperGLUE COPA train is ids 1-400 of the original dev set; its validation set is 401-500
+
+
+def _read_copa() -> Splits:
+    """The 500 original COPA dev items, split as SuperGLUE does. The context says whether a cause or an effect is
+    asked for: the same premise can have a different answer for each."""
+    path = dataset_path("copa", "copa_dev.jsonl")
+    train, dev = [], []
+    for where, item in _json_records(path):
+        try:
+            question, label, split = _COPA_QUESTIONS[item["question"]], item["label"], int(item["id"])
+            texts = (item["premise"] + question, item["choice1"], item["choice2"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f'{where}: expected {{"id": int, "premise", "choice1", "choice2", "question": '
+                            f'"cause" or "effect", "label": 0 or 1}}') from None
+        if label not in (0, 1):
+            raise UserError(f"{where}: label {label!r} should be 0 or 1")
+        (train if split <= _COPA_TRAIN_IDS else dev).append(Example(texts, label, where))
+    return _nonempty(path, train), _nonempty(path, dev), None
+
+
+def _choice_questions(path: Path) -> list[Example]:
+    """ARC-style questions: {"question", "choices": {"text": [...], "label": [...]}, "answerKey"}, as a JSON array
+    or JSON lines. The answer becomes an index, since the labels vary (A-E, or 1-4 in some ARC questions)."""
+    examples = []
+    for where, item in _json_records(path):
+        try:
+            question, answers, names, key = (item["question"], item["choices"]["text"], item["choices"]["label"],
+                                             item["answerKey"])
+        except (KeyError, TypeError):
+            raise UserError(f'{where}: expected {{"question", "choices": {{"text": [...], "label": [...]}}, '
+                            f'"answerKey"}}') from None
+        if len(answers) != len(names):
+            raise UserError(f"{where}: {len(answers)} choice texts but {len(names)} choice labels")
+        if key not in names:
+            raise UserError(f"{where}: answerKey {key!r} is not among the choice labels ({', '.join(names)})")
+        examples.append(Example((question, *answers), names.index(key), where))
+    return _nonempty(path, examples)
+
+
+def _read_arc() -> Splits:
+    return tuple(_choice_questions(dataset_path("arc_easy", file))
+                 for file in ("train.json", "validation.json", "test.json.gz"))
+
+
+def _read_commonsenseqa() -> Splits:
+    """Only the dev file ships (no train, and test is unlabelled): our split is its first 80% for training and the
+    last 20% as dev, in file order."""
+    questions = _choice_questions(dataset_path("commonsenseqa", "dev_rand_split.jsonl"))
+    cut = len(questions) * 4 // 5
+    return questions[:cut], questions[cut:], None
+
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    """A built-in task: its input layout and metrics, and the reader of its files under `data_root()`."""
+
+    kind: str
+    metrics: tuple[str, ...]
+    read: Callable[[], Splits]
+    regression: bool = False
+
+
+TASKS: dict[str, BuiltinTask] = {
+    "sst2": BuiltinTask("single", ("accuracy",), _glue("sst2", _Glue(2, (0,), 1), train="train.tsv.gz")),
+    "mrpc": BuiltinTask("pair", ("f1", "accuracy"), _glue("mrpc", _Glue(5, (3, 4), 0))),
+    "stsb": BuiltinTask("pair", ("spearman", "pearson"), _glue("stsb", _Glue(10, (7, 8), 9)), True),
+    "rte": BuiltinTask("pair", ("accuracy",), _glue("rte", _Glue(4, (1, 2), 3))),
+    "cola": BuiltinTask("single", ("mcc", "accuracy"), _glue("cola", _Glue(4, (3,), 1, header=False))),
+    "conll2003": BuiltinTask("tag", ("entity_f1", "accuracy"), _read_conll),
+    "copa": BuiltinTask("choice", ("accuracy",), _read_copa),
+    "arc_easy": BuiltinTask("choice", ("accuracy",), _read_arc),
+    "commonsenseqa": BuiltinTask("choice", ("accuracy",), _read_commonsenseqa),
+}
+
+# ---------------------------------------------------------------------------------------------------- user files
+
+_DEV_FRACTION = 10  # without --dev, 1 in 10 training examples is held out
+_DEV_SEED = 0  # the held-out dev set does not change with the training seed, so runs with different seeds compare
+
+
+def _csv_records(path: Path, delimiter: str, columns: list[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """("path:line", {column: value}) per row of a CSV/TSV file with a header. A TSV is split on tabs alone, as
+    the GLUE files are; a CSV may quote fields (and then a row can span lines)."""
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise UserError(f"{path}: no examples (the file is empty, expected a header row and then examples)")
+        for column in columns:
+            if column not in header:
+                raise UserError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
+        start = reader.line_num + 1
+        for row in reader:
+            where, start = f"{path}:{start}", reader.line_num + 1
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise UserError(f"{where}: expected {len(header)} fields as in the header, got {len(row)}")
+            yield where, dict(zip(header, row, strict=True))
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+
+
+def _user_examples(path: Path, options: UserTaskOptions) -> list[Example]:
+    """The examples of a .csv, .tsv or JSON-lines file (optionally gzipped), format by suffix."""
+    columns = [options.text_column, *filter(None, [options.text_pair_column]), options.label_column]
+    suffix = path.name.removesuffix(".gz").rpartition(".")[2].lower()
+    if suffix in ("csv", "tsv"):
+        records = _csv_records(path, "," if suffix == "csv" else "\t", columns)
+    elif suffix in ("jsonl", "json"):
+        records = _json_records(path)
+    else:
+        raise UserError(f"{path}: unknown file type, expected a .csv, .tsv, .jsonl or .json (JSON lines) file")
+    examples = []
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object with the fields {', '.join(columns)}")
+        missing = [c for c in columns if c not in record]
+        if missing:
+            raise UserError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)})")
+        texts = tuple(record[c] for c in columns[:-1])
+        if not all(isinstance(t, str) for t in texts):
+            raise UserError(f"{where}: the text fields ({', '.join(columns[:-1])}) should be strings")
+        label = record[options.label_column]
+        if label is None or str(label).strip() == "":
+            raise UserError(f"{where}: no label in {options.label_column!r}")
+        examples.append(Example(texts, str(label).strip(), where))
+    return _nonempty(path, examples)
+
+
+def _read_user(path: Path, options: UserTaskOptions) -> Splits:
+    train = _user_examples(path, options)
+    if options.dev_path:
+        return train, _user_examples(Path(options.dev_path), options), None
+    if len(train) < 2:
+        raise UserError(f"{path}: only {len(train)} example, need at least 2 to hold one out as dev "
+                        f"(or give a dev file)")
+    random.Random(_DEV_SEED).shuffle(train)
+    cut = len(train) - max(1, len(train) // _DEV_FRACTION)
+    return train[:cut], train[cut:], None
+
+
+# ---------------------------------------------------------------------------------------------------- labels, load
+
+
+def _label_names(train: list[Example], kind: str) -> tuple[str, ...]:
+    """Class names in index order: the training split's, sorted (numerically when all are integers); for tags "O"
+    comes first, so index 0 means "no entity" (words cut off by the length limit are tagged with it)."""
+    names = {t for e in train for t in e.label} if kind == "tag" else {e.label for e in train}
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names, key=lambda n: (n != "O", n) if kind == "tag" else n))
+
+
+def _indexed(examples: list[Example], labels: tuple[str, ...], kind: str) -> list[Example]:
+    """The examples with class names replaced by their index in `labels`."""
+    index = {name: i for i, name in enumerate(labels)}
+
+    def lookup(name: str, example: Example, word: int | None = None) -> int:
+        if name not in index:
+            what = "" if word is None else f" (word {word + 1})"
+            raise UserError(f"{example.source}: label {name!r}{what} does not occur in the training data "
+                            f"(known: {', '.join(labels)})")
+        return index[name]
+
+    if kind == "tag":
+        return [Example(e.texts, tuple(lookup(t, e, i) for i, t in enumerate(e.label)), e.source) for e in examples]
+    return [Example(e.texts, lookup(e.label, e), e.source) for e in examples]
+
+
+def _task_data(name: str, kind: str, metrics: tuple[str, ...], regression: bool, splits: Splits) -> TaskData:
+    """The spec and the examples with final labels: class indices, scores as floats, choice indices as read."""
+    if kind == "choice":
+        return TaskData(TaskSpec(name, kind, (), metrics), *splits)
+    if regression:
+        scores = [None if split is None else [Example(e.texts, _number(e.label, e.source), e.source) for e in split]
+                  for split in splits]
+        return TaskData(TaskSpec(name, kind, (), metrics, regression=True), *scores)
+    labels = _label_names(splits[0], kind)
+    indexed = [None if split is None else _indexed(split, labels, kind) for split in splits]
+    return TaskData(TaskSpec(name, kind, labels, metrics), *indexed)
+
+
+def load_task(name: str, *, train_size: int | None = None, seed: int = 0,
+              csv_options: UserTaskOptions | None = None) -> TaskData:
+    """A built-in task (files under `data_root()`), or `csv:PATH` for the user's own file read with `csv_options`.
+
+    `train_size` keeps a random subset of that many training examples, the same for the same `seed`; the label
+    names always come from the whole training split, so the subset does not change the model's outputs.
+    """
+    if train_size is not None and train_size < 1:
+        raise UserError(f"train size {train_size}: expected a positive number of examples")
+    if name.startswith("csv:"):
+        options = csv_options or UserTaskOptions()
+        kind = "pair" if options.text_pair_column else "single"
+        metrics = ("spearman", "pearson") if options.regression else ("accuracy", "macro_f1")
+        data = _task_data("csv", kind, metrics, options.regression, _read_user(Path(name[4:]), options))
+    elif name in TASKS:
+        task = TASKS[name]
+        data = _task_data(name, task.kind, task.metrics, task.regression, task.read())
+    else:
+        raise UserError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}, or csv:PATH for your own "
+                        f".csv, .tsv or .jsonl file")
+    if train_size is not None and train_size < len(data.train):
+        data.train = random.Random(seed).sample(data.train, train_size)
+    return data
