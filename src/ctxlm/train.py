@@ -123,11 +123,20 @@ class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train_batch: Callable[[int], Any],
                  config: TrainConfig, run_dir: str | Path, *,
                  eval_batches: Callable[[], Iterable[Any]] | None = None,
-                 param_groups: list[dict] | None = None, tokens_per_batch: int | None = None) -> None:
+                 param_groups: list[dict] | None = None, tokens_per_batch: int | None = None,
+                 evaluator: Callable[[], dict[str, float]] | None = None,
+                 lr_schedule: Callable[[int], float] | None = None,
+                 before_step: Callable[[int], None] | None = None) -> None:
+        """`evaluator()`: replaces the mean-of-objective evaluation (metrics over a whole split, such as F1 or
+        Spearman, are not means over batches); it returns names starting with "valid_".
+        `lr_schedule(step)`: the learning-rate multiplier, instead of the config's warm-up + decay.
+        `before_step(step)`: called before each optimizer step, e.g. to unfreeze layers on a schedule; it must
+        depend on the step alone, so that a resumed run behaves as an uninterrupted one."""
         config.validate()
         self.model, self.objective, self.train_batch = model, objective, train_batch
         self.config, self.run_dir, self.eval_batches = config, Path(run_dir), eval_batches
-        self.tokens_per_batch = tokens_per_batch
+        self.tokens_per_batch, self.evaluator, self.before_step = tokens_per_batch, evaluator, before_step
+        self.lr_schedule = lr_schedule or (lambda step: lr_factor(step, config))
         self.optimizer = make_optimizer(param_groups or default_param_groups(model, config.weight_decay), config)
         self.step = 0
         self.history: list[dict] = []
@@ -178,9 +187,10 @@ class Trainer:
                 self.log(record)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"})
                 window_loss, window_start, window_steps = None, time.perf_counter(), 0
-            if self.eval_batches is not None and (self.step % config.eval_every == 0 or finished) \
+            can_eval = self.eval_batches is not None or self.evaluator is not None
+            if can_eval and (self.step % config.eval_every == 0 or finished) \
                     and not interrupted.is_set():
-                last = self.evaluate()
+                last = self.evaluator() if self.evaluator is not None else self.evaluate()
                 self.log({"step": self.step, **last})
                 self.model.train()
                 window_start = time.perf_counter()  # tokens/s counts training time only
@@ -195,8 +205,11 @@ class Trainer:
     def train_step(self) -> Tensor:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss as a tensor (no sync)."""
         config = self.config
+        if self.before_step is not None:
+            self.before_step(self.step)
+        factor = self.lr_schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor(self.step, config)
+            group["lr"] = group["base_lr"] * factor
         total = 0.0
         for micro in range(config.grad_accum):
             loss, _ = self.objective(self.model, self.train_batch(self.step * config.grad_accum + micro))
@@ -234,20 +247,20 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def plot(self) -> None:
-        """loss.png in the run folder: training and validation loss per step, and beside them any validation
-        accuracies the objective reports (BERT: masked-LM and next-sentence)."""
+        """loss.png in the run folder: training and validation loss per step, and beside them the other validation
+        metrics (BERT pretraining: masked-LM and next-sentence accuracy; fine-tuning: the task's metrics)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
-        accuracies = sorted({k for r in records for k in r if k.startswith("valid_") and k.endswith("accuracy")})
-        fig, axes = plt.subplots(1, 2 if accuracies else 1, figsize=(11 if accuracies else 6, 4), squeeze=False)
+        others = sorted({k for r in records for k in r if k.startswith("valid_")} - {"valid_loss", "valid_perplexity"})
+        fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
         panels = [(axes[0][0], [("loss", "train"), ("valid_loss", "validation")], "loss (nats)")]
-        if accuracies:
-            panels.append((axes[0][1], [(k, k.removeprefix("valid_").replace("_", " ")) for k in accuracies],
-                           "validation accuracy"))
+        if others:
+            panels.append((axes[0][1], [(k, k.removeprefix("valid_").replace("_", " ")) for k in others],
+                           "validation metric"))
         for ax, series, ylabel in panels:
             for key, label in series:
                 points = [(r["step"], r[key]) for r in records if key in r]
@@ -274,13 +287,22 @@ class Trainer:
             save_file(tensors, folder / OPTIMIZER_FILE)
             (folder / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
-        save(self.model, self.checkpoint_dir, extra=write_training_state)
+        saver = getattr(self.model, "save_checkpoint", None)  # a model with a task head saves it beside the
+        # backbone's checkpoint
+        if saver is not None:
+            saver(self.checkpoint_dir, extra=write_training_state)
+        else:
+            save(self.model, self.checkpoint_dir, extra=write_training_state)
 
     def load_state(self) -> None:
         folder = self.checkpoint_dir
         if not (folder / STATE_FILE).is_file():
             raise UserError(f"{folder}: no checkpoint to resume from (expected {STATE_FILE})")
-        load_weights(self.model, folder / WEIGHTS_FILE)
+        loader = getattr(self.model, "load_checkpoint_weights", None)
+        if loader is not None:
+            loader(folder)
+        else:
+            load_weights(self.model, folder / WEIGHTS_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
         tensors = load_file(folder / OPTIMIZER_FILE)
         per_param: dict[int, dict[str, Tensor]] = {}
