@@ -17,7 +17,7 @@ from ctxlm.errors import UserError
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="ctxlm")
 def cli() -> None:
-    """Contextual language models (GPT, GPT-2, ...) and transfer learning.
+    """Contextual language models (GPT, GPT-2, BERT, ...) and transfer learning.
 
     \b
     Examples:
@@ -25,6 +25,8 @@ def cli() -> None:
       ctxlm generate runs/gpt2-small "The history of" --max-new-tokens 40 --top-k 40 --temperature 0.8
       ctxlm convert path/to/hf-gpt2-folder models/gpt2
       ctxlm info runs/gpt2-small
+      ctxlm finetune --model minilm --task sst2 --strategy features --train-size 2000 --out runs/sst2
+      echo "a gorgeous, witty movie" | ctxlm predict runs/sst2
     """
 
 
@@ -204,6 +206,16 @@ def info(model) -> None:
         f"{sum(p.numel() for p in g):,}" for g in groups) + ")")
     tok = lm.tokenizer
     click.echo(f"{'tokenizer':>16}: " + (f"{tok.kind}, {tok.vocab_size:,} tokens" if tok else "none"))
+
+
+def _register_transfer_commands() -> None:
+    from ctxlm.transfer.cli import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_register_transfer_commands()
 
 
 def main() -> None:

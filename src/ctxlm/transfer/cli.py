@@ -1,0 +1,183 @@
+"""`ctxlm finetune | evaluate | predict | compare` (registered on the main `ctxlm` group)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa (under $CTXLM_DATA), or "
+             "csv:PATH for your own .csv/.tsv/.jsonl file (see --text-column, --label-column)")
+STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, gradual (unfreeze one layer group per "
+                 "epoch, top first), discriminative (rates / 2.6 per group going down), slanted (ULMFiT triangular "
+                 "schedule), l2sp (penalty toward the pretrained weights), ulmfit (gradual + discriminative + "
+                 "slanted), gpt (full + auxiliary LM loss 0.5; decoders). Override a field: "
+                 "'discriminative:lr_decay=2.0', 'l2sp:sp_alpha=0.1,sp_norm=l1'")
+
+
+def user_task_options(f):
+    """--text-column, --label-column, --pair-column, --dev, --regression: what csv:PATH tasks need."""
+    for decorator in reversed([
+        click.option("--text-column", default="text", show_default=True, help="csv: column of the text"),
+        click.option("--label-column", default="label", show_default=True, help="csv: column of the label"),
+        click.option("--pair-column", help="csv: column of a second text (a pair task)"),
+        click.option("--dev", "dev_path", type=click.Path(exists=True, dir_okay=False),
+                     help="csv: validation file (default: 10% of the training file held out)"),
+        click.option("--regression", is_flag=True, help="csv: the labels are numbers to predict"),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _user_task(text_column, label_column, pair_column, dev_path, regression):
+    from ctxlm.transfer.data import UserTaskOptions
+
+    return UserTaskOptions(text_column=text_column, label_column=label_column, text_pair_column=pair_column,
+                           dev_path=dev_path, regression=regression)
+
+
+def training_options(f, *, strategy: bool = True):
+    for decorator in reversed([
+        click.option("--task", required=True, help=TASK_HELP),
+        *([click.option("--strategy", default="full", show_default=True, help=STRATEGY_HELP)] if strategy else []),
+        click.option("--train-size", type=int, help="train on a random subset of this many examples"),
+        click.option("--epochs", type=float, help="[default: 3; 20 for features]"),
+        click.option("--batch-size", default=32, show_default=True),
+        click.option("--lr", type=float, help="peak rate of the top layer [default: 5e-5 encoders, 6.25e-5 GPT, "
+                                               "1e-3 for features]"),
+        click.option("--head-lr", type=float, help="rate of the new head [default: --lr]"),
+        click.option("--max-length", default=128, show_default=True, help="tokens per input sequence"),
+        click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),
+                     help="sequence vector [default: mean for encoders, last (<|extract|>) for decoders]"),
+        click.option("--evals-per-epoch", default=1, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)"),
+        click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time"),
+    ]):
+        f = decorator(f)
+    return user_task_options(f)
+
+
+def _config(model, task, train_size, epochs, batch_size, lr, head_lr, max_length, pooling,
+            evals_per_epoch, device, max_minutes, seed, strategy="full", **user):
+    from ctxlm.transfer.finetune import FinetuneConfig
+
+    return FinetuneConfig(model=model, task=task, strategy=strategy, train_size=train_size, seed=seed, epochs=epochs,
+                          batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length, pooling=pooling,
+                          evals_per_epoch=evals_per_epoch, device=device, max_minutes=max_minutes,
+                          user_task=_user_task(**user))
+
+
+def _print_metrics(metrics: dict) -> None:
+    for key, value in metrics.items():
+        click.echo(f"{key:>24}  {value:.4f}" if isinstance(value, float) else f"{key:>24}  {value}")
+
+
+@click.command(epilog="""\b
+Examples:
+  # the packaged MiniLM, all of SST-2, full fine-tuning (a GPU helps: about 67k examples x 3 epochs)
+  ctxlm finetune --model minilm --task sst2 --out runs/minilm-sst2
+  # feature extraction: the backbone runs once, only a linear head trains
+  ctxlm finetune --model minilm --task sst2 --strategy features --train-size 2000 --out runs/sst2-features
+  # ULMFiT's recipe on a GPT-2 you pretrained, 1,000 examples
+  ctxlm finetune --model runs/gpt2-wt2 --task sst2 --strategy ulmfit --train-size 1000 --out runs/gpt2-sst2
+  # your own data: a CSV with columns review,stars
+  ctxlm finetune --model minilm --task csv:reviews.csv --text-column review --label-column stars --out runs/rev
+""")
+@click.option("--model", required=True, help="model folder, run folder, 'minilm', or a published name (gpt2, ...)")
+@training_options
+@click.option("--seed", default=0, show_default=True, help="seeds the subset, the head, dropout and batch order")
+@click.option("--out", "run_dir", type=click.Path(), required=True,
+              help="run folder: model/, metrics.json, metrics.jsonl, loss.png")
+@click.option("--resume", is_flag=True, help="continue an interrupted run from OUT/checkpoint")
+def finetune(run_dir, resume, **options) -> None:
+    """Fine-tune a pretrained model on a task with a transfer strategy; report dev (and test) metrics."""
+    from ctxlm.transfer.finetune import finetune as run
+
+    metrics = run(_config(**options), run_dir, resume=resume)
+    _print_metrics(metrics)
+    click.echo(f"model, metrics.json and loss.png in {run_dir}")
+
+
+@click.command(epilog="""\b
+Examples:
+  ctxlm evaluate runs/minilm-sst2
+  ctxlm evaluate runs/minilm-conll --split test
+""")
+@click.argument("model")
+@click.option("--task", help="task to evaluate on [default: the one the model was fine-tuned for]")
+@click.option("--split", type=click.Choice(["train", "dev", "test"]), default="dev", show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def evaluate(model, task, split, batch_size, device) -> None:
+    """Metrics of a fine-tuned model on a labelled split."""
+    from ctxlm.transfer.finetune import pick_device
+    from ctxlm.transfer.model import TaskModel
+    from ctxlm.transfer.predict import evaluate as run
+
+    task_model = TaskModel.load(model, device=pick_device(device))
+    _print_metrics(run(task_model, task or task_model.spec.name, split, batch_size=batch_size))
+
+
+@click.command(epilog="""\b
+Input, one example per line: a text; "text_a<TAB>text_b" for pair tasks; {"context": ..., "choices": [...]}
+for multiple choice; space-separated words for tagging. Output: one JSON object per line.
+Examples:
+  echo "a gorgeous, witty, seductive movie" | ctxlm predict runs/minilm-sst2
+  ctxlm predict runs/minilm-conll --input sentences.txt > tags.jsonl
+""")
+@click.argument("model")
+@click.option("--input", "input_file", type=click.File(encoding="utf-8"), default="-", show_default=True,
+              help="file to label (- = stdin)")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def predict(model, input_file, batch_size, device) -> None:
+    """Label new inputs with a fine-tuned model."""
+    from ctxlm.errors import UserError
+    from ctxlm.transfer.finetune import pick_device
+    from ctxlm.transfer.model import TaskModel
+    from ctxlm.transfer.predict import parse_inputs
+    from ctxlm.transfer.predict import predict as run
+
+    task_model = TaskModel.load(model, device=pick_device(device))
+    name = getattr(input_file, "name", "<stdin>")
+    try:
+        examples = parse_inputs(input_file, task_model.spec, name)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{name}: not UTF-8 text ({err})") from None
+    for example, result in zip(examples, run(task_model, examples, batch_size=batch_size), strict=True):
+        sys.stdout.write(json.dumps({"input": list(example.texts), **result}, ensure_ascii=False) + "\n")
+
+
+@click.command(epilog="""\b
+Examples:
+  # the strategy table: 1,000 SST-2 examples, 3 seeds, three backbones
+  ctxlm compare --task sst2 --train-size 1000 --model minilm --model runs/gpt2-wt2 \\
+      --strategies features,full,gradual,discriminative,slanted,l2sp --seeds 0,1,2 --out runs/compare-sst2
+""")
+@click.option("--model", "models", multiple=True, required=True, help="a backbone (repeat for several)")
+@functools.partial(training_options, strategy=False)
+@click.option("--strategies", default="features,full,gradual,discriminative,slanted,l2sp", show_default=True,
+              help="comma-separated strategies (see finetune --help)")
+@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds")
+@click.option("--out", "out", type=click.Path(), required=True,
+              help="folder of runs (finished ones are reused), compare.md, compare.json, compare.png")
+def compare(models, strategies, seeds, out, **options) -> None:
+    """Compare transfer strategies (× seeds × backbones) on one task: mean ± std table and plot."""
+    from ctxlm.errors import UserError
+    from ctxlm.transfer.compare import compare as run
+    from ctxlm.transfer.strategies import get_strategy
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    strategy_list = [s.strip() for s in strategies.split(",") if s.strip()]
+    for name in strategy_list:
+        get_strategy(name)  # fail before the first run, not after hours
+    run(_config(model=models[0], seed=seed_list[0], **options), list(models), strategy_list,
+        seed_list, out, say=click.echo)
+
+
+COMMANDS = [finetune, evaluate, predict, compare]

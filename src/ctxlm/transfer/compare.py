@@ -1,0 +1,95 @@
+"""`ctxlm compare`: models × strategies × seeds on one task → a mean ± std table and a plot.
+
+Each run is an ordinary fine-tuning run folder `OUT/<model>/<strategy>/seed<S>`; one that already holds
+metrics.json is not run again, so an interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from ctxlm.transfer.data import load_task
+from ctxlm.transfer.finetune import FinetuneConfig, finetune
+
+
+def model_label(model: str) -> str:
+    """A short folder-safe name: the last path part ("runs/gpt2-wt2" → "gpt2-wt2")."""
+    name = Path(model.rstrip("/")).name if Path(model).exists() else model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "model"
+
+
+def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seeds: list[int], out: str | Path,
+            *, say=print) -> list[dict]:
+    """Run every combination (skipping finished ones); write compare.json, compare.md and compare.png."""
+    out = Path(out)
+    rows = []
+    for model in models:
+        for strategy in strategies:
+            for seed in seeds:
+                run_dir = out / model_label(model) / strategy.replace(":", "_") / f"seed{seed}"
+                done = run_dir / "metrics.json"
+                if done.is_file():
+                    metrics = json.loads(done.read_text())["metrics"]
+                else:
+                    say(f"== {model} · {strategy} · seed {seed}")
+                    data = load_task(base.task, train_size=base.train_size, seed=seed, csv_options=base.user_task)
+                    metrics = finetune(replace(base, model=model, strategy=strategy, seed=seed), run_dir, data=data)
+                rows.append({"model": model_label(model), "strategy": strategy, "seed": seed, **metrics})
+    main = "dev_" + load_task(base.task).spec.metrics[0]
+    summary = summarize(rows, main)
+    (out / "compare.json").write_text(json.dumps({"metric": main, "runs": rows, "summary": summary}, indent=2) + "\n")
+    table = markdown_table(summary, main)
+    (out / "compare.md").write_text(table + "\n")
+    plot(summary, main, out / "compare.png")
+    say(table)
+    return summary
+
+
+def summarize(rows: list[dict], metric: str) -> list[dict]:
+    groups: dict[tuple[str, str], list[float]] = {}
+    minutes: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        key = (row["model"], row["strategy"])
+        groups.setdefault(key, []).append(row[metric])
+        minutes.setdefault(key, []).append(row.get("minutes", 0.0))
+    return [{"model": m, "strategy": s, "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+             "runs": len(v), "minutes": statistics.fmean(minutes[m, s])} for (m, s), v in groups.items()]
+
+
+def markdown_table(summary: list[dict], metric: str) -> str:
+    """Strategies as rows, models as columns, cells "mean ± std" in percent."""
+    models = list(dict.fromkeys(r["model"] for r in summary))
+    strategies = list(dict.fromkeys(r["strategy"] for r in summary))
+    cell = {(r["model"], r["strategy"]): f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" for r in summary}
+    runs = max(r["runs"] for r in summary)
+    lines = [f"| {metric} ×100, mean ± std over {runs} seeds | " + " | ".join(models) + " |",
+             "|---|" + "---|" * len(models)]
+    lines += [f"| {s} | " + " | ".join(cell.get((m, s), "") for m in models) + " |" for s in strategies]
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in summary))
+    strategies = list(dict.fromkeys(r["strategy"] for r in summary))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(strategies) * max(1, len(models) / 2)), 4))
+    for k, model in enumerate(models):
+        found = {r["strategy"]: r for r in summary if r["model"] == model}
+        xs = [i + (k - (len(models) - 1) / 2) * width for i, s in enumerate(strategies) if s in found]
+        ax.bar(xs, [found[s]["mean"] for s in strategies if s in found], width,
+               yerr=[found[s]["std"] for s in strategies if s in found], capsize=3, label=model)
+    ax.set_xticks(range(len(strategies)), strategies, rotation=20)
+    ax.set(ylabel=metric.replace("_", " "), title="fine-tuning strategies")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,259 @@
+"""`ctxlm finetune`: a pretrained model + a task + a strategy → a fine-tuned model folder with its metrics.
+
+Feature extraction runs the frozen backbone once over every split and trains the head on the cached features
+(so an epoch costs a linear layer, not a transformer). Every other strategy trains through the backbone, with
+its parameter groups, schedule, unfreezing and penalty taken from the `Strategy`.
+
+A run folder holds `model/` (backbone checkpoint + task.json + head weights), `metrics.json` (the final
+dev/test figures and the configuration), `metrics.jsonl` (the curve), `loss.png`, and while training
+`checkpoint/` (with the optimizer), from which `--resume` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ctxlm.errors import UserError
+from ctxlm.train import TrainConfig, Trainer
+from ctxlm.transfer.data import Example, TaskData, TaskSpec, UserTaskOptions, load_task
+from ctxlm.transfer.heads import task_loss
+from ctxlm.transfer.inputs import TaskBatches, encode_examples, label_tensor
+from ctxlm.transfer.metrics import compute_metrics
+from ctxlm.transfer.model import TaskModel
+from ctxlm.transfer.predict import gather_predictions
+from ctxlm.transfer.strategies import (
+    GradualUnfreezing,
+    SPPenalty,
+    Strategy,
+    get_strategy,
+    lr_multiplier,
+    param_groups,
+    resolve,
+)
+
+
+@dataclass
+class FinetuneConfig:
+    model: str
+    task: str
+    strategy: str = "full"
+    train_size: int | None = None
+    seed: int = 0
+    epochs: float | None = None  # None: 3 when fine-tuning, 20 for feature extraction (an epoch of a head is cheap)
+    batch_size: int = 32
+    lr: float | None = None  # None: 1e-3 for a head on frozen features, else 5e-5 (encoders) / 6.25e-5 (GPT)
+    head_lr: float | None = None  # None: the same as lr
+    weight_decay: float = 0.01
+    max_length: int = 128
+    pooling: str | None = None
+    dropout: float = 0.1
+    evals_per_epoch: int = 1
+    device: str = "auto"
+    max_minutes: float | None = None
+    user_task: UserTaskOptions = field(default_factory=UserTaskOptions)
+
+    def resolved(self, strategy: Strategy, decoder: bool) -> FinetuneConfig:
+        features = strategy.freeze_backbone
+        out = FinetuneConfig(**{**asdict(self), "user_task": self.user_task})
+        out.epochs = self.epochs or (20 if features else 3)
+        out.lr = self.lr or (1e-3 if features else 6.25e-5 if decoder else 5e-5)
+        if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0:
+            raise UserError("epochs, batch size and learning rate must be positive")
+        return out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _labels(examples: list[Example]) -> list:
+    return [e.label for e in examples]
+
+
+def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = False,
+             data: TaskData | None = None) -> dict:
+    """Fine-tune, evaluate on dev (and test where it ships), save the model; return the final metrics."""
+    from ctxlm.api import load
+
+    run_dir = Path(run_dir)
+    strategy = get_strategy(config.strategy)
+    data = data or load_task(config.task, train_size=config.train_size, seed=config.seed,
+                             csv_options=config.user_task)
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    lm = load(config.model)
+    model = TaskModel(lm, data.spec, pooling=config.pooling, dropout=config.dropout, max_length=config.max_length)
+    config = config.resolved(strategy, model.decoder)
+    if strategy.aux_lm_weight and not model.decoder:
+        raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder (GPT, GPT-2)")
+    model.to(device)
+
+    splits = {"train": data.train, "dev": data.dev, **({"test": data.test} if data.test else {})}
+    encoded = {name: encode_examples(model.tokenizer, data.spec, examples, decoder=model.decoder,
+                                     max_length=config.max_length) for name, examples in splits.items()}
+    batches = {name: TaskBatches(encoded[name], _labels(examples), data.spec, model.tokenizer.pad_id,
+                                 config.batch_size, seed=config.seed) for name, examples in splits.items()}
+    steps = max(1, math.ceil(batches["train"].per_epoch * config.epochs))
+    eval_every = max(1, batches["train"].per_epoch // config.evals_per_epoch)
+    train_config = TrainConfig(steps=steps, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
+                               eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
+                               seed=config.seed, max_minutes=config.max_minutes)
+    start = time.perf_counter()
+    if strategy.freeze_backbone:
+        trainer, evaluate = _feature_trainer(model, strategy, batches, data.spec, train_config, config, run_dir,
+                                             device)
+    else:
+        trainer, evaluate = _backbone_trainer(model, strategy, batches, data.spec, train_config, config, run_dir,
+                                              device)
+    trainer.fit(resume=resume)
+    minutes = (time.perf_counter() - start) / 60
+    result = {"task": data.spec.name, "strategy": strategy.name, "train_examples": len(data.train),
+              "steps": trainer.step, "minutes": round(minutes, 2), "device": str(device),
+              **{f"dev_{k}": v for k, v in evaluate("dev").items()}}
+    if "test" in batches:
+        result |= {f"test_{k}": v for k, v in evaluate("test").items()}
+    result["finished"] = trainer.step == train_config.steps
+    model.save_checkpoint(run_dir / "model")
+    if result["finished"]:  # model/ is the result; the optimizer state is only needed to resume
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    summary = {"metrics": result, "config": asdict(config) | {"strategy": asdict(strategy)}}
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _evaluator(spec: TaskSpec, batches: dict[str, TaskBatches], logits_of, device: torch.device, module: nn.Module):
+    """`evaluate(split)` → the task's metrics and mean loss over a whole split."""
+
+    def evaluate(split: str) -> dict[str, float]:
+        was_training = module.training
+        module.eval()
+        preds, loss = gather_predictions(logits_of, batches[split], device)
+        module.train(was_training)
+        return {"loss": loss, **compute_metrics(spec, preds, batches[split].labels)}
+
+    return evaluate
+
+
+def _backbone_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskSpec, train_config: TrainConfig,
+                      config: FinetuneConfig, run_dir: Path, device: torch.device):
+    groups = model.layer_groups()
+    head = list(model.head.parameters())
+    optimizer_groups = param_groups(groups, head, strategy, config.lr, weight_decay=config.weight_decay,
+                                    head_lr=config.head_lr)
+    penalty = None
+    if strategy.sp_alpha or strategy.sp_beta:
+        penalty = SPPenalty([p for g in groups for p in g], head, strategy.sp_alpha, strategy.sp_beta,
+                            strategy.sp_norm)
+    strategy = resolve(strategy, batches["train"].per_epoch)
+    unfreezing = GradualUnfreezing(groups, strategy.unfreeze_every) if strategy.unfreeze_every else None
+    aux = strategy.aux_lm_weight if model.decoder else 0.0
+
+    def objective(module: TaskModel, batch: dict[str, Tensor]):
+        batch = to_device(batch, device)
+        features, slot_mask, lm_loss = module.features(batch, lm_loss=aux > 0)
+        loss = task_loss(module.head(features, slot_mask), batch["labels"], spec.kind, spec.regression)
+        if lm_loss is not None:
+            loss = loss + aux * lm_loss
+        if penalty is not None:
+            loss = loss + penalty()
+        return loss, {}
+
+    evaluate = _evaluator(spec, batches, model, device, model)
+    trainer = Trainer(model, objective, batches["train"].train_batch, train_config, run_dir,
+                      param_groups=optimizer_groups, evaluator=lambda: _prefixed(evaluate("dev")),
+                      lr_schedule=lambda step: lr_multiplier(strategy, step, train_config.steps),
+                      before_step=unfreezing.update if unfreezing is not None else None)
+    return trainer, evaluate
+
+
+def _prefixed(metrics: dict[str, float]) -> dict[str, float]:
+    return {f"valid_{k}": v for k, v in metrics.items()}
+
+
+class _HeadOnFeatures(nn.Module):
+    """The trainable part of feature extraction: the head, saved together with the frozen backbone."""
+
+    def __init__(self, model: TaskModel) -> None:
+        super().__init__()
+        self.head = model.head
+        self._model = [model]  # a list, so that the backbone is not registered as this module's parameters
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.head(batch["features"], batch["slot_mask"])
+
+    def save_checkpoint(self, path, extra=None):
+        return self._model[0].save_checkpoint(path, extra)
+
+    def load_checkpoint_weights(self, path) -> None:
+        self._model[0].load_checkpoint_weights(path)
+
+
+class FeatureBatches(TaskBatches):
+    """TaskBatches whose examples are cached slot features (slots, dim) instead of token sequences."""
+
+    def _batch(self, indices):
+        feats = [self.encoded[i] for i in indices]
+        slots = max(len(f) for f in feats)
+        features = feats[0].new_zeros(len(feats), slots, feats[0].shape[-1])
+        slot_mask = torch.zeros(len(feats), slots, dtype=torch.bool)
+        for row, f in enumerate(feats):
+            features[row, :len(f)] = f
+            slot_mask[row, :len(f)] = True
+        batch = {"features": features, "slot_mask": slot_mask, "index": torch.tensor(list(indices))}
+        if self.labels is not None:
+            batch["labels"] = label_tensor([self.labels[i] for i in indices], self.spec, slots)
+        return batch
+
+    def eval_batches(self):
+        for start in range(0, len(self.encoded), self.batch_size):
+            yield self._batch(range(start, min(start + self.batch_size, len(self.encoded))))
+
+
+@torch.inference_mode()
+def cache_features(model: TaskModel, batches: TaskBatches, device: torch.device, desc: str) -> list[Tensor]:
+    """Each example's slot features from the frozen backbone, (slots or words, dim), kept on the device."""
+    model.eval()
+    out: list[Tensor | None] = [None] * len(batches.encoded)
+    for batch in tqdm(batches.eval_batches(), desc=desc, total=math.ceil(len(out) / batches.batch_size),
+                      leave=False, dynamic_ncols=True):
+        batch = to_device(batch, device)
+        features, slot_mask, _ = model.features(batch)
+        for row, i in enumerate(batch["index"].tolist()):
+            out[i] = features[row, :int(slot_mask[row].sum())].float().clone()
+    return out  # type: ignore[return-value]
+
+
+def _feature_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskSpec, train_config: TrainConfig,
+                     config: FinetuneConfig, run_dir: Path, device: torch.device):
+    for p in model.lm.parameters():
+        p.requires_grad_(False)
+    cached = {name: FeatureBatches(cache_features(model, b, device, f"features ({name})"), b.labels, spec, 0,
+                                   config.batch_size, seed=config.seed) for name, b in batches.items()}
+    head = _HeadOnFeatures(model)
+
+    def objective(module: _HeadOnFeatures, batch: dict[str, Tensor]):
+        batch = to_device(batch, device)
+        return task_loss(module(batch), batch["labels"], spec.kind, spec.regression), {}
+
+    evaluate = _evaluator(spec, cached, head, device, head)
+    groups = param_groups([], list(model.head.parameters()), strategy, config.lr, weight_decay=config.weight_decay,
+                          head_lr=config.head_lr)
+    trainer = Trainer(head, objective, cached["train"].train_batch, train_config, run_dir, param_groups=groups,
+                      evaluator=lambda: _prefixed(evaluate("dev")),
+                      lr_schedule=lambda step: lr_multiplier(strategy, step, train_config.steps))
+    return trainer, evaluate

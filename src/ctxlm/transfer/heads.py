@@ -1,0 +1,97 @@
+"""Task heads: from a backbone's hidden states to one prediction per text, per text pair, per choice or per word.
+
+Every task is read the same way. The backbone's states become *slot features* (batch, slots, dim) with a
+slot mask, and a linear layer scores them:
+
+- single text, encoder pair: one slot per example, the pooled sequence ([CLS], mean, or last token);
+- decoder pair (GPT §3.3, similarity): two slots, the pooled states of (a, b) and of (b, a), added, so the
+  prediction cannot depend on the order of the texts;
+- multiple choice: one slot per choice (context + answer), each scored, softmax over the real ones;
+- token tagging: one slot per word, the state of the word's first sub-token.
+
+Splitting `extract_features` (backbone side) from `TaskHead` (trainable side) is what lets feature extraction
+compute the features once and train only the head on them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+POOLINGS = ("cls", "mean", "last")
+
+
+def pool(states: Tensor, mask: Tensor, how: str) -> Tensor:
+    """(sequences, time, dim) → (sequences, dim). Sequences are right-padded; `mask` is True on real tokens.
+
+    "cls": the first token ([CLS] for BERT, the start token for GPT); "mean": the mean of the real tokens;
+    "last": the last real token (GPT's <|extract|>, the only decoder state that has seen the whole input).
+    """
+    if how == "cls":
+        return states[:, 0]
+    if how == "mean":
+        weights = mask.to(states.dtype).unsqueeze(-1)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    if how == "last":
+        last = mask.long().sum(1).clamp(min=1) - 1
+        return states[torch.arange(len(states), device=states.device), last]
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+
+
+def extract_features(states: Tensor, batch: dict[str, Tensor], pooling: str) -> tuple[Tensor, Tensor]:
+    """Slot features (examples, slots, dim) and the slot mask (examples, slots) of a collated batch.
+
+    Word slots (tagging) gather each word's first sub-token from the example's one sequence. Otherwise every
+    sequence is pooled and scattered to its (example, slot) from `seq_example` / `seq_slot`.
+    """
+    if "word_positions" in batch:
+        positions = batch["word_positions"]  # (examples, words), 0 where there is no word
+        rows = torch.arange(len(states), device=states.device)[:, None]
+        return states[rows, positions], batch["slot_mask"]
+    pooled = pool(states, batch["mask"], pooling)
+    slot_mask = batch["slot_mask"]
+    features = pooled.new_zeros(*slot_mask.shape, pooled.shape[-1])
+    features[batch["seq_example"], batch["seq_slot"]] = pooled
+    return features, slot_mask
+
+
+class TaskHead(nn.Module):
+    """Dropout → linear over slot features. `kind` says how slots become predictions:
+
+    "single"/"pair": slots are added (one slot, or the two orderings) → (examples, outputs);
+    "choice": one score per slot, padded slots at -inf → (examples, slots);
+    "tag": one prediction per slot → (examples, slots, outputs).
+    """
+
+    def __init__(self, dim: int, num_outputs: int, kind: str, dropout: float = 0.1) -> None:
+        super().__init__()
+        if kind not in ("single", "pair", "choice", "tag"):
+            raise ValueError(f"unknown head kind {kind!r}")
+        self.kind = kind
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(dim, 1 if kind == "choice" else num_outputs)
+        nn.init.normal_(self.linear.weight, std=0.02)  # as the backbones' own layers (BERT, GPT)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: Tensor, slot_mask: Tensor) -> Tensor:
+        features = self.dropout(features)
+        if self.kind in ("single", "pair"):
+            return self.linear((features * slot_mask.unsqueeze(-1).to(features.dtype)).sum(1))
+        scores = self.linear(features)
+        if self.kind == "choice":
+            return scores.squeeze(-1).masked_fill(~slot_mask, float("-inf"))
+        return scores
+
+
+def task_loss(logits: Tensor, labels: Tensor, kind: str, regression: bool) -> Tensor:
+    """Mean squared error for regression, else cross-entropy (over classes, choices, or tagged words)."""
+    if regression:
+        return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
+    if kind == "tag":
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+def predictions(logits: Tensor, regression: bool) -> Tensor:
+    """Scores for regression, else the arg-max class / choice / tag."""
+    return logits.squeeze(-1).float() if regression else logits.argmax(-1)

@@ -1,0 +1,192 @@
+"""Examples → token sequences → padded batches, for either kind of backbone.
+
+Encoders (BERT) read `[CLS] a [SEP] b [SEP]` with segment ids; a choice is `[CLS] context [SEP] answer [SEP]`;
+a tagged sentence is `[CLS] words [SEP]`, labelled on each word's first sub-token.
+Decoders (GPT, GPT-2) read GPT's §3.3 input transformations: `<|start|> text <|extract|>`; a pair twice, as
+(a, b) and (b, a) with `<|delimiter|>` between; a choice as (context, answer). A tagged sentence is
+`<|start|> words`, each word labelled on its first sub-token (a decoder's state has seen only the left context).
+
+Every example is tokenised once, up front, on the tokenizer's Rust threads. A batch flattens all sequences of
+its examples and records which example and slot each came from (see `heads.extract_features`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ctxlm.tokenization import Tokenizer
+from ctxlm.transfer.data import Example, TaskSpec
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example's model input: its sequences, the slot each fills, and for tagging each word's position."""
+
+    sequences: list[list[int]]
+    slots: list[int]
+    segments: list[list[int]] | None = None
+    word_positions: list[int] | None = None
+
+
+def is_decoder(model) -> bool:
+    return model.config.model_type in ("gpt", "gpt2")
+
+
+def encode_examples(tokenizer: Tokenizer, spec: TaskSpec, examples: Sequence[Example], *, decoder: bool,
+                    max_length: int) -> list[Encoded]:
+    if not examples:
+        return []
+    if spec.kind == "tag":
+        return _encode_tagged(tokenizer, examples, decoder, max_length)
+    if decoder:
+        return _encode_for_decoder(tokenizer, spec.kind, examples, max_length)
+    return _encode_for_encoder(tokenizer, spec.kind, examples, max_length)
+
+
+def _encode_for_encoder(tokenizer: Tokenizer, kind: str, examples: Sequence[Example], max_length: int):
+    if kind == "single":
+        encodings = tokenizer.encode_bert_batch([e.texts[0] for e in examples], max_length=max_length)
+        return [Encoded([enc.ids], [0], segments=[enc.segments]) for enc in encodings]
+    if kind == "pair":
+        encodings = tokenizer.encode_bert_batch([e.texts[0] for e in examples], [e.texts[1] for e in examples],
+                                                max_length=max_length)
+        return [Encoded([enc.ids], [0], segments=[enc.segments]) for enc in encodings]
+    contexts = [e.texts[0] for e in examples for _ in e.texts[1:]]
+    answers = [answer for e in examples for answer in e.texts[1:]]
+    flat = iter(tokenizer.encode_bert_batch(contexts, answers, max_length=max_length))
+    out = []
+    for e in examples:
+        encodings = [next(flat) for _ in e.texts[1:]]
+        out.append(Encoded([enc.ids for enc in encodings], list(range(len(encodings))),
+                           segments=[enc.segments for enc in encodings]))
+    return out
+
+
+def _encode_for_decoder(tokenizer: Tokenizer, kind: str, examples: Sequence[Example], max_length: int):
+    if kind == "single":
+        return [Encoded([tokenizer.encode_single(e.texts[0], max_length)], [0]) for e in examples]
+    if kind == "pair":  # both orderings: two slots whose features the head adds
+        return [Encoded([tokenizer.encode_pair(a, b, max_length), tokenizer.encode_pair(b, a, max_length)], [0, 1])
+                for a, b in (e.texts for e in examples)]
+    out = []
+    for e in examples:
+        sequences = tokenizer.encode_choices(e.texts[0], e.texts[1:], max_length)
+        out.append(Encoded(sequences, list(range(len(sequences)))))
+    return out
+
+
+def _encode_tagged(tokenizer: Tokenizer, examples: Sequence[Example], decoder: bool, max_length: int):
+    if not decoder:
+        encodings = tokenizer.encode_words_batch([list(e.texts) for e in examples], max_length=max_length)
+        out = [Encoded([enc.ids], [0], segments=[enc.segments], word_positions=enc.word_starts())
+               for enc in encodings]
+    else:
+        # Byte-level BPE marks a word boundary by the space before the word.
+        space = " " if tokenizer.kind == "gpt2" else ""
+        words = [(space if i else "") + w for e in examples for i, w in enumerate(e.texts)]
+        pieces = iter(tokenizer.encode_batch(words))
+        start = tokenizer.start_id if tokenizer.start_id is not None else tokenizer.eos_id
+        if start is None:
+            raise ValueError("a decoder's tokenizer needs <|start|> or <|endoftext|> to tag words")
+        out = []
+        for e in examples:
+            ids, positions = [start], []
+            for _ in e.texts:
+                piece = next(pieces) or [tokenizer.unk_id if tokenizer.unk_id is not None else start]
+                if len(ids) + len(piece) <= max_length:
+                    positions.append(len(ids))
+                    ids.extend(piece)
+            out.append(Encoded([ids], [0], word_positions=positions))
+    cut = sum(len(enc.word_positions) < len(e.texts) for enc, e in zip(out, examples, strict=True))
+    if cut:
+        warnings.warn(f"{cut} of {len(examples)} sentences are longer than {max_length} tokens: their last words "
+                      "are not tagged (predicted as the first tag)", stacklevel=3)
+    return out
+
+
+def collate(encoded: Sequence[Encoded], labels: Sequence | None, spec: TaskSpec, pad_id: int) -> dict[str, Tensor]:
+    """Right-padded tensors for a list of encoded examples (see `heads.extract_features` for the keys)."""
+    sequences = [s for enc in encoded for s in enc.sequences]
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.bool)
+    for row, s in enumerate(sequences):
+        ids[row, :len(s)] = torch.tensor(s)
+        mask[row, :len(s)] = True
+    batch = {"ids": ids, "mask": mask}
+    if encoded[0].segments is not None:
+        segments = torch.zeros_like(ids)
+        for row, s in enumerate(seg for enc in encoded for seg in enc.segments):
+            segments[row, :len(s)] = torch.tensor(s)
+        batch["segments"] = segments
+    if spec.kind == "tag":
+        words = max(1, max(len(enc.word_positions) for enc in encoded))
+        positions = torch.zeros((len(encoded), words), dtype=torch.long)
+        slot_mask = torch.zeros((len(encoded), words), dtype=torch.bool)
+        for row, enc in enumerate(encoded):
+            positions[row, :len(enc.word_positions)] = torch.tensor(enc.word_positions, dtype=torch.long)
+            slot_mask[row, :len(enc.word_positions)] = True
+        batch |= {"word_positions": positions, "slot_mask": slot_mask}
+    else:
+        slots = max(max(enc.slots) for enc in encoded) + 1
+        batch["seq_example"] = torch.tensor([i for i, enc in enumerate(encoded) for _ in enc.slots])
+        batch["seq_slot"] = torch.tensor([slot for enc in encoded for slot in enc.slots])
+        slot_mask = torch.zeros((len(encoded), slots), dtype=torch.bool)
+        slot_mask[batch["seq_example"], batch["seq_slot"]] = True
+        batch["slot_mask"] = slot_mask
+    if labels is not None:
+        batch["labels"] = label_tensor(labels, spec, batch["slot_mask"].shape[1])
+    return batch
+
+
+def label_tensor(labels: Sequence, spec: TaskSpec, words: int) -> Tensor:
+    """Class / choice indices (long), scores (float), or per-word tags padded with -100 (not scored)."""
+    if spec.regression:
+        return torch.tensor(labels, dtype=torch.float)
+    if spec.kind != "tag":
+        return torch.tensor(labels, dtype=torch.long)
+    out = torch.full((len(labels), words), -100, dtype=torch.long)
+    for row, tags in enumerate(labels):
+        tags = list(tags)[:words]
+        out[row, :len(tags)] = torch.tensor(tags, dtype=torch.long)
+    return out
+
+
+class TaskBatches:
+    """Batches of a task split. Training batch i is a pure function of (seed, i): every epoch is a fresh
+    permutation, so a resumed run sees exactly the batches of an uninterrupted one. Evaluation batches go in
+    order of length, which wastes the least padding."""
+
+    def __init__(self, encoded: Sequence[Encoded], labels: Sequence | None, spec: TaskSpec, pad_id: int,
+                 batch_size: int, seed: int = 0) -> None:
+        if not encoded:
+            raise ValueError("no examples to batch")
+        self.encoded, self.labels, self.spec, self.pad_id = list(encoded), labels, spec, pad_id
+        self.batch_size, self.seed = batch_size, seed
+        self.per_epoch = math.ceil(len(self.encoded) / batch_size)
+        self._epoch, self._order = -1, None
+
+    def _batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
+        labels = None if self.labels is None else [self.labels[i] for i in indices]
+        batch = collate([self.encoded[i] for i in indices], labels, self.spec, self.pad_id)
+        batch["index"] = torch.tensor(list(indices))
+        return batch
+
+    def train_batch(self, i: int) -> dict[str, Tensor]:
+        epoch, k = divmod(i, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._order = torch.randperm(len(self.encoded), generator=generator).tolist()
+            self._epoch = epoch
+        return self._batch(self._order[k * self.batch_size:(k + 1) * self.batch_size])
+
+    def eval_batches(self) -> Iterator[dict[str, Tensor]]:
+        order = sorted(range(len(self.encoded)), key=lambda i: max(map(len, self.encoded[i].sequences)))
+        for start in range(0, len(order), self.batch_size):
+            yield self._batch(order[start:start + self.batch_size])

@@ -1,0 +1,131 @@
+"""A pretrained model with a task head, and its folder: the backbone checkpoint plus task.json and head weights.
+
+The folder stays a loadable ctxlm checkpoint (`ctxlm.load` gives the fine-tuned backbone, e.g. for embeddings),
+while `TaskModel.load` gives the whole classifier back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ctxlm.checkpoint import load_weights, save
+from ctxlm.errors import UserError
+from ctxlm.transfer.data import TaskSpec
+from ctxlm.transfer.heads import POOLINGS, TaskHead, extract_features
+from ctxlm.transfer.inputs import is_decoder
+
+TASK_FILE = "task.json"
+HEAD_FILE = "head.safetensors"
+
+
+def default_pooling(model: nn.Module) -> str:
+    """Decoders: the last token (<|extract|>), the only one that has seen the whole input. Encoders: the mean
+    of the tokens, which suits sentence-embedding encoders (MiniLM) and fine-tunes as well as [CLS]."""
+    return "last" if is_decoder(model) else "mean"
+
+
+def add_task_tokens(model: nn.Module) -> None:
+    """Give a decoder GPT's <|start|>, <|delimiter|>, <|extract|> (§3.3) and grow its token embeddings to match.
+
+    New rows start as N(0, init_std), like the rest of the embeddings; the LM head is tied, so it grows too.
+    """
+    added = model.tokenizer.add_task_tokens()
+    if not added:
+        return
+    old = model.backbone.embed.tokens
+    grown = nn.Embedding(old.num_embeddings + added, old.embedding_dim, device=old.weight.device,
+                         dtype=old.weight.dtype)
+    with torch.no_grad():
+        grown.weight.normal_(0.0, model.config.init_std)
+        grown.weight[:old.num_embeddings] = old.weight
+    model.backbone.embed.tokens = grown
+    model.config.vocab_size = grown.num_embeddings
+
+
+class TaskModel(nn.Module):
+    """`lm` (the pretrained model, with its own heads kept for an auxiliary LM loss) + a `TaskHead`."""
+
+    def __init__(self, lm: nn.Module, spec: TaskSpec, *, pooling: str | None = None, dropout: float = 0.1,
+                 max_length: int = 128) -> None:
+        super().__init__()
+        pooling = pooling or default_pooling(lm)
+        if pooling not in POOLINGS:
+            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if is_decoder(lm) and lm.tokenizer.start_id is None:
+            add_task_tokens(lm)
+        self.lm, self.spec, self.pooling, self.max_length = lm, spec, pooling, max_length
+        self.decoder = is_decoder(lm)
+        self.head = TaskHead(lm.config.dim, spec.num_labels, spec.kind, dropout)
+
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    def features(self, batch: dict[str, Tensor], lm_loss: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Slot features, slot mask and, for a decoder asked for it, the LM loss on the same inputs (GPT §3.2)."""
+        ids, mask = batch["ids"], batch["mask"]
+        loss = None
+        if self.decoder and lm_loss:
+            targets = torch.full_like(ids, -100)
+            targets[:, :-1] = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+            out = self.lm(ids, mask=mask, targets=targets)
+            hidden, loss = out.hidden, out.loss
+        elif self.decoder:
+            hidden = self.lm.backbone(ids, mask=mask)
+        else:
+            hidden = self.lm.backbone(ids, mask=mask, segments=batch.get("segments"))
+        features, slot_mask = extract_features(hidden.last, batch, self.pooling)
+        return features, slot_mask, loss
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        features, slot_mask, _ = self.features(batch)
+        return self.head(features, slot_mask)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        return self.lm.layer_groups()
+
+    # -- the folder -----------------------------------------------------------------------------------------
+    def task_config(self) -> dict:
+        return {"spec": asdict(self.spec), "pooling": self.pooling, "max_length": self.max_length,
+                "dropout": self.head.dropout.p}
+
+    def save_checkpoint(self, path: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
+        def write_head(folder: Path) -> None:
+            (folder / TASK_FILE).write_text(json.dumps(self.task_config(), indent=2) + "\n")
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
+                      folder / HEAD_FILE)
+            if extra is not None:
+                extra(folder)
+
+        return save(self.lm, path, extra=write_head)
+
+    def load_checkpoint_weights(self, path: str | Path) -> None:
+        path = Path(path)
+        load_weights(self.lm, path / "model.safetensors")
+        self.head.load_state_dict(load_file(path / HEAD_FILE))
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> TaskModel:
+        """A fine-tuned model folder (or a run folder holding one in model/ or checkpoint/)."""
+        from ctxlm.api import load
+
+        path = Path(path)
+        for sub in ("model", "checkpoint"):
+            if (path / sub / TASK_FILE).is_file():
+                path = path / sub
+                break
+        if not (path / TASK_FILE).is_file():
+            raise UserError(f"{path}: not a fine-tuned model folder (no {TASK_FILE}; `ctxlm finetune` writes one)")
+        config = json.loads((path / TASK_FILE).read_text())
+        spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["spec"].items()})
+        model = cls(load(path), spec, pooling=config["pooling"], dropout=config["dropout"],
+                    max_length=config["max_length"])
+        model.head.load_state_dict(load_file(path / HEAD_FILE))
+        return model.to(device).eval()
