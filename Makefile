@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= wikitext2
-RUN ?= runs/gpt2-wikitext2
+RUN ?= runs/showcase
 
-.PHONY: install run test lint bench clean
+.PHONY: install run pretrain test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -16,9 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# A ~5M-parameter GPT-2 on WikiText-2: about 5 minutes on a 2-core laptop CPU, then perplexity and a sample.
+# Transfer showcase: the packaged MiniLM on 3,000 SST-2 sentences, feature extraction against full fine-tuning
+# (about 5 minutes on 2 CPU cores), then the fine-tuned model labels two new sentences.
 run: install
-	$(BIN)/ctxlm pretrain --model gpt2 --data $(DATA) --out $(RUN) --layers 4 --dim 256 --heads 4 \
+	$(BIN)/ctxlm compare --task sst2 --train-size 3000 --model minilm --strategies features,full --seeds 0 \
+		--lr 1e-4 --out $(RUN)
+	printf 'a gorgeous , witty , seductive movie .\nthe plot is nothing but boilerplate clichés .\n' \
+		| $(BIN)/ctxlm predict $(RUN)/minilm/full/seed0
+
+# A ~5M-parameter GPT-2 on WikiText-2: about 5 minutes on a 2-core laptop CPU, then perplexity and a sample.
+pretrain: install
+	$(BIN)/ctxlm pretrain --model gpt2 --data $(DATA) --out runs/gpt2-wikitext2 --layers 4 --dim 256 --heads 4 \
 		--vocab-size 8192 --block-size 128 --batch-size 16 --steps 600 --warmup 60 --lr 2e-3 --max-minutes 8
 
 test: install

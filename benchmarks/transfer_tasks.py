@@ -37,7 +37,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-transfer")
+    parser.add_argument("--lr", type=float, help="override every task's rate")
+    parser.add_argument("--epochs", type=float, help="override every task's epochs")
+    parser.add_argument("--pooling", choices=["cls", "mean", "last"])
     args = parser.parse_args()
+    overriding = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs), ("pooling", args.pooling)) if v}
     rows = []
     for task in args.tasks.split(","):
         metric, target, overrides = SUITE[task]
@@ -47,13 +51,13 @@ def main() -> None:
             result = json.loads(done.read_text())["metrics"]
         else:
             config = FinetuneConfig(model=args.model, task=task, strategy=args.strategy, seed=args.seed,
-                                    device=args.device, **overrides)
+                                    device=args.device, **(overrides | overriding))
             result = finetune(config, run_dir)
         test = result.get(f"test_{metric}")
         rows.append((task, metric, result[f"dev_{metric}"], test, target, result["minutes"], result["device"]))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    print(f"\n{args.model}, strategy {args.strategy}, seed {args.seed}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, {gpu}")
+    print(f"\n{args.model}, strategy {args.strategy}, seed {args.seed}, overrides {overriding}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {gpu}")
     print("| task | metric | dev | test | target | minutes | device |")
     print("|---|---|---|---|---|---|---|")
     for task, metric, dev, test, target, minutes, device in rows:

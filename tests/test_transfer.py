@@ -113,7 +113,7 @@ def test_decoder_pair_head_ignores_the_order_of_the_texts(backbones):
 
 def test_feature_extraction_leaves_the_backbone_unchanged(backbones, tmp_path):
     data = synthetic_task("single")
-    finetune(quick(backbones["bert"], "features", epochs=20, lr=1e-2), tmp_path, data=data)
+    finetune(quick(backbones["bert"], "features", epochs=20, head_lr=1e-2), tmp_path, data=data)
     before = ctxlm.load(backbones["bert"]).state_dict()
     after = ctxlm.load(tmp_path / "model").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -167,3 +167,70 @@ def test_resumed_fine_tuning_matches_an_uninterrupted_one(backbones, tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
     assert resumed["dev_accuracy"] == full["dev_accuracy"]
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+def write_csv(path, data: TaskData) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "stars"])
+        for e in data.train:
+            writer.writerow([e.texts[0], ["bad", "good"][e.label]])
+
+
+def test_cli_finetune_predict_evaluate_compare(backbones, tmp_path, monkeypatch, capsys):
+    from test_cli import ctxlm as run_cli
+
+    train = tmp_path / "reviews.csv"
+    write_csv(train, synthetic_task("single"))
+    task = ["--task", f"csv:{train}", "--text-column", "review", "--label-column", "stars", "--epochs", 10,
+            "--lr", 5e-3, "--device", "cpu", "--batch-size", 16]
+    code, out, err = run_cli(monkeypatch, capsys, "finetune", "--model", backbones["gpt2"], *task,
+                             "--out", tmp_path / "run")
+    assert code in (0, None), err
+    assert "dev_accuracy" in out and (tmp_path / "run" / "model" / "task.json").is_file()
+
+    lines = "the cat sees the house .\n\nthe tree likes the ball .\n"
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(lines))
+    code, out, err = run_cli(monkeypatch, capsys, "predict", tmp_path / "run")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code in (0, None) and [r["label"] for r in rows] == ["good", "bad"], out
+
+    code, out, _ = run_cli(monkeypatch, capsys, "evaluate", tmp_path / "run", "--task", f"csv:{train}",
+                           "--text-column", "review", "--label-column", "stars")
+    assert code in (0, None) and "accuracy" in out
+
+    code, out, err = run_cli(monkeypatch, capsys, "compare", "--model", backbones["bert"], *task,
+                             "--strategies", "features,slanted", "--seeds", "0,1", "--out", tmp_path / "cmp")
+    assert code in (0, None), err
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| features |" in table and "| slanted |" in table and (tmp_path / "cmp" / "compare.png").is_file()
+    assert len(json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"]) == 4
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--task", "nope"], "unknown task"),
+    (["--task", "sst2", "--strategy", "nope"], "unknown strategy"),
+    (["--task", "sst2", "--strategy", "gradual:unfreeze_every=0"], "unfreeze_every"),
+    (["--task", "csv:missing.csv"], "missing.csv"),
+])
+def test_cli_bad_task_or_strategy(backbones, tmp_path, monkeypatch, capsys, args, fragment):
+    from test_cli import assert_user_error
+    from test_cli import ctxlm as run_cli
+
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(run_cli(monkeypatch, capsys, "finetune", "--model", backbones["bert"], *args, "--out", "run"),
+                      fragment)
+
+
+def test_predict_rejects_malformed_input_lines(backbones, tmp_path, monkeypatch, capsys):
+    from test_cli import assert_user_error
+    from test_cli import ctxlm as run_cli
+
+    data = synthetic_task("pair", n=32)
+    finetune(quick(backbones["bert"], epochs=1), tmp_path / "run", data=data)
+    bad = tmp_path / "pairs.txt"
+    bad.write_text("first text\tsecond text\nno tab here\n")
+    assert_user_error(run_cli(monkeypatch, capsys, "predict", tmp_path / "run", "--input", bad), "pairs.txt:2", "tab")

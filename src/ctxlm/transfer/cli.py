@@ -45,9 +45,9 @@ def training_options(f, *, strategy: bool = True):
         click.option("--train-size", type=int, help="train on a random subset of this many examples"),
         click.option("--epochs", type=float, help="[default: 3; 20 for features]"),
         click.option("--batch-size", default=32, show_default=True),
-        click.option("--lr", type=float, help="peak rate of the top layer [default: 5e-5 encoders, 6.25e-5 GPT, "
-                                               "1e-3 for features]"),
-        click.option("--head-lr", type=float, help="rate of the new head [default: --lr]"),
+        click.option("--lr", type=float, help="peak rate of the backbone's top layer group [default: 5e-5 "
+                                               "encoders, 6.25e-5 GPT]"),
+        click.option("--head-lr", type=float, help="rate of the new head [default: --lr; 1e-3 for features]"),
         click.option("--max-length", default=128, show_default=True, help="tokens per input sequence"),
         click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),
                      help="sequence vector [default: mean for encoders, last (<|extract|>) for decoders]"),
@@ -110,14 +110,16 @@ Examples:
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="dev", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def evaluate(model, task, split, batch_size, device) -> None:
+@user_task_options
+def evaluate(model, task, split, batch_size, device, **user) -> None:
     """Metrics of a fine-tuned model on a labelled split."""
     from ctxlm.transfer.finetune import pick_device
     from ctxlm.transfer.model import TaskModel
     from ctxlm.transfer.predict import evaluate as run
 
     task_model = TaskModel.load(model, device=pick_device(device))
-    _print_metrics(run(task_model, task or task_model.spec.name, split, batch_size=batch_size))
+    _print_metrics(run(task_model, task or task_model.spec.name, split, batch_size=batch_size,
+                       csv_options=_user_task(**user)))
 
 
 @click.command(epilog="""\b

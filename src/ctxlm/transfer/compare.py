@@ -39,7 +39,7 @@ def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seed
                     data = load_task(base.task, train_size=base.train_size, seed=seed, csv_options=base.user_task)
                     metrics = finetune(replace(base, model=model, strategy=strategy, seed=seed), run_dir, data=data)
                 rows.append({"model": model_label(model), "strategy": strategy, "seed": seed, **metrics})
-    main = "dev_" + load_task(base.task).spec.metrics[0]
+    main = "dev_" + load_task(base.task, csv_options=base.user_task).spec.metrics[0]
     summary = summarize(rows, main)
     (out / "compare.json").write_text(json.dumps({"metric": main, "runs": rows, "summary": summary}, indent=2) + "\n")
     table = markdown_table(summary, main)

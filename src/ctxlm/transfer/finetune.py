@@ -50,8 +50,8 @@ class FinetuneConfig:
     seed: int = 0
     epochs: float | None = None  # None: 3 when fine-tuning, 20 for feature extraction (an epoch of a head is cheap)
     batch_size: int = 32
-    lr: float | None = None  # None: 1e-3 for a head on frozen features, else 5e-5 (encoders) / 6.25e-5 (GPT)
-    head_lr: float | None = None  # None: the same as lr
+    lr: float | None = None  # the backbone's; None: 5e-5 (encoders) / 6.25e-5 (GPT, §4.1)
+    head_lr: float | None = None  # None: the same as lr, or 1e-3 on a frozen backbone
     weight_decay: float = 0.01
     max_length: int = 128
     pooling: str | None = None
@@ -62,12 +62,15 @@ class FinetuneConfig:
     user_task: UserTaskOptions = field(default_factory=UserTaskOptions)
 
     def resolved(self, strategy: Strategy, decoder: bool) -> FinetuneConfig:
+        """Defaults that depend on the strategy and the backbone: `lr` is the backbone's (top group's) rate, the
+        head trains at `head_lr`, which a frozen backbone raises to 1e-3 (a linear layer alone tolerates it)."""
         features = strategy.freeze_backbone
         out = FinetuneConfig(**{**asdict(self), "user_task": self.user_task})
         out.epochs = self.epochs or (20 if features else 3)
-        out.lr = self.lr or (1e-3 if features else 6.25e-5 if decoder else 5e-5)
-        if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0:
-            raise UserError("epochs, batch size and learning rate must be positive")
+        out.lr = self.lr or (6.25e-5 if decoder else 5e-5)
+        out.head_lr = self.head_lr or (1e-3 if features else out.lr)
+        if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0 or out.head_lr <= 0:
+            raise UserError("epochs, batch size and learning rates must be positive")
         return out
 
 
@@ -110,7 +113,8 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
                                  config.batch_size, seed=config.seed) for name, examples in splits.items()}
     steps = max(1, math.ceil(batches["train"].per_epoch * config.epochs))
     eval_every = max(1, batches["train"].per_epoch // config.evals_per_epoch)
-    train_config = TrainConfig(steps=steps, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
+    base_lr = config.head_lr if strategy.freeze_backbone else config.lr
+    train_config = TrainConfig(steps=steps, lr=base_lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
                                eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
                                seed=config.seed, max_minutes=config.max_minutes)
     start = time.perf_counter()
@@ -251,8 +255,8 @@ def _feature_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskSp
         return task_loss(module(batch), batch["labels"], spec.kind, spec.regression), {}
 
     evaluate = _evaluator(spec, cached, head, device, head)
-    groups = param_groups([], list(model.head.parameters()), strategy, config.lr, weight_decay=config.weight_decay,
-                          head_lr=config.head_lr)
+    groups = param_groups([], list(model.head.parameters()), strategy, config.head_lr,
+                          weight_decay=config.weight_decay)
     trainer = Trainer(head, objective, cached["train"].train_batch, train_config, run_dir, param_groups=groups,
                       evaluator=lambda: _prefixed(evaluate("dev")),
                       lr_schedule=lambda step: lr_multiplier(strategy, step, train_config.steps))

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 
 from ctxlm.errors import UserError
-from ctxlm.transfer.data import Example, TaskSpec, load_task
+from ctxlm.transfer.data import Example, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.heads import predictions, task_loss
 from ctxlm.transfer.inputs import TaskBatches, encode_examples
 from ctxlm.transfer.metrics import compute_metrics
@@ -72,9 +72,12 @@ def gather_predictions(logits_of, source: TaskBatches, device: torch.device) -> 
     return [preds[i] for i in range(len(preds))], total / len(preds)
 
 
-def evaluate(model: TaskModel, task: str, split: str = "dev", *, batch_size: int = 64) -> dict[str, float]:
+def evaluate(model: TaskModel, task: str, split: str = "dev", *, batch_size: int = 64,
+             csv_options: UserTaskOptions | None = None) -> dict[str, float]:
     """The task's metrics for a fine-tuned model on a split of a built-in task (or csv:PATH)."""
-    data = load_task(task)
+    if task == "csv":
+        raise UserError("the model was fine-tuned on a user file: name it with --task csv:PATH (and its columns)")
+    data = load_task(task, csv_options=csv_options)
     examples = {"train": data.train, "dev": data.dev, "test": data.test}.get(split)
     if examples is None:
         raise UserError(f"task {task!r} has no labelled {split} split")
