@@ -234,3 +234,28 @@ def test_predict_rejects_malformed_input_lines(backbones, tmp_path, monkeypatch,
     bad = tmp_path / "pairs.txt"
     bad.write_text("first text\tsecond text\nno tab here\n")
     assert_user_error(run_cli(monkeypatch, capsys, "predict", tmp_path / "run", "--input", bad), "pairs.txt:2", "tab")
+
+
+def test_a_published_style_gpt2_vocabulary_gets_the_task_tokens(backbones, tmp_path):
+    """Published GPT-2 has no <|start|>/<|delimiter|>/<|extract|>: they are added and the embeddings grow."""
+    from ctxlm.tokenization import TASK_TOKENS
+
+    trained = ctxlm.load(backbones["gpt2"]).tokenizer
+    model_json = json.loads(trained.backend.to_str())["model"]
+    kept = [t for t in sorted(model_json["vocab"], key=model_json["vocab"].get) if t not in TASK_TOKENS.values()]
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(kept)}))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model_json["merges"]]
+    (tmp_path / "tok" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = Tokenizer.from_files(tmp_path / "tok", kind="gpt2")
+    assert tokenizer.start_id is None
+    torch.manual_seed(0)
+    lm = build_model(GPTConfig(vocab_size=tokenizer.vocab_size, max_positions=48, dim=32, n_layers=2, n_heads=2))
+    lm.tokenizer = tokenizer
+    old_rows = lm.backbone.embed.tokens.weight.detach().clone()
+    data = synthetic_task("pair", n=16)
+    model = TaskModel(lm, data.spec, max_length=48)
+    assert model.tokenizer.vocab_size == len(old_rows) + 3 == lm.config.vocab_size
+    assert torch.equal(lm.backbone.embed.tokens.weight[:len(old_rows)], old_rows)
+    finetune(quick(ctxlm.save(lm, tmp_path / "grown"), epochs=1), tmp_path / "run", data=data)
+    assert TaskModel.load(tmp_path / "run").lm.config.vocab_size == len(old_rows) + 3
