@@ -5,16 +5,18 @@
     out = model(ids, mask=mask)                  # out.logits, out.hidden.states[0..L]
     ctxlm.generate(model, ["The history of"], max_new_tokens=40, top_k=40, temperature=0.8)
     ctxlm.save(model, "path")                    # config.json + model.safetensors + tokenizer files
+    ctxlm.embed(["a text", ...], "minilm", layers="sum-last-4", pool="mean")   # contextual vectors
 """
 
 from ctxlm.api import load
 from ctxlm.checkpoint import save
 from ctxlm.convert import convert
+from ctxlm.embed import embed
 from ctxlm.errors import UserError
 from ctxlm.generate import generate, generate_ids
 from ctxlm.outputs import Hidden, LMOutput
 from ctxlm.train import TrainConfig, Trainer
 
-__all__ = ["Hidden", "LMOutput", "TrainConfig", "Trainer", "UserError", "convert", "generate", "generate_ids",
-           "load", "save"]
+__all__ = ["Hidden", "LMOutput", "TrainConfig", "Trainer", "UserError", "convert", "embed", "generate",
+           "generate_ids", "load", "save"]
 __version__ = "0.1.0"

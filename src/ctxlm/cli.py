@@ -208,14 +208,15 @@ def info(model) -> None:
     click.echo(f"{'tokenizer':>16}: " + (f"{tok.kind}, {tok.vocab_size:,} tokens" if tok else "none"))
 
 
-def _register_transfer_commands() -> None:
-    from ctxlm.transfer.cli import COMMANDS
+def _register_commands() -> None:
+    from ctxlm.embed_cli import COMMANDS as EMBED_COMMANDS
+    from ctxlm.transfer.cli import COMMANDS as TRANSFER_COMMANDS
 
-    for command in COMMANDS:
+    for command in [*TRANSFER_COMMANDS, *EMBED_COMMANDS]:
         cli.add_command(command)
 
 
-_register_transfer_commands()
+_register_commands()
 
 
 def main() -> None:

@@ -38,10 +38,14 @@ class BERT(nn.Module):
         )
 
     def forward(self, ids: Tensor, *, mask: Tensor | None = None, segments: Tensor | None = None,
-                memory: list[Tensor] | None = None) -> Hidden:
-        """`ids`, `segments` (batch, time); `mask` (batch, time), True for real tokens. states[0] = embeddings."""
+                memory: list[Tensor] | None = None, n_blocks: int | None = None) -> Hidden:
+        """`ids`, `segments` (batch, time); `mask` (batch, time), True for real tokens. states[0] = embeddings.
+
+        `n_blocks`: run only the first n_blocks blocks (n_blocks + 1 states), for readers of lower layers."""
         if memory is not None:
             raise ValueError("BERT takes no memory")
+        if n_blocks is not None and not 0 <= n_blocks <= len(self.blocks):
+            raise ValueError(f"n_blocks={n_blocks}: expected 0 to {len(self.blocks)}")
         batch, time = ids.shape
         if time > self.config.max_positions:
             raise UserError(f"input of {time} tokens is longer than the model's {self.config.max_positions} positions")
@@ -51,7 +55,7 @@ class BERT(nn.Module):
         attn_mask = build_attention_mask(time, time, causal=False, key_mask=mask)
         x = self.embed(ids, positions, segments)
         states = [x]
-        for block in self.blocks:
+        for block in self.blocks if n_blocks is None else self.blocks[:n_blocks]:
             x = block(x, attn_mask)
             states.append(x)
         return Hidden(tuple(states))

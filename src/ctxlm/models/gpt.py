@@ -37,14 +37,22 @@ class GPT(nn.Module):
         self.final_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps) if config.pre_norm else None
 
     def forward(self, ids: Tensor, *, mask: Tensor | None = None, segments: Tensor | None = None,
-                memory: list[Tensor] | None = None, cache: KVCache | None = None) -> Hidden:
+                memory: list[Tensor] | None = None, cache: KVCache | None = None,
+                n_blocks: int | None = None) -> Hidden:
         """`ids` (batch, time); `mask` (batch, past + time), True for real tokens, covers cached positions too.
 
         With a `cache`, `ids` are the tokens after the cached ones. The top state of GPT-2 has the final
         LayerNorm applied (as in the reference implementation), the others are the residual stream.
+        `n_blocks`: run only the first n_blocks blocks (n_blocks + 1 states), for readers of lower layers; the
+        final LayerNorm belongs to the top, so it is applied only when every block runs.
         """
         if segments is not None or memory is not None:
             raise ValueError("GPT models take neither segment ids nor memory")
+        if n_blocks is not None and not 0 <= n_blocks <= len(self.blocks):
+            raise ValueError(f"n_blocks={n_blocks}: expected 0 to {len(self.blocks)}")
+        if n_blocks is not None and cache is not None:
+            raise ValueError("n_blocks cannot be combined with a cache: the skipped blocks' cache would lag")
+        blocks = self.blocks if n_blocks is None else self.blocks[:n_blocks]
         batch, time = ids.shape
         past = cache.length if cache is not None else 0
         if past + time > self.config.max_positions:
@@ -60,10 +68,10 @@ class GPT(nn.Module):
 
         x = self.embed(ids, positions)
         states = [x]
-        for i, block in enumerate(self.blocks):
+        for i, block in enumerate(blocks):
             x = block(x, attn_mask, cache, i)
             states.append(x)
-        if self.final_norm is not None:
+        if self.final_norm is not None and len(blocks) == len(self.blocks):
             states[-1] = self.final_norm(x)
         if cache is not None:
             cache.advance(time)

