@@ -16,11 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# Transfer showcase: the packaged MiniLM on 3,000 SST-2 sentences, feature extraction against full fine-tuning
-# (about 5 minutes on 2 CPU cores), then the fine-tuned model labels two new sentences.
+# Transfer showcase: the packaged MiniLM on 2,000 SST-2 sentences, feature extraction against full fine-tuning
+# (about 3 minutes on 2 quiet CPU cores), then the fine-tuned model labels two new sentences.
 run: install
-	$(BIN)/ctxlm compare --task sst2 --train-size 3000 --model minilm --strategies features,full --seeds 0 \
-		--lr 1e-4 --out $(RUN)
+	$(BIN)/ctxlm compare --task sst2 --train-size 2000 --model minilm --strategies features,full --seeds 0 \
+		--out $(RUN)
 	printf 'a gorgeous , witty , seductive movie .\nthe plot is nothing but boilerplate clichés .\n' \
 		| $(BIN)/ctxlm predict $(RUN)/minilm/full/seed0
 
