@@ -1,0 +1,86 @@
+"""Sentence-embedding throughput: `ctxlm.embed` vs sentence-transformers' `encode`, same model, same texts.
+
+    python benchmarks/embed_vs_sentence_transformers.py [--batch-size 32] [--rounds 5]
+
+Both read the packaged all-MiniLM-L6-v2 files in one process and embed each text set whole, once per round, in
+turn (alternating rounds, medians; see common.py). sentence-transformers' pipeline for this model ends in a
+Normalize module, so ctxlm is asked for normalize=True too; both cut texts at 256 tokens (the model's
+max_seq_length). The vectors are checked to agree (max |difference| of the float32 vectors).
+
+Text sets: the 872 SST-2 dev sentences (short), and 200 long texts of 225 words each, consecutive words of the
+WikiText-2 validation articles (headings left out): 231 to 359 WordPiece tokens, so nearly all are cut at 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import time
+import warnings
+
+import sentence_transformers
+import torch
+from common import machine_line, median_rates
+from sentence_transformers import SentenceTransformer
+
+import ctxlm
+from ctxlm.convert import packaged_model_path
+from ctxlm.pretrain.corpus import dataset_path
+from ctxlm.transfer.data import load_task
+
+MAX_TOKENS = 256
+
+
+def long_texts(count: int, words: int) -> list[str]:
+    """`count` texts of `words` consecutive words from WikiText-2 valid, skipping the "= Heading =" lines."""
+    with gzip.open(dataset_path("wikitext2", "valid.txt.gz"), "rt", encoding="utf-8") as f:
+        stream = [word for line in f if not line.strip().startswith("=") for word in line.split()]
+    return [" ".join(stream[i * words:(i + 1) * words]) for i in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=32, help="sentence-transformers' default")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*longer than max_length")  # the long texts are cut on purpose
+
+    model = ctxlm.load("minilm")
+    reference = SentenceTransformer(str(packaged_model_path("minilm")), device="cpu")
+    reference.max_seq_length = MAX_TOKENS
+
+    def ours(texts: list[str]) -> torch.Tensor:
+        return ctxlm.embed(texts, model, pool="mean", normalize=True, batch_size=args.batch_size,
+                           max_length=MAX_TOKENS)
+
+    def theirs(texts: list[str]) -> torch.Tensor:
+        return reference.encode(texts, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=False)
+
+    def rate(encode, texts: list[str]):
+        def run() -> float:
+            start = time.perf_counter()
+            encode(texts)
+            return len(texts) / (time.perf_counter() - start)
+
+        return run
+
+    text_sets = {"SST-2 dev (872 sentences)": [e.texts[0] for e in load_task("sst2").dev],
+                 "WikiText-2 valid (200 x 225 words)": long_texts(200, 225)}
+    rows = []
+    for name, texts in text_sets.items():
+        difference = (ours(texts) - theirs(texts)).abs().max().item()  # also the warm-up
+        rates = median_rates({"ctxlm": rate(ours, texts), "sentence-transformers": rate(theirs, texts)},
+                             args.rounds)
+        rows.append((name, rates["ctxlm"], rates["sentence-transformers"], difference))
+
+    print(f"{machine_line()}, sentence-transformers {sentence_transformers.__version__}")
+    print(f"all-MiniLM-L6-v2, mean pooling + normalisation, batch {args.batch_size}, cut at {MAX_TOKENS} tokens; "
+          f"medians of {args.rounds} alternating rounds\n")
+    print("| text set | ctxlm sent/s | sentence-transformers sent/s | ratio | max abs diff |")
+    print("|---|---:|---:|---:|---:|")
+    for name, ctxlm_rate, st_rate, difference in rows:
+        print(f"| {name} | {ctxlm_rate:,.1f} | {st_rate:,.1f} | {ctxlm_rate / st_rate:.2f}x | {difference:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
