@@ -124,11 +124,12 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     else:
         trainer, evaluate = _backbone_trainer(model, strategy, batches, data.spec, train_config, config, run_dir,
                                               device)
-    trainer.fit(resume=resume)
+    last = trainer.fit(resume=resume)  # the trainer evaluates dev after its last step: no need to repeat it
     minutes = (time.perf_counter() - start) / 60
+    dev = {k.removeprefix("valid_"): v for k, v in last.items()} or evaluate("dev")
     result = {"task": data.spec.name, "strategy": strategy.name, "train_examples": len(data.train),
               "steps": trainer.step, "minutes": round(minutes, 2), "device": str(device),
-              **{f"dev_{k}": v for k, v in evaluate("dev").items()}}
+              **{f"dev_{k}": v for k, v in dev.items()}}
     if "test" in batches:
         result |= {f"test_{k}": v for k, v in evaluate("test").items()}
     result["finished"] = trainer.step == train_config.steps
