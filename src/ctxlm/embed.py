@@ -224,8 +224,11 @@ def _embed_batch(backbone: nn.Module, batch: list[_Tokens], pad_id: int, choice:
     width = max(len(t.ids) for t in batch)
     ids = torch.tensor([t.ids + [pad_id] * (width - len(t.ids)) for t in batch], device=device)
     mask = torch.tensor([[True] * len(t.ids) + [False] * (width - len(t.ids)) for t in batch], device=device)
+    # A batch without padding (long texts all cut at max_length, or equal lengths) passes no mask: SDPA then
+    # takes its fused kernel instead of the masked path.
+    padded = any(len(t.ids) < width for t in batch)
     with precision:
-        hidden = backbone(ids, mask=mask, n_blocks=max(choice.indices))
+        hidden = backbone(ids, mask=mask if padded else None, n_blocks=max(choice.indices))
     per_token = choice.combine(hidden.states).flatten(2)  # (batch, time, features)
     if pool in POOLINGS:
         return list(pool_tokens(per_token, mask, pool).cpu())
