@@ -68,9 +68,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     weights = path / WEIGHTS_FILE
     load_weights(model, weights)
     if has_tokenizer(path):
-        from ctxlm.tokenization import Tokenizer
-
-        model.tokenizer = Tokenizer.from_files(path)
+        model.tokenizer = load_tokenizer(path)
     return model.to(device).eval()
 
 
@@ -102,4 +100,14 @@ def load_weights(model: nn.Module, weights: Path) -> None:
 
 
 def has_tokenizer(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt"))
+    return any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt", "words.txt"))
+
+
+def load_tokenizer(path: Path):
+    """The tokenizer saved in a model folder: ELMo's word list, or a Hugging Face `tokenizers` one."""
+    from ctxlm.char_tokenizer import WORDS_FILE, CharTokenizer
+    from ctxlm.tokenization import Tokenizer
+
+    if (path / WORDS_FILE).is_file():
+        return CharTokenizer.from_files(path)
+    return Tokenizer.from_files(path)

@@ -51,6 +51,11 @@ class TransformerConfig(ModelConfig):
         if self.mlp_dim is None:
             self.mlp_dim = 4 * self.dim
 
+    @property
+    def hidden_dim(self) -> int:
+        """Width of every hidden state the backbone returns."""
+        return self.dim
+
     def validate(self) -> None:
         if self.model_type not in self.model_types:
             raise UserError(f"config: model_type {self.model_type!r} is not one of {self.model_types}")
@@ -104,7 +109,74 @@ class BertConfig(TransformerConfig):
             raise UserError("config: nsp_head needs the pooler (pooler: true)")
 
 
-CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig]
+def _published_filters() -> list[list[int]]:
+    return [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
+
+
+@dataclass
+class ElmoConfig(ModelConfig):
+    """ELMo (Peters et al. 2018): a character CNN under a two-layer biLSTM language model.
+
+    Names follow AllenNLP's options.json: `dim` is the LSTM projection (and token layer) width, each hidden
+    state is 2 * dim wide (forward ‖ backward); `cell_dim` the LSTM memory width. The defaults are ELMo
+    "original" (93.6M parameters besides the softmax); "small" is dim 128, cell_dim 1024, one highway layer and
+    filters [[1,32],[2,32],[3,64],[4,128],[5,256],[6,512],[7,1024]] as well. `vocab_size` is the softmax's word
+    vocabulary, 0 for a model without one (the published weights ship none). `cell_clip`/`proj_clip` None turns
+    clipping off, which lets the fused `nn.LSTM` kernel run.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("elmo",)
+    model_type: str = "elmo"
+    vocab_size: int = 0
+    n_characters: int = 262  # 256 bytes + 5 markers (bos, eos, bow, eow, pad) + 1: id 0 pads the tensor
+    max_characters: int = 50
+    char_dim: int = 16
+    filters: list[list[int]] = dataclasses.field(default_factory=_published_filters)
+    n_highway: int = 2
+    activation: str = "relu"
+    dim: int = 512
+    cell_dim: int = 4096
+    n_layers: int = 2
+    cell_clip: float | None = 3.0
+    proj_clip: float | None = 3.0
+    residual: bool = True  # the second LSTM layer's input is added to its output
+    dropout: float = 0.1
+    softmax: str = "full"  # or "adaptive" (torch.nn.AdaptiveLogSoftmaxWithLoss) for large vocabularies
+    adaptive_cutoffs: list[int] = dataclasses.field(default_factory=list)
+
+    max_positions: ClassVar[int] = 1_000_000  # an LSTM has no position table: texts are never cut for it
+
+    @property
+    def hidden_dim(self) -> int:
+        """Width of every hidden state: forward ‖ backward (the token layer is repeated to match)."""
+        return 2 * self.dim
+
+    def validate(self) -> None:
+        if self.model_type not in self.model_types:
+            raise UserError(f"config: model_type {self.model_type!r} is not one of {self.model_types}")
+        for name in ("n_characters", "max_characters", "char_dim", "dim", "cell_dim", "n_layers"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"config: {name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise UserError(f"config: vocab_size must be 0 (no softmax) or positive, got {self.vocab_size}")
+        if not self.filters or any(len(f) != 2 or min(f) <= 0 for f in self.filters):
+            raise UserError(f"config: filters must be a list of [width, count] pairs, got {self.filters}")
+        if max(width for width, _ in self.filters) > self.max_characters:
+            raise UserError(f"config: a filter is wider than max_characters ({self.max_characters})")
+        if self.activation not in ("relu", "tanh"):
+            raise UserError(f"config: activation must be relu or tanh, got {self.activation!r}")
+        if self.softmax not in ("full", "adaptive"):
+            raise UserError(f"config: softmax must be full or adaptive, got {self.softmax!r}")
+        cutoffs = self.adaptive_cutoffs
+        increasing = bool(cutoffs) and cutoffs == sorted(set(cutoffs)) and 0 < cutoffs[0] < self.vocab_size
+        if self.softmax == "adaptive" and not (increasing and cutoffs[-1] < self.vocab_size):
+            raise UserError("config: softmax 'adaptive' needs increasing adaptive_cutoffs between 0 and vocab_size, "
+                            f"got {self.adaptive_cutoffs} for vocab_size {self.vocab_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"config: dropout must be in [0, 1), got {self.dropout}")
+
+
+CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig]
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -126,10 +198,13 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> ModelConfi
         raise UserError(f"{source}: unknown key(s) {unknown} for model_type {data['model_type']!r}")
     for key, value in data.items():
         expected = fields[key].type  # a string: annotations are postponed
-        wrong_int = expected.startswith("int") and not isinstance(value, int | None)
-        wrong_float = expected == "float" and not isinstance(value, int | float)
+        if value is None and "None" in expected:
+            continue
+        wrong_int = expected.startswith("int") and (not isinstance(value, int) or isinstance(value, bool))
+        wrong_float = expected.startswith("float") and not isinstance(value, int | float)
         wrong_bool = expected == "bool" and not isinstance(value, bool)
-        if wrong_int or wrong_float or wrong_bool:
+        wrong_list = expected.startswith("list") and not isinstance(value, list)
+        if wrong_int or wrong_float or wrong_bool or wrong_list:
             raise UserError(f"{source}: {key} should be {expected}, got {value!r}")
     config = cls(**data)
     try:

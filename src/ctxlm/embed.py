@@ -105,7 +105,7 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
 
     if next(backbone.parameters()).device != device:
         model.to(device)
-    shape = choice.vector_shape(config.dim)
+    shape = choice.vector_shape(config.hidden_dim)
     # Longest first: equal lengths share a batch (little padding) and an out-of-memory error comes at once.
     order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i].ids))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]

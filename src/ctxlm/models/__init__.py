@@ -6,9 +6,11 @@ from torch import nn
 
 from ctxlm.config import ModelConfig
 from ctxlm.models.bert import BertModel
+from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
+                                         "elmo": ElmoLanguageModel}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -62,7 +62,7 @@ class TaskModel(nn.Module):
             add_task_tokens(lm)
         self.lm, self.spec, self.pooling, self.max_length = lm, spec, pooling, max_length
         self.decoder = is_decoder(lm)
-        self.head = TaskHead(lm.config.dim, spec.num_labels, spec.kind, dropout)
+        self.head = TaskHead(lm.config.hidden_dim, spec.num_labels, spec.kind, dropout)
 
     @property
     def tokenizer(self):
