@@ -2,7 +2,8 @@
 
 A Hub folder holds the reference implementation's `config.json`, its weights (`model.safetensors`, or a
 legacy `pytorch_model.bin` read with `torch.load(weights_only=True)`, which refuses arbitrary objects), and the
-tokenizer files. The family is read from the Hub config's `model_type`.
+tokenizer files. The family is read from the Hub config's `model_type`. ELMo comes from AllenNLP's folder
+layout instead (an options.json + a weights.hdf5; see `ctxlm.convert.allennlp_elmo`).
 """
 
 from __future__ import annotations
@@ -106,14 +107,22 @@ def download(name: str) -> Path:
 
 
 def convert(source: str | Path, destination: str | Path) -> Path:
-    """Import a published checkpoint (a Hub folder, or a published name when online) into `destination`."""
+    """Import a published checkpoint (a Hub folder, an AllenNLP ELMo folder, or a published name when online)
+    into `destination`."""
     from ctxlm.checkpoint import save
+    from ctxlm.convert import allennlp_elmo
 
     source_path = Path(source)
     if not source_path.exists():
+        if str(source) in allennlp_elmo.ELMO_MODELS:
+            return save(allennlp_elmo.from_allennlp_folder(allennlp_elmo.download(str(source))), destination)
         if str(source) not in HUB_MODELS:
-            raise UserError(f"{source}: not a folder, and not a published model ({', '.join(HUB_MODELS)})")
+            raise UserError(f"{source}: not a folder, and not a published model "
+                            f"({', '.join([*HUB_MODELS, *allennlp_elmo.ELMO_MODELS])})")
         source_path = download(str(source))
+    if allennlp_elmo.is_allennlp_layout(source_path):
+        return save(allennlp_elmo.from_allennlp_folder(source_path), destination)
     if not is_hub_layout(source_path):
-        raise UserError(f"{source_path}: expected a Hugging Face model folder (config.json + weights)")
+        raise UserError(f"{source_path}: expected a Hugging Face model folder (config.json + weights) or an "
+                        "AllenNLP ELMo folder (*options.json + *weights.hdf5)")
     return save(from_hub_folder(source_path), destination)
