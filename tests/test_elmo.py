@@ -86,7 +86,7 @@ def test_neither_direction_sees_the_tokens_it_predicts(clip):
     ids, mask = batch_of(tokenizer, ["the cat sat on the mat .", "the cat ."])
     captured = {}
     model.backbone.token_encoder.register_forward_hook(lambda m, i, out: captured.update(tokens=out) or out)
-    hidden = model(ids, mask=mask).hidden
+    hidden = model(tokenizer.char_ids(ids), mask=mask).hidden  # characters: one token vector per position
     tokens = captured["tokens"]
     dim = model.config.dim
     for layer in (1, 2):
@@ -230,3 +230,37 @@ def test_word_ids_need_a_tokenizer():
     model = build_model(ElmoConfig(**TINY))
     with pytest.raises(UserError, match="character ids"):
         model(torch.tensor([[1, 2]]))
+
+
+@pytest.mark.parametrize("layers, manual", [
+    ("last", lambda s: s[2]),
+    ("second-to-last", lambda s: s[1]),
+    ("sum", lambda s: s[1] + s[2]),
+    ("all", lambda s: torch.stack(s, -2)),
+    (0, lambda s: s[0]),
+    ([2, 0], lambda s: torch.cat([s[2], s[0]], -1)),
+])
+def test_embed_layer_modes_on_elmo(layers, manual):
+    model, tokenizer = tiny_model()
+    ids, _ = batch_of(tokenizer, ["the cat sat on the mat ."])
+    with torch.no_grad():
+        states = [s[0] for s in model(ids).hidden.states]
+    torch.testing.assert_close(ctxlm.embed("the cat sat on the mat .", model, layers=layers, pool="none"),
+                               manual(states), atol=1e-6, rtol=0)
+    words = ctxlm.embed(["the cat sat", "unseen words here ."], model, layers=layers, pool="words")
+    assert [len(w) for w in words] == [3, 4]  # one vector per word, the <S> and </S> markers left out
+    with pytest.raises(UserError, match="at least 4 layers"):
+        ctxlm.embed("the cat", model, layers="concat-last-4")
+
+
+def test_scalar_mix_over_elmo_layers_is_equation_1():
+    from ctxlm.nn.scalar_mix import ScalarMix
+
+    model, _ = tiny_model()
+    states = ctxlm.embed(["the cat sat .", "on the mat ."], model, layers="all")  # (2, 3, 16)
+    mix = ScalarMix(3)
+    with torch.no_grad():
+        mix.s.copy_(torch.tensor([0.5, -1.0, 2.0]))
+        mix.gamma.fill_(1.7)
+    weights = torch.softmax(torch.tensor([0.5, -1.0, 2.0]), 0)
+    torch.testing.assert_close(mix(states), 1.7 * (weights[:, None] * states).sum(-2))

@@ -46,20 +46,36 @@ Examples:
   ctxlm pretrain --model gpt --data my_corpus/ --valid my_valid.txt --out runs/gpt --steps 2000
   # BERT: masked LM (15 %, 80/10/10) + next-sentence prediction, whole-word masking
   ctxlm pretrain --model bert --data wikitext2 --out runs/bert-wt2 --block-size 128 --whole-word-masking
+  # ELMo: a character CNN under forward and backward LSTMs (biLM), softmax over every wikitext2 word
+  ctxlm pretrain --model elmo --data wikitext2 --out runs/elmo-wt2 --dim 128 --max-minutes 10
+  # ... with the published cell and projection clipping (slower: a step-by-step LSTM), adaptive softmax
+  ctxlm pretrain --model elmo --data wikitext2 --out runs/elmo-clip --clip --softmax adaptive
   # continue an interrupted run exactly where its last checkpoint left it
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --resume
 """)
-@click.option("--model", "model_type", type=click.Choice(["gpt2", "gpt", "bert"]), default="gpt2",
-              show_default=True, help="architecture family (and objective: causal LM, or masked LM + NSP for bert)")
+@click.option("--model", "model_type", type=click.Choice(["gpt2", "gpt", "bert", "elmo"]), default="gpt2",
+              show_default=True, help="architecture family (and objective: causal LM, masked LM + NSP for bert, "
+              "forward + backward LM for elmo)")
 @click.option("--data", default="wikitext2", show_default=True,
               help="text file or folder (.txt/.txt.gz), or a data set name under $CTXLM_DATA")
 @click.option("--valid", type=click.Path(), help="validation text (default: the folder's valid split, or 5% held out)")
 @click.option("--out", "run_dir", type=click.Path(), required=True, help="run folder: checkpoint, metrics, loss.png")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), help="use this tokenizer folder")
-@click.option("--vocab-size", default=8192, show_default=True, help="tokenizer vocabulary to train")
-@click.option("--layers", default=4, show_default=True)
-@click.option("--dim", default=256, show_default=True, help="model width")
-@click.option("--heads", default=4, show_default=True)
+@click.option("--vocab-size", type=int, help="tokenizer vocabulary to train [default: 8192]; elmo: the softmax's "
+              "words, the most frequent [default: 50000, i.e. all 33,151 of wikitext2]")
+@click.option("--layers", type=int, help="transformer layers [default: 4]; elmo: LSTM layers per direction "
+              "[default: 2]")
+@click.option("--dim", default=256, show_default=True, help="model width; elmo: token and LSTM projection width "
+              "(the character CNN's filters scale with it: the published 2,048 at 512)")
+@click.option("--heads", default=4, show_default=True, help="attention heads (not elmo)")
+@click.option("--cell-dim", type=int, help="elmo: LSTM memory cells [default: 4 x dim]")
+@click.option("--clip/--no-clip", default=False, show_default=True,
+              help="elmo: clip LSTM cells and projections at ±3 as the published ELMo does. Off lets PyTorch's "
+              "fused nn.LSTM kernel run; on runs a step-by-step LSTM, several times slower")
+@click.option("--softmax", type=click.Choice(["full", "adaptive"]), default="full", show_default=True,
+              help="elmo: full softmax, or adaptive (frequent words full, rarer ones in cheaper clusters)")
+@click.option("--cutoffs", default="2000,10000", show_default=True,
+              help="elmo, --softmax adaptive: word ranks where the clusters start")
 @click.option("--block-size", default=256, show_default=True, help="tokens per training sequence (context)")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--grad-accum", default=1, show_default=True, help="micro-batches per optimizer step")
@@ -75,22 +91,35 @@ Examples:
 @click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint")
-def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, dim, heads, block_size,
-             batch_size, grad_accum, steps, lr, warmup, schedule, dropout, whole_word_masking, eval_every,
-             save_every, max_minutes, seed, resume) -> None:
-    """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2) or masked LM + next sentence (BERT)."""
+def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, dim, heads, cell_dim, clip, softmax,
+             cutoffs, block_size, batch_size, grad_accum, steps, lr, warmup, schedule, dropout, whole_word_masking,
+             eval_every, save_every, max_minutes, seed, resume) -> None:
+    """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2), masked LM + next sentence (BERT), or
+    forward + backward LM over words read by their characters (ELMo)."""
     from ctxlm.config import BertConfig, GPTConfig
     from ctxlm.pretrain.causal_lm import LMData
     from ctxlm.tokenization import Tokenizer
     from ctxlm.train import TrainConfig
 
-    shape = dict(vocab_size=vocab_size, max_positions=max(block_size, 128), dim=dim, n_layers=layers,
-                 n_heads=heads, dropout=dropout, attn_dropout=dropout)
-    config = BertConfig(**shape) if model_type == "bert" else GPTConfig(model_type=model_type, **shape)
-    config.validate()
     train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
                         eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes)
     data_spec = LMData.resolve(resolve_corpus(data), resolve_corpus(valid) if valid else None)
+    if model_type == "elmo":
+        from ctxlm.checkpoint import load_tokenizer
+        from ctxlm.pretrain.bilm import pretrain_bilm
+
+        config = elmo_config(vocab_size=50000 if vocab_size is None else vocab_size, dim=dim,
+                             layers=2 if layers is None else layers, cell_dim=cell_dim, clip=clip, softmax=softmax,
+                             cutoffs=cutoffs, dropout=dropout)
+        model = pretrain_bilm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
+                              tokenizer=load_tokenizer(Path(tokenizer)) if tokenizer else None, resume=resume)
+        report_bilm(model)
+        click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
+        return
+    shape = dict(vocab_size=8192 if vocab_size is None else vocab_size, max_positions=max(block_size, 128), dim=dim,
+                 n_layers=4 if layers is None else layers, n_heads=heads, dropout=dropout, attn_dropout=dropout)
+    config = BertConfig(**shape) if model_type == "bert" else GPTConfig(model_type=model_type, **shape)
+    config.validate()
     given = Tokenizer.from_files(tokenizer) if tokenizer else None
     if model_type == "bert":
         from ctxlm.pretrain.masked_lm import pretrain_masked_lm
@@ -105,6 +134,45 @@ def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, di
                                    tokenizer=given, resume=resume)
         report_causal_lm(model, Path(run_dir), seed)
     click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
+
+
+def elmo_config(*, vocab_size: int, dim: int, layers: int, cell_dim: int | None, clip: bool, softmax: str,
+                cutoffs: str, dropout: float):
+    """An ElmoConfig for pretraining from scratch: the published character CNN with its filter counts scaled
+    by dim / 512 (so dim 512 is ELMo "original"'s CNN; at dim 128 the published 2,048 filters would cost more
+    than the LSTMs), clipping at ±3 or none."""
+    from ctxlm.config import ElmoConfig
+
+    try:
+        cuts = [int(c) for c in cutoffs.split(",") if c.strip()] if softmax == "adaptive" else []
+    except ValueError:
+        raise UserError(f"--cutoffs {cutoffs!r}: expected increasing word ranks such as 2000,10000") from None
+    default = ElmoConfig()
+    filters = [[width, max(1, count * dim // default.dim)] for width, count in default.filters]
+    config = ElmoConfig(vocab_size=vocab_size, dim=dim, cell_dim=4 * dim if cell_dim is None else cell_dim,
+                        n_layers=layers, filters=filters, cell_clip=3.0 if clip else None,
+                        proj_clip=3.0 if clip else None, dropout=dropout, softmax=softmax, adaptive_cutoffs=cuts)
+    for option, value in [("--vocab-size", vocab_size), ("--dim", dim), ("--cell-dim", config.cell_dim),
+                          ("--layers", layers)]:  # the cut-offs are checked against the final vocabulary
+        if value <= 0:
+            raise UserError(f"{option} must be positive, got {value}")
+    return config
+
+
+def report_bilm(model) -> None:
+    """A glimpse of both directions: the forward LM's next words and the backward LM's previous words."""
+    import torch
+
+    tok = model.eval().tokenizer
+    left, right = "In 1990 , the", "of the river ."  # WikiText's tokenisation style
+    with torch.no_grad():
+        ids = torch.tensor([[tok.bos_id, *tok.encode(left)]]), torch.tensor([[*tok.encode(right), tok.eos_id]])
+        forward_top = model(ids[0]).hidden.last[0, -1, :model.config.dim]
+        backward_top = model(ids[1]).hidden.last[0, 0, model.config.dim:]
+        best = [model.log_probs(state).topk(5).indices.tolist() for state in (forward_top, backward_top)]
+    words = [", ".join(tok.decode([i], skip_special_tokens=False) for i in b) for b in best]
+    click.echo(f"forward: {left} → {words[0]}")
+    click.echo(f"backward: {words[1]} ← {right}")
 
 
 def report_causal_lm(model, run_dir: Path, seed: int) -> None:

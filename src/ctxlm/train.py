@@ -255,7 +255,9 @@ class Trainer:
         import matplotlib.pyplot as plt
 
         records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
-        others = sorted({k for r in records for k in r if k.startswith("valid_")} - {"valid_loss", "valid_perplexity"})
+        # Perplexities (exp of a loss already drawn) would dwarf the other metrics on a shared axis.
+        others = sorted(k for k in {k for r in records for k in r} if k.startswith("valid_") and k != "valid_loss"
+                        and not k.endswith("perplexity"))
         fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
         panels = [(axes[0][0], [("loss", "train"), ("valid_loss", "validation")], "loss (nats)")]
         if others:
