@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain test lint bench clean
+.PHONY: install run pretrain test lint bench clean parity-xl
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,18 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/gpt2_vs_transformers.py
+
+# Transformer-XL against the reference implementation, which only transformers 4.x ships (v5 removed TransfoXL):
+# its own environment, outside the default suite (a few minutes to install, then under a minute).
+XL_VENV ?= .venv-xl
+parity-xl: $(XL_VENV)/.installed
+	$(XL_VENV)/bin/pytest -p no:cacheprovider tests/parity/test_transfo_xl_parity.py
+
+$(XL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(XL_VENV)
+	$(XL_VENV)/bin/pip install --quiet torch==2.13.0
+	$(XL_VENV)/bin/pip install --quiet numpy 'transformers>=4.45,<5' pytest -e .
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -100,14 +100,20 @@ def load_weights(model: nn.Module, weights: Path) -> None:
 
 
 def has_tokenizer(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt", "words.txt"))
+    return any((path / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt", "words.txt",
+                                                    "word_tokenizer.json"))
 
 
 def load_tokenizer(path: Path):
-    """The tokenizer saved in a model folder: ELMo's word list, or a Hugging Face `tokenizers` one."""
+    """The tokenizer saved in a model folder: ELMo's word list, Transformer-XL's word vocabulary, or a Hugging
+    Face `tokenizers` one."""
     from ctxlm.char_tokenizer import WORDS_FILE, CharTokenizer
     from ctxlm.tokenization import Tokenizer
+    from ctxlm.word_tokenizer import CONFIG_FILE as WORD_CONFIG_FILE
+    from ctxlm.word_tokenizer import WordTokenizer
 
     if (path / WORDS_FILE).is_file():
         return CharTokenizer.from_files(path)
+    if (path / WORD_CONFIG_FILE).is_file():
+        return WordTokenizer.from_files(path)
     return Tokenizer.from_files(path)

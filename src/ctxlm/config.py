@@ -176,7 +176,85 @@ class ElmoConfig(ModelConfig):
             raise UserError(f"config: dropout must be in [0, 1), got {self.dropout}")
 
 
-CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig]
+@dataclass
+class TransformerXLConfig(ModelConfig):
+    """Transformer-XL (Dai et al. 2019): segment-level recurrence with relative positional attention.
+
+    Names follow the paper's code where ours differ: `dim` is d_model, `embed_dim` d_embed (None: dim), `mlp_dim`
+    d_inner, `head_dim` d_head (n_heads * head_dim need not equal dim). The defaults are the WikiText-103 model's
+    sizes, with a plain embedding and softmax; the published model adds `adaptive_cutoffs=[20000, 40000, 200000]`
+    and `div_val=4` (adaptive input and softmax, Baevski & Auli 2019: cluster i is embed_dim / div_val**i wide,
+    projected to dim). `tie_projs[i]`: the softmax's cluster i reuses the embedding's projection (empty: the
+    paper's default, all but the first; see `projection_ties`). `untie_r`: each layer has its own position
+    biases u, v (else one pair shared by all layers). `clamp_len` <= 0: no clamp on relative distances.
+    `mem_len`: positions of memory kept per layer; with `same_length`, every query attends to the same number of
+    keys (mem_len).
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("transformer-xl",)
+    model_type: str = "transformer-xl"
+    vocab_size: int = 267735
+    dim: int = 1024
+    embed_dim: int | None = None
+    n_layers: int = 18
+    n_heads: int = 16
+    head_dim: int = 64
+    mlp_dim: int = 4096
+    mem_len: int = 1600
+    clamp_len: int = 1000
+    same_length: bool = True
+    pre_norm: bool = False
+    untie_r: bool = True
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    proj_init_std: float = 0.01
+    adaptive_cutoffs: list[int] = dataclasses.field(default_factory=list)
+    div_val: int = 1
+    tie_projs: list[bool] = dataclasses.field(default_factory=list)
+
+    max_positions: ClassVar[int] = 1_000_000  # relative positions have no table: any length runs
+
+    def __post_init__(self) -> None:
+        if self.embed_dim is None:
+            self.embed_dim = self.dim
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.dim
+
+    @property
+    def projection_ties(self) -> list[bool]:
+        """`tie_projs`, or when empty the paper's default: every softmax cluster but the first shares the
+        embedding's projection."""
+        return list(self.tie_projs) or [False] + [True] * len(self.adaptive_cutoffs)
+
+    def validate(self) -> None:
+        if self.model_type not in self.model_types:
+            raise UserError(f"config: model_type {self.model_type!r} is not one of {self.model_types}")
+        for name in ("vocab_size", "dim", "embed_dim", "n_layers", "n_heads", "head_dim", "mlp_dim", "div_val"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"config: {name} must be positive, got {getattr(self, name)}")
+        if self.mem_len < 0:
+            raise UserError(f"config: mem_len must be 0 or more, got {self.mem_len}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
+        cutoffs = self.adaptive_cutoffs
+        if cutoffs and not (cutoffs == sorted(set(cutoffs)) and 0 < cutoffs[0] <= cutoffs[-1] < self.vocab_size):
+            raise UserError(f"config: adaptive_cutoffs must increase strictly between 0 and vocab_size "
+                            f"{self.vocab_size}, got {cutoffs}")
+        if self.embed_dim // self.div_val ** len(cutoffs) <= 0:
+            raise UserError(f"config: div_val {self.div_val} leaves the last of {len(cutoffs) + 1} clusters no width "
+                            f"(embed_dim {self.embed_dim})")
+        ties = self.projection_ties
+        if len(ties) != len(cutoffs) + 1 or not all(isinstance(t, bool) for t in ties):
+            raise UserError(f"config: tie_projs needs one true/false per softmax cluster ({len(cutoffs) + 1}), "
+                            f"got {self.tie_projs}")
+
+
+CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
 
 
 def config_class(model_type: str) -> type[ModelConfig]:

@@ -40,7 +40,7 @@ __all__ = ["LAYER_NAMES", "POOLS", "WORD_POOLS", "ScalarMix", "embed"]
 LAYER_NAMES = ("last", "second-to-last", "sum", "sum-last-4", "concat-last-4", "all")
 POOLS = ("cls", "mean", "last", "words", "none")
 WORD_POOLS = ("first", "mean")
-_DECODERS = ("gpt", "gpt2")
+_DECODERS = ("gpt", "gpt2", "transformer-xl")
 
 _loaded: dict[str, nn.Module] = {}  # models loaded by name: repeated calls must not reload them
 

@@ -3,7 +3,8 @@
 A Hub folder holds the reference implementation's `config.json`, its weights (`model.safetensors`, or a
 legacy `pytorch_model.bin` read with `torch.load(weights_only=True)`, which refuses arbitrary objects), and the
 tokenizer files. The family is read from the Hub config's `model_type`. ELMo comes from AllenNLP's folder
-layout instead (an options.json + a weights.hdf5; see `ctxlm.convert.allennlp_elmo`).
+layout instead (an options.json + a weights.hdf5; see `ctxlm.convert.allennlp_elmo`). Transformer-XL's published
+vocabulary is a pickle that is never opened (see `ctxlm.convert.hf_transfo_xl` for its one-time export).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ HUB_MODELS = {
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
     "distilgpt2": "distilbert/distilgpt2",
+    "transfo-xl-wt103": "transfo-xl/transfo-xl-wt103",
 }
 
 
@@ -35,7 +37,7 @@ def is_hub_layout(path: Path) -> bool:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return isinstance(config, dict) and bool({"architectures", "n_embd", "hidden_size"} & config.keys())
+    return isinstance(config, dict) and bool({"architectures", "n_embd", "hidden_size", "d_model"} & config.keys())
 
 
 def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -53,9 +55,9 @@ def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
-    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2 or BERT)."""
+    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT or Transformer-XL)."""
     from ctxlm.checkpoint import check_shapes, has_tokenizer
-    from ctxlm.convert import hf_bert, hf_gpt
+    from ctxlm.convert import hf_bert, hf_gpt, hf_transfo_xl
     from ctxlm.models import build_model
     from ctxlm.tokenization import Tokenizer
 
@@ -69,13 +71,18 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     elif hub_type == "bert":
         config = hf_bert.config_from_hf(hf_config, weights)
         state = hf_bert.state_dict_from_hf(weights, config)
+    elif hub_type == "transfo-xl":
+        config = hf_transfo_xl.config_from_hf(hf_config)
+        state = hf_transfo_xl.state_dict_from_hf(weights, config)
     else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2, bert")
+                        "supported: openai-gpt, gpt2, bert, transfo-xl")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     model.load_state_dict(state)
-    if has_tokenizer(path):
+    if hub_type == "transfo-xl":  # a word vocabulary, not a `tokenizers` file
+        model.tokenizer = hf_transfo_xl.published_tokenizer(path)
+    elif has_tokenizer(path):
         model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
     return model.eval()
 
@@ -98,9 +105,12 @@ def download(name: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise UserError(f"downloading {name!r} needs huggingface_hub: pip install 'ctxlm[hub]'") from None
+    patterns = ["config.json", "*.safetensors", "vocab.json", "merges.txt", "tokenizer.json", "vocab.txt"]
     try:
-        return Path(snapshot_download(HUB_MODELS[name], allow_patterns=[
-            "config.json", "*.safetensors", "vocab.json", "merges.txt", "tokenizer.json"]))
+        folder = Path(snapshot_download(HUB_MODELS[name], allow_patterns=patterns))
+        if not any(folder.glob("*.safetensors")):  # older repos (transfo-xl) ship only pytorch_model.bin
+            folder = Path(snapshot_download(HUB_MODELS[name], allow_patterns=[*patterns, "pytorch_model.bin"]))
+        return folder
     except Exception as err:  # noqa: BLE001 - offline, hub down, gated: all end the same way for the user
         raise UserError(f"could not download {name!r} ({type(err).__name__}); offline? "
                         f"Pass a local folder with the checkpoint instead") from None

@@ -8,9 +8,10 @@ from ctxlm.config import ModelConfig
 from ctxlm.models.bert import BertModel
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
+from ctxlm.models.transformer_xl import TransformerXLLanguageModel
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
-                                         "elmo": ElmoLanguageModel}
+                                         "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -129,3 +129,102 @@ class MultiHeadAttention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
         )
         return self.out(y.transpose(1, 2).reshape(batch, time, dim))
+
+
+# ---- Transformer-XL: relative positions, memory of earlier segments (Dai et al. 2019, §3.2-3.3) ------------------
+
+
+def sinusoidal_relative_positions(k_len: int, dim: int, clamp_len: int = 0, *, device: torch.device | None = None,
+                                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """(k_len, dim) encodings of the distances k_len - 1, ..., 1, 0: [sin(d ω) ‖ cos(d ω)], ω_k = 10000^(-2k/dim).
+
+    Row j is the distance from the last query to key j, so that a query's row of scores, once shifted by
+    `relative_shift`, lines up with its own distances. `clamp_len` > 0 caps distances (farther keys share the
+    encoding of clamp_len), as the published WikiText-103 model does at 1,000.
+    """
+    distances = torch.arange(k_len - 1, -1, -1.0, device=device, dtype=dtype)
+    if clamp_len > 0:
+        distances = distances.clamp(max=clamp_len)
+    inv_freq = 1 / (10000 ** (torch.arange(0.0, dim, 2.0, device=device, dtype=dtype) / dim))
+    angles = torch.outer(distances, inv_freq)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def relative_shift(x: Tensor) -> Tensor:
+    """(..., q_len, k_len) scores against positions k_len-1 … 0 → scores against each key.
+
+    out[i, j] = x[i, j + q_len - 1 - i] wherever query i may see key j (j <= i + k_len - q_len), the rest is
+    junk that the causal mask hides. The trick: pad a zero column on the left, read the buffer as
+    (k_len + 1, q_len), drop the first row and read it back as (q_len, k_len): each row ends up shifted left by
+    one more than the row above, without a gather.
+    """
+    *lead, q_len, k_len = x.shape
+    padded = F.pad(x, (1, 0)).view(*lead, k_len + 1, q_len)
+    return padded[..., 1:, :].reshape(*lead, q_len, k_len)
+
+
+def memory_attention_mask(q_len: int, past: int, *, mem_len: int, same_length: bool,
+                          key_mask: Tensor | None = None, device: torch.device | None = None) -> Tensor:
+    """(batch or 1, 1, q_len, past + q_len) boolean mask over [memory ‖ segment], True where a query may attend.
+
+    Query i (position past + i) sees every key up to itself. With `same_length` (the paper's evaluation setting)
+    it also sees no key more than `mem_len` - 1 positions back once past + q_len exceeds mem_len, so that every
+    query attends to the same number of keys whatever its place in the segment; the bounds are the reference
+    implementation's: the query itself and the mem_len - 1 keys before it. `key_mask` (batch, past + q_len) hides
+    padding; a query always sees itself.
+    """
+    k_len = past + q_len
+    i = torch.arange(q_len, device=device)[:, None]
+    j = torch.arange(k_len, device=device)[None, :]
+    allowed = j <= i + past
+    if same_length:
+        shift = mem_len - past if k_len > mem_len else q_len
+        allowed = allowed & (j > i - shift)
+    allowed = allowed[None, None]
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :].bool()
+    return allowed | (j == i + past)[None, None]  # never an empty row (mem_len 0 with same_length would be one)
+
+
+class RelativeMultiHeadAttention(nn.Module):
+    """Attention with Transformer-XL's relative position scores, over [memory ‖ segment].
+
+    score(i, j) = (q_i + u)·k_j + (q_i + v)·R_{i-j}, scaled by 1/sqrt(head_dim): a content term with a global
+    content bias u, and a position term on the sinusoidal encoding of the distance, projected by `pos`, with a
+    global position bias v. Keys and values come from the memory and the segment, queries from the segment only.
+    u and v are this layer's own (`own_biases`) or passed in shared by every layer. The position term enters
+    SDPA as an additive mask, so the content term still runs in PyTorch's fused kernel.
+    """
+
+    def __init__(self, dim: int, n_heads: int, head_dim: int, *, dropout: float = 0.0, own_biases: bool = True) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, head_dim
+        self.dropout = dropout
+        inner = n_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.pos = nn.Linear(dim, inner, bias=False)
+        self.out = nn.Linear(inner, dim, bias=False)
+        self.content_bias = nn.Parameter(torch.zeros(n_heads, head_dim)) if own_biases else None  # u
+        self.position_bias = nn.Parameter(torch.zeros(n_heads, head_dim)) if own_biases else None  # v
+
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor, memory: Tensor | None = None,
+                biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """`x` (batch, q_len, dim), `memory` (batch, past, dim) or None, `positions` (past + q_len, dim) from
+        `sinusoidal_relative_positions`, `mask` from `memory_attention_mask`; `biases` (u, v) when shared."""
+        batch, q_len, _ = x.shape
+        context = x if memory is None else torch.cat([memory, x], dim=1)
+        k_len = context.shape[1]
+        inner = self.n_heads * self.head_dim
+        q = F.linear(x, self.qkv.weight[:inner])  # queries for the segment only
+        kv = F.linear(context, self.qkv.weight[inner:]).view(batch, k_len, 2, self.n_heads, self.head_dim)
+        q = q.view(batch, q_len, self.n_heads, self.head_dim).transpose(1, 2)  # (batch, heads, q_len, head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # each (batch, heads, k_len, head_dim)
+        r = self.pos(positions).view(k_len, self.n_heads, self.head_dim).transpose(0, 1)  # (heads, k_len, head_dim)
+        u, bias_v = biases if biases is not None else (self.content_bias, self.position_bias)
+        u, bias_v = u.to(q.dtype), bias_v.to(q.dtype)  # under autocast q is bf16/fp16 while the biases stay fp32
+        scale = self.head_dim ** -0.5
+        by_position = relative_shift((q + bias_v[:, None]) @ r.transpose(1, 2)) * scale  # (batch, heads, q, k)
+        by_position = by_position.masked_fill(~mask, float("-inf"))
+        y = F.scaled_dot_product_attention(q + u[:, None], k, v, attn_mask=by_position, scale=scale,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, q_len, inner))

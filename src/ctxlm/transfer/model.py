@@ -58,6 +58,9 @@ class TaskModel(nn.Module):
         pooling = pooling or default_pooling(lm)
         if pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if lm.config.model_type == "transformer-xl":
+            raise UserError("transfer heads do not take Transformer-XL yet (its word vocabulary has no task tokens); "
+                            "use ctxlm.embed for its features")
         if is_decoder(lm) and lm.tokenizer.start_id is None:
             add_task_tokens(lm)
         self.lm, self.spec, self.pooling, self.max_length = lm, spec, pooling, max_length

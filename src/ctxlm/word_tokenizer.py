@@ -1,0 +1,194 @@
+"""Transformer-XL's tokenizer: one token per whitespace-separated word, a closed vocabulary, <unk> and <eos>.
+
+This is the paper's WikiText setup: the text comes already split into words (WikiText spaces out punctuation and
+writes "1 @,@ 000" for "1,000"), each line ends with <eos>, a word outside the vocabulary becomes <unk>
+(WikiText-103 has no unknown words left, its rare ones already read "<unk>"). The vocabulary is ordered by
+frequency after the special tokens, which the adaptive softmax's cutoffs rely on. There is no padding token:
+padding uses <eos>, and masks keep it out of attention and loss.
+
+Saved as `word_vocab.txt` (one word per line, in id order) + `word_tokenizer.json` (kind, special words,
+casing). A published `vocab.txt` in the Hugging Face Transformer-XL layout (the same one word per line, as
+`TransfoXLTokenizer(vocab_file=...)` reads it) or a `vocab.json` (a list of words or {word: id}) loads with
+`from_vocab_file`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ctxlm.errors import UserError
+
+EOS, UNK = "<eos>", "<unk>"
+VOCAB_FILE = "word_vocab.txt"
+CONFIG_FILE = "word_tokenizer.json"
+
+
+class WordTokenizer:
+    """Words ↔ ids over a fixed vocabulary (see the module docstring)."""
+
+    kind = "transformer-xl"
+    start_id = cls_id = sep_id = mask_id = None
+
+    def __init__(self, words: Sequence[str], *, eos: str = EOS, unk: str = UNK, lowercase: bool = False,
+                 source: str = "word list") -> None:
+        self.words = list(words)
+        self.index: dict[str, int] = {}
+        for i, word in enumerate(self.words):
+            if not word or word.split() != [word]:
+                raise UserError(f"{source}: entry {i} ({word!r}) is not one word without spaces")
+            if self.index.setdefault(word, i) != i:
+                raise UserError(f"{source}: {word!r} appears twice (ids {self.index[word]} and {i})")
+        for role, word in (("end-of-line", eos), ("unknown-word", unk)):
+            if word not in self.index:
+                raise UserError(f"{source}: no {role} token {word!r} in the vocabulary")
+        self.eos, self.unk, self.lowercase = eos, unk, lowercase
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    @property
+    def eos_id(self) -> int:
+        return self.index[self.eos]
+
+    @property
+    def unk_id(self) -> int:
+        return self.index[self.unk]
+
+    @property
+    def pad_id(self) -> int:
+        """Padding is masked out of attention and loss; the vocabulary has no pad word, so <eos> stands in."""
+        return self.eos_id
+
+    @property
+    def special_ids(self) -> set[int]:
+        return {self.eos_id}  # <unk> is an ordinary word of WikiText's text, and a target like any other
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer({self.vocab_size:,} words, eos={self.eos!r}, unk={self.unk!r})"
+
+    # ---- building ------------------------------------------------------------------------------------
+
+    @classmethod
+    def train(cls, files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int | None = None,
+              min_count: int = 1, *, lowercase: bool = False) -> WordTokenizer:
+        """<eos>, <unk>, then the words of `files` (text files or folders of them, .gz too) by decreasing count,
+        those seen at least `min_count` times, at most `vocab_size` entries in all (None: every such word)."""
+        from ctxlm.pretrain.corpus import read_documents
+
+        if vocab_size is not None and vocab_size < 2:
+            raise UserError(f"WordTokenizer.train: vocab_size={vocab_size}; it needs at least 2 (<eos>, <unk>)")
+        if min_count < 1:
+            raise UserError(f"WordTokenizer.train: min_count={min_count}; expected 1 or more")
+        counts: Counter[str] = Counter()
+        for file in [files] if isinstance(files, str | os.PathLike) else files:
+            for text in read_documents(file):
+                counts.update((text.lower() if lowercase else text).split())
+        for special in (EOS, UNK):
+            counts.pop(special, None)
+        ranked = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
+        limit = None if vocab_size is None else vocab_size - 2
+        return cls([EOS, UNK, *ranked[:limit]], lowercase=lowercase)
+
+    @classmethod
+    def from_files(cls, directory: str | os.PathLike) -> WordTokenizer:
+        """The tokenizer `save` wrote in `directory`."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{config_path}: missing (a Transformer-XL tokenizer is {VOCAB_FILE} + "
+                            f"{CONFIG_FILE})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"{config_path}: not valid JSON ({err})") from None
+        if not isinstance(config, dict) or config.get("kind") != cls.kind:
+            raise UserError(f"{config_path}: expected an object with \"kind\": \"{cls.kind}\"")
+        words = _read_lines(directory / VOCAB_FILE)
+        return cls(words, eos=config.get("eos", EOS), unk=config.get("unk", UNK),
+                   lowercase=bool(config.get("lowercase", False)), source=str(directory / VOCAB_FILE))
+
+    @classmethod
+    def from_vocab_file(cls, path: str | os.PathLike, *, lowercase: bool = False) -> WordTokenizer:
+        """A published vocabulary: a vocab.txt (one word per line, its first field, as the reference code reads
+        it) or a vocab.json (a list of words in id order, or {word: id} with ids 0..n-1)."""
+        path = Path(path)
+        if path.suffix != ".json":
+            return cls([line.split()[0] for line in _read_lines(path) if line.strip()], lowercase=lowercase,
+                       source=str(path))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such file") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"{path}: not valid JSON ({err})") from None
+        if isinstance(data, dict):
+            if sorted(data.values()) != list(range(len(data))):
+                raise UserError(f"{path}: the ids of a {{word: id}} vocabulary must be 0 to {len(data) - 1}, once each")
+            data = sorted(data, key=data.get)
+        if not isinstance(data, list) or not all(isinstance(w, str) for w in data):
+            raise UserError(f"{path}: expected a list of words or a {{word: id}} object")
+        return cls(data, lowercase=lowercase, source=str(path))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        (directory / VOCAB_FILE).write_text("".join(w + "\n" for w in self.words), encoding="utf-8")
+        config = {"kind": self.kind, "eos": self.eos, "unk": self.unk, "lowercase": self.lowercase}
+        (directory / CONFIG_FILE).write_text(json.dumps(config) + "\n", encoding="utf-8")
+
+    def fingerprint(self) -> str:
+        """Identifies the ids this tokenizer gives (for caches of tokenised corpora)."""
+        digest = hashlib.sha256("\n".join(self.words).encode())
+        digest.update(f"\n#eos={self.eos}#unk={self.unk}#lowercase={self.lowercase}".encode())
+        return digest.hexdigest()[:16]
+
+    # ---- encoding ------------------------------------------------------------------------------------
+
+    def encode(self, text: str, *, add_eos: bool = False) -> list[int]:
+        """The ids of the words of `text`; `add_eos`: <eos> after every line, blank lines included (the paper's
+        corpus encoding), so that line breaks stay visible to the model."""
+        if not isinstance(text, str):
+            raise UserError(f"encode: got a {type(text).__name__}; expected str")
+        if self.lowercase:
+            text = text.lower()
+        get, unk = self.index.get, self.unk_id
+        if not add_eos:
+            return [get(w, unk) for w in text.split()]
+        lines = text.split("\n")  # a final newline ends the last line, it does not start an empty one
+        ids: list[int] = []
+        for line in lines[:-1] if lines[-1] == "" else lines:
+            ids += [get(w, unk) for w in line.split()]
+            ids.append(self.eos_id)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], *, add_eos: bool = False) -> list[list[int]]:
+        return [self.encode(t, add_eos=add_eos) for t in texts]
+
+    def encode_for_lm(self, text: str) -> list[int]:
+        """Ids of a document for language-model training: <eos> after every line."""
+        return self.encode(text, add_eos=True)
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Words joined by spaces; <eos> is dropped, or with skip_special_tokens=False kept as the word "<eos>"."""
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise UserError(f"decode: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        eos = self.eos_id
+        return " ".join(self.words[i] for i in ids if not (skip_special_tokens and i == eos))
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err})") from None
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
