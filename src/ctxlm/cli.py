@@ -50,19 +50,23 @@ Examples:
   ctxlm pretrain --model elmo --data wikitext2 --out runs/elmo-wt2 --dim 128 --max-minutes 10
   # ... with the published cell and projection clipping (slower: a step-by-step LSTM), adaptive softmax
   ctxlm pretrain --model elmo --data wikitext2 --out runs/elmo-clip --clip --softmax adaptive
+  # Transformer-XL over wikitext2's words: segments of 128, 128 states of memory in training, 512 to evaluate
+  ctxlm pretrain --model transformer-xl --data wikitext2 --out runs/xl --block-size 128 --mem-len 128 \\
+      --eval-mem-len 512 --softmax adaptive --cutoffs 2000,10000 --dim 256 --max-minutes 10
   # continue an interrupted run exactly where its last checkpoint left it
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --resume
 """)
-@click.option("--model", "model_type", type=click.Choice(["gpt2", "gpt", "bert", "elmo"]), default="gpt2",
-              show_default=True, help="architecture family (and objective: causal LM, masked LM + NSP for bert, "
-              "forward + backward LM for elmo)")
+@click.option("--model", "model_type", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl"]),
+              default="gpt2", show_default=True, help="architecture family (and objective: causal LM, masked LM + "
+              "NSP for bert, forward + backward LM for elmo, causal LM over segments with memory for transformer-xl)")
 @click.option("--data", default="wikitext2", show_default=True,
               help="text file or folder (.txt/.txt.gz), or a data set name under $CTXLM_DATA")
 @click.option("--valid", type=click.Path(), help="validation text (default: the folder's valid split, or 5% held out)")
 @click.option("--out", "run_dir", type=click.Path(), required=True, help="run folder: checkpoint, metrics, loss.png")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), help="use this tokenizer folder")
 @click.option("--vocab-size", type=int, help="tokenizer vocabulary to train [default: 8192]; elmo: the softmax's "
-              "words, the most frequent [default: 50000, i.e. all 33,151 of wikitext2]")
+              "words, the most frequent [default: 50000, i.e. all 33,151 of wikitext2]; transformer-xl: the "
+              "words of its vocabulary, the most frequent [default: all]")
 @click.option("--layers", type=int, help="transformer layers [default: 4]; elmo: LSTM layers per direction "
               "[default: 2]")
 @click.option("--dim", default=256, show_default=True, help="model width; elmo: token and LSTM projection width "
@@ -73,10 +77,16 @@ Examples:
               help="elmo: clip LSTM cells and projections at ±3 as the published ELMo does. Off lets PyTorch's "
               "fused nn.LSTM kernel run; on runs a step-by-step LSTM, several times slower")
 @click.option("--softmax", type=click.Choice(["full", "adaptive"]), default="full", show_default=True,
-              help="elmo: full softmax, or adaptive (frequent words full, rarer ones in cheaper clusters)")
+              help="elmo, transformer-xl: full softmax, or adaptive (frequent words full, rarer ones in cheaper "
+              "clusters; transformer-xl: adaptive input embeddings too)")
 @click.option("--cutoffs", default="2000,10000", show_default=True,
-              help="elmo, --softmax adaptive: word ranks where the clusters start")
-@click.option("--block-size", default=256, show_default=True, help="tokens per training sequence (context)")
+              help="elmo, transformer-xl, --softmax adaptive: word ranks where the clusters start")
+@click.option("--block-size", default=256, show_default=True, help="tokens per training sequence (context); "
+              "transformer-xl: tokens per segment (tgt_len)")
+@click.option("--mem-len", type=int, help="transformer-xl: states of memory per layer in training [default: "
+              "block size]")
+@click.option("--eval-mem-len", type=int, help="transformer-xl: memory when evaluating (may exceed training's) "
+              "[default: mem-len]")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--grad-accum", default=1, show_default=True, help="micro-batches per optimizer step")
 @click.option("--steps", default=2000, show_default=True, help="optimizer steps")
@@ -92,10 +102,11 @@ Examples:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint")
 def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, dim, heads, cell_dim, clip, softmax,
-             cutoffs, block_size, batch_size, grad_accum, steps, lr, warmup, schedule, dropout, whole_word_masking,
-             eval_every, save_every, max_minutes, seed, resume) -> None:
-    """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2), masked LM + next sentence (BERT), or
-    forward + backward LM over words read by their characters (ELMo)."""
+             cutoffs, block_size, mem_len, eval_mem_len, batch_size, grad_accum, steps, lr, warmup, schedule, dropout,
+             whole_word_masking, eval_every, save_every, max_minutes, seed, resume) -> None:
+    """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2), masked LM + next sentence (BERT),
+    forward + backward LM over words read by their characters (ELMo), or causal LM over segments that attend to
+    the previous segments' states (Transformer-XL, over words)."""
     from ctxlm.config import BertConfig, GPTConfig
     from ctxlm.pretrain.causal_lm import LMData
     from ctxlm.tokenization import Tokenizer
@@ -114,6 +125,19 @@ def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, di
         model = pretrain_bilm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
                               tokenizer=load_tokenizer(Path(tokenizer)) if tokenizer else None, resume=resume)
         report_bilm(model)
+        click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
+        return
+    if model_type == "transformer-xl":
+        from ctxlm.checkpoint import load_tokenizer
+        from ctxlm.pretrain.xl import pretrain_xl
+
+        config = xl_config(dim=dim, layers=4 if layers is None else layers, heads=heads,
+                           mem_len=block_size if mem_len is None else mem_len, softmax=softmax, cutoffs=cutoffs,
+                           dropout=dropout)
+        model = pretrain_xl(data_spec, run_dir, config, train, tgt_len=block_size, batch_size=batch_size,
+                            tokenizer=load_tokenizer(Path(tokenizer)) if tokenizer else None, resume=resume,
+                            eval_mem_len=eval_mem_len, vocab_size=vocab_size)
+        report_xl(model, seed)
         click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
         return
     shape = dict(vocab_size=8192 if vocab_size is None else vocab_size, max_positions=max(block_size, 128), dim=dim,
@@ -157,6 +181,37 @@ def elmo_config(*, vocab_size: int, dim: int, layers: int, cell_dim: int | None,
         if value <= 0:
             raise UserError(f"{option} must be positive, got {value}")
     return config
+
+
+def xl_config(*, dim: int, layers: int, heads: int, mem_len: int, softmax: str, cutoffs: str, dropout: float):
+    """A TransformerXLConfig for pretraining from scratch: heads of dim / heads, a 4 x dim MLP, post-LN as the
+    paper, relative distances unclamped, a plain or adaptive (input and softmax, div_val 4) vocabulary."""
+    from ctxlm.config import TransformerXLConfig
+
+    try:
+        cuts = [int(c) for c in cutoffs.split(",") if c.strip()] if softmax == "adaptive" else []
+    except ValueError:
+        raise UserError(f"--cutoffs {cutoffs!r}: expected increasing word ranks such as 2000,10000") from None
+    for option, value in [("--dim", dim), ("--layers", layers), ("--heads", heads)]:
+        if value <= 0:
+            raise UserError(f"{option} must be positive, got {value}")
+    if dim % heads:
+        raise UserError(f"--dim {dim} is not divisible by --heads {heads}")
+    if mem_len < 0:
+        raise UserError(f"--mem-len must be 0 or more, got {mem_len}")
+    return TransformerXLConfig(vocab_size=max(cuts, default=0) + 1, dim=dim, n_layers=layers, n_heads=heads,
+                               head_dim=dim // heads, mlp_dim=4 * dim, mem_len=mem_len, clamp_len=0,
+                               same_length=False, dropout=dropout, attn_dropout=0.0, adaptive_cutoffs=cuts,
+                               div_val=4 if cuts else 1)
+
+
+def report_xl(model, seed: int) -> None:
+    """A sample continued with the memory (the validation perplexity is printed by the job)."""
+    from ctxlm.generate import generate
+
+    prompt = "In 1990 , the"  # WikiText's own tokenisation style
+    sample = generate(model, prompt, max_new_tokens=40, temperature=0.8, top_k=40, seed=seed)[0]
+    click.echo(f"sample: {prompt}{sample}")
 
 
 def report_bilm(model) -> None:
@@ -216,6 +271,7 @@ Examples:
   ctxlm generate runs/gpt2-wt2 "The meaning of life is" --max-new-tokens 30
   ctxlm generate gpt2 "Once upon a time" --temperature 0.9 --top-p 0.95 --seed 1   # online
   ctxlm generate runs/gpt2-wt2 --prompt-file prompts.txt --top-k 40 --stop "\\n"
+  ctxlm generate runs/xl "In 1990 , the" --max-new-tokens 100 --top-k 40   # Transformer-XL: memory, any length
 """)
 @click.argument("model")
 @click.argument("prompts", nargs=-1)
@@ -246,6 +302,8 @@ def generate(model, prompts, prompt_file, max_new_tokens, temperature, top_k, to
 Examples:
   ctxlm convert ~/hf/gpt2 models/gpt2          # a folder in the Hugging Face layout
   ctxlm convert gpt2-medium models/gpt2-medium # a published name (downloads; needs network)
+  ctxlm convert ~/elmo/small models/elmo-small # AllenNLP ELMo: a folder with *options.json + *weights.hdf5
+  ctxlm convert elmo-original models/elmo      # published ELMo names: elmo-small, -medium, -original
 """)
 @click.argument("source")
 @click.argument("destination", type=click.Path())

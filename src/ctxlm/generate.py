@@ -1,5 +1,9 @@
 """Text generation for decoders: greedy, temperature, top-k, top-p; batches of prompts with left padding and a
-pre-allocated KV cache, so each new token costs one position of compute rather than the whole prefix."""
+pre-allocated KV cache, so each new token costs one position of compute rather than the whole prefix.
+
+Transformer-XL needs no KV cache: its memory (each layer's states of the last `mem_len` positions) is the cache.
+The prompt goes through in segments of at most `mem_len` tokens, then each new token is one forward over
+[memory ‖ token], whatever the length of the text so far (older positions fall out of the memory)."""
 
 from __future__ import annotations
 
@@ -42,8 +46,15 @@ def next_tokens(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
 def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  eos_id: int | None = None, pad_id: int = 0, seed: int | None = None, use_cache: bool = True,
-                 return_scores: bool = False) -> Generated:
-    """Continue each prompt (token ids); `temperature=0` is greedy decoding."""
+                 return_scores: bool = False, mem_len: int | None = None) -> Generated:
+    """Continue each prompt (token ids); `temperature=0` is greedy decoding.
+
+    Transformer-XL: `mem_len` positions of memory (default the model's); `use_cache=False` recomputes the
+    whole text at every step instead (slow; equal to the memory path while the text fits in the memory)."""
+    if is_transformer_xl(model):
+        return generate_xl_ids(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                               top_p=top_p, eos_id=eos_id, pad_id=pad_id, seed=seed, use_memory=use_cache,
+                               return_scores=return_scores, mem_len=mem_len)
     if not hasattr(model, "new_cache"):
         raise UserError(f"generation needs a decoder (gpt, gpt2); this model is a {model.config.model_type} encoder")
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -94,12 +105,80 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: 
     return Generated(tokens, torch.stack(scores, 1) if return_scores and scores else None)
 
 
+def is_transformer_xl(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == "transformer-xl"
+
+
+@torch.inference_mode()
+def generate_xl_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: int = 64,
+                    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                    eos_id: int | None = None, pad_id: int = 0, seed: int | None = None, use_memory: bool = True,
+                    return_scores: bool = False, mem_len: int | None = None) -> Generated:
+    """`generate_ids` for Transformer-XL: the memory carries the text across segments.
+
+    Prompts of one length go through together (no padding: the memory has no mask); each new token is one
+    forward over [memory ‖ token]. `use_memory=False` recomputes the whole text at each step, from no memory.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    mem_len = model.config.mem_len if mem_len is None else mem_len
+    if mem_len < 0:
+        raise UserError(f"memory length must be 0 or more, got {mem_len}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    tokens: list[list[int]] = [[] for _ in prompts]
+    scores: list[Tensor | None] = [None] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+
+    for rows in by_length.values():
+        ids = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=device)
+        batch = len(rows)
+        memory, logits = None, None
+        if use_memory:  # the prompt in segments of at most mem_len (all at once without memory)
+            step = mem_len or ids.shape[1]
+            for start in range(0, ids.shape[1], step):
+                out = model(ids[:, start:start + step], memory=memory, mem_len=mem_len, last_only=True)
+                memory, logits = out.hidden.memory, out.logits[:, -1]
+        new, chosen = [], []
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        for n in range(max_new_tokens):
+            if not use_memory:
+                logits = model(torch.cat([ids, *[t[:, None] for t in new]], 1), last_only=True).logits[:, -1]
+            logits = logits.float()
+            token = next_tokens(logits, temperature, top_k, top_p, generator).masked_fill(done, pad_id)
+            new.append(token)
+            chosen.append(logits)
+            if eos_id is not None:
+                done |= token == eos_id
+                if bool(done.all()):
+                    break
+            if use_memory and n + 1 < max_new_tokens:
+                out = model(token[:, None], memory=memory, mem_len=mem_len, last_only=True)
+                memory, logits = out.hidden.memory, out.logits[:, -1]
+        generated = torch.stack(new, 1).tolist() if new else [[] for _ in rows]
+        for j, i in enumerate(rows):
+            row = generated[j]
+            tokens[i] = row[: row.index(eos_id) + 1] if eos_id is not None and eos_id in row else row
+            if return_scores and chosen:
+                scores[i] = torch.stack([c[j] for c in chosen])
+    model.train(was_training)
+    if return_scores and all(s is not None for s in scores) and len({len(s) for s in scores}) == 1:
+        return Generated(tokens, torch.stack(scores))  # rows of one length stack as for GPT
+    return Generated(tokens, None)
+
+
 def generate(model: nn.Module, prompts: str | list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, stop: list[str] | None = None,
-             seed: int | None = None, use_cache: bool = True) -> list[str]:
+             seed: int | None = None, use_cache: bool = True, mem_len: int | None = None) -> list[str]:
     """Continue text prompts with the model's own tokenizer; returns the continuations (prompt excluded).
 
     Each continuation ends at the end-of-text token, or just before the first of the `stop` strings.
+    Transformer-XL: `mem_len` overrides the model's memory length; a word-level tokenizer's continuation
+    starts with the space that separates it from the prompt.
     """
     tokenizer = model.tokenizer
     if tokenizer is None:
@@ -110,10 +189,13 @@ def generate(model: nn.Module, prompts: str | list[str], *, max_new_tokens: int 
         encoded = [ids or [tokenizer.eos_id] for ids in encoded]
     out = generate_ids(model, encoded, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
-                       pad_id=tokenizer.pad_id, seed=seed, use_cache=use_cache)
+                       pad_id=tokenizer.pad_id, seed=seed, use_cache=use_cache, mem_len=mem_len)
+    words = getattr(tokenizer, "kind", None) == "transformer-xl"  # words joined by spaces, none before the first
     results = []
-    for row in out.tokens:
+    for prompt, row in zip(texts, out.tokens, strict=True):
         text = tokenizer.decode(row)
+        if words and text and prompt.strip() and not prompt[-1].isspace() and not text[0].isspace():
+            text = " " + text
         for s in stop or []:
             if s in text:
                 text = text[: text.index(s)]
