@@ -21,10 +21,9 @@ from tqdm.auto import tqdm
 from ctxlm.char_tokenizer import WORDS_FILE, CharTokenizer
 from ctxlm.config import ElmoConfig
 from ctxlm.errors import UserError
-from ctxlm.models import build_model
 from ctxlm.models.elmo import ElmoLanguageModel
-from ctxlm.pretrain.causal_lm import LMData, cache_root
-from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan, find_text_files, read_documents
+from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model
+from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, find_text_files, read_documents
 from ctxlm.train import TrainConfig, Trainer
 
 
@@ -140,20 +139,14 @@ def pretrain_bilm(data: LMData, run_dir: str | Path, config: ElmoConfig, train: 
     run_dir = Path(run_dir)
     tokenizer = bilm_tokenizer(data, run_dir, config, given=tokenizer, resume=resume)
 
-    corpus = tokenize_words(data.train, tokenizer)
-    if data.valid is not None:
-        train_span, valid_span = TokenSpan(corpus.ids), TokenSpan(tokenize_words(data.valid, tokenizer).ids)
-    else:
-        train_span, valid_span = corpus.split(data.valid_fraction)
+    train_span, valid_span = corpus_spans(data, lambda path: tokenize_words(path, tokenizer))
     train_batches = BlockBatches(train_span, block_size, batch_size, seed=train.seed)
     valid_batches = BlockBatches(valid_span, block_size, batch_size, seed=train.seed)
     print(f"corpus: {len(train_span):,} training words, {len(valid_span):,} validation words "
           f"({len(train_batches):,} batches of {batch_size}x{block_size + 1} per epoch); {len(tokenizer.words):,} "
           f"distinct words, softmax over {tokenizer.vocab_size:,}")
 
-    torch.manual_seed(train.seed)  # the initial weights are part of the run's seed
-    model = build_model(config)
-    model.tokenizer = tokenizer
+    model = seeded_model(config, tokenizer, train.seed)
     clipped = "clipped step-by-step LSTM" if config.cell_clip is not None or config.proj_clip is not None \
         else "fused nn.LSTM"
     print(f"model: elmo, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {clipped}")

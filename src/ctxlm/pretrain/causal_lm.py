@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,23 @@ def tokenize(path: Path, tokenizer: Tokenizer) -> TokenizedCorpus:
                                  fingerprint=tokenizer_fingerprint(tokenizer), end_of_document=end)
 
 
+def corpus_spans(data: LMData, tokenize_file: Callable[[Path], TokenizedCorpus]) -> tuple[TokenSpan, TokenSpan]:
+    """Training and validation tokens: the validation file's when there is one, else the corpus's last
+    `valid_fraction`. `tokenize_file` turns a file or folder into its cached token stream."""
+    corpus = tokenize_file(data.train)
+    if data.valid is not None:
+        return TokenSpan(corpus.ids), TokenSpan(tokenize_file(data.valid).ids)
+    return corpus.split(data.valid_fraction)
+
+
+def seeded_model(config, tokenizer, seed: int) -> nn.Module:
+    """The family's model with the run's initial weights (part of its seed) and its tokenizer attached."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    model.tokenizer = tokenizer
+    return model
+
+
 def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfig, train: TrainConfig, *,
                        block_size: int = 256, batch_size: int = 16, tokenizer: Tokenizer | None = None,
                        resume: bool = False, eval_batches: int = 50) -> nn.Module:
@@ -89,19 +107,13 @@ def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfi
         raise UserError(f"block size {block_size} exceeds the model's {model_config.max_positions} positions")
     tokenizer = run_tokenizer(data, run_dir, model_config, given=tokenizer, resume=resume)
 
-    corpus = tokenize(data.train, tokenizer)
-    if data.valid is not None:
-        train_span, valid_span = TokenSpan(corpus.ids), TokenSpan(tokenize(data.valid, tokenizer).ids)
-    else:
-        train_span, valid_span = corpus.split(data.valid_fraction)
+    train_span, valid_span = corpus_spans(data, lambda path: tokenize(path, tokenizer))
     train_batches = BlockBatches(train_span, block_size, batch_size, seed=train.seed)
     valid_batches = BlockBatches(valid_span, block_size, batch_size, seed=train.seed)
     print(f"corpus: {len(train_span):,} training tokens, {len(valid_span):,} validation tokens "
           f"({len(train_batches):,} batches of {batch_size}x{block_size} per epoch)")
 
-    torch.manual_seed(train.seed)  # the initial weights are part of the run's seed
-    model = build_model(model_config)
-    model.tokenizer = tokenizer
+    model = seeded_model(model_config, tokenizer, train.seed)
     print(f"model: {model_config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data.json").write_text(json.dumps(

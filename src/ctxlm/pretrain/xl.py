@@ -35,8 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
-from ctxlm.models import build_model
-from ctxlm.pretrain.causal_lm import LMData, cache_root, tokenize
+from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model, tokenize
 from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan, find_text_files
 from ctxlm.train import TrainConfig, Trainer
 
@@ -289,11 +288,7 @@ def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *
     """
     run_dir = Path(run_dir)
     tokenizer = xl_tokenizer(data, run_dir, config, given=tokenizer, resume=resume, vocab_size=vocab_size)
-    corpus = tokenize_stream(data.train, tokenizer)
-    if data.valid is not None:
-        train_span, valid_span = TokenSpan(corpus.ids), TokenSpan(tokenize_stream(data.valid, tokenizer).ids)
-    else:
-        train_span, valid_span = corpus.split(data.valid_fraction)
+    train_span, valid_span = corpus_spans(data, lambda path: tokenize_stream(path, tokenizer))
     batches = StreamBatches(train_span, tgt_len, batch_size)
     eval_mem_len = config.mem_len if eval_mem_len is None else eval_mem_len
     streams = eval_streams or batch_size
@@ -302,9 +297,7 @@ def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *
           f"segments of {batch_size}x{tgt_len} per epoch, memory {config.mem_len} in training, "
           f"{eval_mem_len} in evaluation)")
 
-    torch.manual_seed(train.seed)  # the initial weights are part of the run's seed
-    model = build_model(config)
-    model.tokenizer = tokenizer
+    model = seeded_model(config, tokenizer, train.seed)
     print(f"model: transformer-xl, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data.json").write_text(json.dumps(
