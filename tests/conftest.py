@@ -42,3 +42,17 @@ def tiny_model_dir(tmp_path_factory, corpus_dir) -> Path:
                                        n_heads=2))
     model.tokenizer = tokenizer
     return ctxlm.save(model, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh $CTXLM_CACHE (tokenised corpora) for one test."""
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def metrics_records(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order."""
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -1,7 +1,6 @@
 """ELMo's biLM pretraining: loss falls, each direction's perplexity is exact, resuming is exact, and the CLI's run
 folder loads back with its word list."""
 
-import json
 import math
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import ctxlm
+from conftest import metrics_records
 from ctxlm.config import ElmoConfig
 from ctxlm.pretrain import bilm
 from ctxlm.pretrain.bilm import pretrain_bilm, windows
@@ -23,13 +23,7 @@ def tiny_config(**changes) -> ElmoConfig:
     return ElmoConfig(**(shape | changes))
 
 
-def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def trained(tmp_path_factory, corpus_dir):
 
 def test_pretraining_reduces_both_directions_losses(trained, capsys):
     _, run_dir = trained
-    logged = records(run_dir)
+    logged = metrics_records(run_dir)
     losses = [r["loss"] for r in logged if "loss" in r]
     valid = [r for r in logged if "valid_loss" in r]
     assert losses[-1] < losses[0] - 1.0, losses
@@ -59,7 +53,7 @@ def test_pretraining_reduces_both_directions_losses(trained, capsys):
 
 def test_perplexities_are_exp_of_the_mean_loss_over_validation_words(trained, corpus_dir):
     model, run_dir = trained
-    final = records(run_dir)[-1]
+    final = metrics_records(run_dir)[-1]
     valid = BlockBatches(TokenSpan(bilm.tokenize_words(corpus_dir / "valid.txt", model.tokenizer).ids), 16, 8, seed=0)
     batches = [windows(b) for b in valid.eval_batches(50)]
     assert len({len(b) for b in batches}) > 1  # a last, smaller batch: a mean of batch means would be off
@@ -106,7 +100,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
     for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
-    assert strip(records(tmp_path / "a")) == strip(records(tmp_path / "b"))
+    assert strip(metrics_records(tmp_path / "a")) == strip(metrics_records(tmp_path / "b"))
     assert resumed.tokenizer.words.words == reference.tokenizer.words.words
 
 

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 import ctxlm
+from conftest import metrics_records
 from ctxlm.config import TransformerXLConfig
 from ctxlm.generate import generate_ids
 from ctxlm.models import build_model
@@ -28,13 +29,7 @@ def tiny_config(**changes) -> TransformerXLConfig:
     return TransformerXLConfig(**(shape | changes))
 
 
-def records(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +85,7 @@ def test_the_memory_is_carried_between_segments_and_reset_at_epoch_start():
 
 def test_pretraining_reduces_the_loss(trained):
     _, run_dir = trained
-    logged = records(run_dir)
+    logged = metrics_records(run_dir)
     losses = [r["loss"] for r in logged if "loss" in r]
     valid = [r for r in logged if "valid_loss" in r]
     assert losses[-1] < losses[0] - 1.0, losses
@@ -154,7 +149,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
     resumed = run(tmp_path / "b", resume=True)
     assert same(reference, resumed)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
-    assert strip(records(tmp_path / "a")) == strip(records(tmp_path / "b"))
+    assert strip(metrics_records(tmp_path / "a")) == strip(metrics_records(tmp_path / "b"))
 
     # Without the saved memory the resumed run rebuilds it (no gradient, evaluation mode): it runs, but is not
     # the uninterrupted run, which shows that the memory saved beside the checkpoint is what makes resume exact.
