@@ -26,6 +26,7 @@ def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seed
             *, say=print) -> list[dict]:
     """Run every combination (skipping finished ones); write compare.json, compare.md and compare.png."""
     out = Path(out)
+    squad = base.task == "squad"  # read by finetune itself: SQuAD questions are not a TaskData
     rows = []
     for model in models:
         for strategy in strategies:
@@ -36,10 +37,11 @@ def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seed
                     metrics = json.loads(done.read_text())["metrics"]
                 else:
                     say(f"== {model} · {strategy} · seed {seed}")
-                    data = load_task(base.task, train_size=base.train_size, seed=seed, csv_options=base.user_task)
+                    data = None if squad else load_task(base.task, train_size=base.train_size, seed=seed,
+                                                        csv_options=base.user_task)
                     metrics = finetune(replace(base, model=model, strategy=strategy, seed=seed), run_dir, data=data)
                 rows.append({"model": model_label(model), "strategy": strategy, "seed": seed, **metrics})
-    main = "dev_" + load_task(base.task, csv_options=base.user_task).spec.metrics[0]
+    main = "dev_" + ("f1" if squad else load_task(base.task, csv_options=base.user_task).spec.metrics[0])
     summary = summarize(rows, main)
     (out / "compare.json").write_text(json.dumps({"metric": main, "runs": rows, "summary": summary}, indent=2) + "\n")
     table = markdown_table(summary, main)

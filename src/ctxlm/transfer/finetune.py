@@ -23,12 +23,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
+from ctxlm.qa.options import SquadOptions
 from ctxlm.train import TrainConfig, Trainer
 from ctxlm.transfer.data import Example, TaskData, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.heads import task_loss
-from ctxlm.transfer.inputs import TaskBatches, encode_examples, label_tensor
+from ctxlm.transfer.inputs import TaskBatches, encode_examples, is_decoder, label_tensor
 from ctxlm.transfer.metrics import compute_metrics
-from ctxlm.transfer.model import TaskModel
+from ctxlm.transfer.model import HeadedModel, TaskModel
 from ctxlm.transfer.predict import gather_predictions
 from ctxlm.transfer.strategies import (
     GradualUnfreezing,
@@ -53,19 +54,21 @@ class FinetuneConfig:
     lr: float | None = None  # the backbone's; None: 5e-5 (encoders) / 6.25e-5 (GPT, §4.1)
     head_lr: float | None = None  # None: the same as lr, or 1e-3 on a frozen backbone
     weight_decay: float = 0.01
-    max_length: int = 128
+    max_length: int | None = None  # tokens per input; None: 128, or 384 for SQuAD windows (BERT's)
     pooling: str | None = None
     dropout: float = 0.1
     evals_per_epoch: int = 1
     device: str = "auto"
     max_minutes: float | None = None
     user_task: UserTaskOptions = field(default_factory=UserTaskOptions)
+    squad: SquadOptions = field(default_factory=SquadOptions)
 
     def resolved(self, strategy: Strategy, decoder: bool) -> FinetuneConfig:
         """Defaults that depend on the strategy and the backbone: `lr` is the backbone's (top group's) rate, the
         head trains at `head_lr`, which a frozen backbone raises to 1e-3 (a linear layer alone tolerates it)."""
         features = strategy.freeze_backbone
-        out = FinetuneConfig(**{**asdict(self), "user_task": self.user_task})
+        out = FinetuneConfig(**{**asdict(self), "user_task": self.user_task, "squad": self.squad})
+        out.max_length = self.max_length or (384 if self.task == "squad" else 128)
         out.epochs = self.epochs or (20 if features else 3)
         out.lr = self.lr or (6.25e-5 if decoder else 5e-5)
         out.head_lr = self.head_lr or (1e-3 if features else out.lr)
@@ -93,6 +96,10 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     """Fine-tune, evaluate on dev (and test where it ships), save the model; return the final metrics."""
     from ctxlm.api import load
 
+    if config.task == "squad":
+        from ctxlm.qa.finetune import finetune_squad
+
+        return finetune_squad(config, run_dir, resume=resume)
     run_dir = Path(run_dir)
     strategy = get_strategy(config.strategy)
     data = data or load_task(config.task, train_size=config.train_size, seed=config.seed,
@@ -100,8 +107,8 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     lm = load(config.model)
+    config = config.resolved(strategy, is_decoder(lm))
     model = TaskModel(lm, data.spec, pooling=config.pooling, dropout=config.dropout, max_length=config.max_length)
-    config = config.resolved(strategy, model.decoder)
     if strategy.aux_lm_weight and not model.decoder:
         raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder (GPT, GPT-2)")
     model.to(device)
@@ -132,9 +139,15 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
               **{f"dev_{k}": v for k, v in dev.items()}}
     if "test" in batches:
         result |= {f"test_{k}": v for k, v in evaluate("test").items()}
-    result["finished"] = trainer.step == train_config.steps
+    return save_run(model, result, trainer.step == train_config.steps, config, strategy, run_dir)
+
+
+def save_run(model: HeadedModel, result: dict, finished: bool, config: FinetuneConfig, strategy: Strategy,
+             run_dir: Path) -> dict:
+    """model/ and metrics.json in the run folder; checkpoint/ goes once the run has finished."""
+    result["finished"] = finished
     model.save_checkpoint(run_dir / "model")
-    if result["finished"]:  # model/ is the result; the optimizer state is only needed to resume
+    if finished:  # model/ is the result; the optimizer state is only needed to resume
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     summary = {"metrics": result, "config": asdict(config) | {"strategy": asdict(strategy)}}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -154,8 +167,10 @@ def _evaluator(spec: TaskSpec, batches: dict[str, TaskBatches], logits_of, devic
     return evaluate
 
 
-def _backbone_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskSpec, train_config: TrainConfig,
-                      config: FinetuneConfig, run_dir: Path, device: torch.device):
+def strategy_trainer(model: HeadedModel, strategy: Strategy, per_epoch: int, loss_of, train_batch,
+                     train_config: TrainConfig, config: FinetuneConfig, run_dir: Path, evaluator) -> Trainer:
+    """A Trainer that adapts `model` (a backbone + `head`) by `strategy`: its parameter groups and rates, its
+    schedule, gradual unfreezing and L2-SP penalty. `loss_of(model, batch)` is the task's loss."""
     groups = model.layer_groups()
     head = list(model.head.parameters())
     optimizer_groups = param_groups(groups, head, strategy, config.lr, weight_decay=config.weight_decay,
@@ -164,25 +179,31 @@ def _backbone_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskS
     if strategy.sp_alpha or strategy.sp_beta:
         penalty = SPPenalty([p for g in groups for p in g], head, strategy.sp_alpha, strategy.sp_beta,
                             strategy.sp_norm)
-    strategy = resolve(strategy, batches["train"].per_epoch)
+    strategy = resolve(strategy, per_epoch)
     unfreezing = GradualUnfreezing(groups, strategy.unfreeze_every) if strategy.unfreeze_every else None
+
+    def objective(module: HeadedModel, batch: dict[str, Tensor]):
+        loss = loss_of(module, batch)
+        return (loss + penalty() if penalty is not None else loss), {}
+
+    return Trainer(model, objective, train_batch, train_config, run_dir, param_groups=optimizer_groups,
+                   evaluator=evaluator, lr_schedule=lambda step: lr_multiplier(strategy, step, train_config.steps),
+                   before_step=unfreezing.update if unfreezing is not None else None)
+
+
+def _backbone_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskSpec, train_config: TrainConfig,
+                      config: FinetuneConfig, run_dir: Path, device: torch.device):
     aux = strategy.aux_lm_weight if model.decoder else 0.0
 
-    def objective(module: TaskModel, batch: dict[str, Tensor]):
+    def loss_of(module: TaskModel, batch: dict[str, Tensor]) -> Tensor:
         batch = to_device(batch, device)
         features, slot_mask, lm_loss = module.features(batch, lm_loss=aux > 0)
         loss = task_loss(module.head(features, slot_mask), batch["labels"], spec.kind, spec.regression)
-        if lm_loss is not None:
-            loss = loss + aux * lm_loss
-        if penalty is not None:
-            loss = loss + penalty()
-        return loss, {}
+        return loss + aux * lm_loss if lm_loss is not None else loss
 
     evaluate = _evaluator(spec, batches, model, device, model)
-    trainer = Trainer(model, objective, batches["train"].train_batch, train_config, run_dir,
-                      param_groups=optimizer_groups, evaluator=lambda: _prefixed(evaluate("dev")),
-                      lr_schedule=lambda step: lr_multiplier(strategy, step, train_config.steps),
-                      before_step=unfreezing.update if unfreezing is not None else None)
+    trainer = strategy_trainer(model, strategy, batches["train"].per_epoch, loss_of, batches["train"].train_batch,
+                               train_config, config, run_dir, lambda: _prefixed(evaluate("dev")))
     return trainer, evaluate
 
 

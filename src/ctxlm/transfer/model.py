@@ -49,7 +49,62 @@ def add_task_tokens(model: nn.Module) -> None:
     model.config.vocab_size = grown.num_embeddings
 
 
-class TaskModel(nn.Module):
+class HeadedModel(nn.Module):
+    """A pretrained model `lm` with a task `head`, saved as one folder: the backbone's checkpoint (so that
+    `ctxlm.load` still reads it) + TASK_FILE (what `task_config` returns) + the head's weights."""
+
+    lm: nn.Module
+    head: nn.Module
+
+    def task_config(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        return self.lm.tokenizer
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        return self.lm.layer_groups()
+
+    def save_checkpoint(self, path: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
+        def write_head(folder: Path) -> None:
+            (folder / TASK_FILE).write_text(json.dumps(self.task_config(), indent=2) + "\n")
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
+                      folder / HEAD_FILE)
+            if extra is not None:
+                extra(folder)
+
+        return save(self.lm, path, extra=write_head)
+
+    def load_checkpoint_weights(self, path: str | Path) -> None:
+        path = Path(path)
+        load_weights(self.lm, path / "model.safetensors")
+        self.head.load_state_dict(load_file(path / HEAD_FILE))
+
+
+def finetuned_folder(path: str | Path) -> tuple[Path, dict]:
+    """A fine-tuned model folder (or a run folder holding one in model/ or checkpoint/) and its task config."""
+    path = Path(path)
+    for sub in ("model", "checkpoint"):
+        if (path / sub / TASK_FILE).is_file():
+            path = path / sub
+            break
+    if not (path / TASK_FILE).is_file():
+        raise UserError(f"{path}: not a fine-tuned model folder (no {TASK_FILE}; `ctxlm finetune` writes one)")
+    return path, json.loads((path / TASK_FILE).read_text())
+
+
+def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> HeadedModel:
+    """Whatever `ctxlm finetune` saved: a `TaskModel`, or a `SpanModel` for question answering."""
+    _, config = finetuned_folder(path)
+    if config["spec"]["kind"] == "span":
+        from ctxlm.qa.model import SpanModel
+
+        return SpanModel.load(path, device=device)
+    return TaskModel.load(path, device=device)
+
+
+class TaskModel(HeadedModel):
     """`lm` (the pretrained model, with its own heads kept for an auxiliary LM loss) + a `TaskHead`."""
 
     def __init__(self, lm: nn.Module, spec: TaskSpec, *, pooling: str | None = None, dropout: float = 0.1,
@@ -66,10 +121,6 @@ class TaskModel(nn.Module):
         self.lm, self.spec, self.pooling, self.max_length = lm, spec, pooling, max_length
         self.decoder = is_decoder(lm)
         self.head = TaskHead(lm.config.hidden_dim, spec.num_labels, spec.kind, dropout)
-
-    @property
-    def tokenizer(self):
-        return self.lm.tokenizer
 
     def features(self, batch: dict[str, Tensor], lm_loss: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Slot features, slot mask and, for a decoder asked for it, the LM loss on the same inputs (GPT §3.2)."""
@@ -91,42 +142,19 @@ class TaskModel(nn.Module):
         features, slot_mask, _ = self.features(batch)
         return self.head(features, slot_mask)
 
-    def layer_groups(self) -> list[list[nn.Parameter]]:
-        return self.lm.layer_groups()
-
     # -- the folder -----------------------------------------------------------------------------------------
     def task_config(self) -> dict:
         return {"spec": asdict(self.spec), "pooling": self.pooling, "max_length": self.max_length,
                 "dropout": self.head.dropout.p}
-
-    def save_checkpoint(self, path: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
-        def write_head(folder: Path) -> None:
-            (folder / TASK_FILE).write_text(json.dumps(self.task_config(), indent=2) + "\n")
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
-                      folder / HEAD_FILE)
-            if extra is not None:
-                extra(folder)
-
-        return save(self.lm, path, extra=write_head)
-
-    def load_checkpoint_weights(self, path: str | Path) -> None:
-        path = Path(path)
-        load_weights(self.lm, path / "model.safetensors")
-        self.head.load_state_dict(load_file(path / HEAD_FILE))
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> TaskModel:
         """A fine-tuned model folder (or a run folder holding one in model/ or checkpoint/)."""
         from ctxlm.api import load
 
-        path = Path(path)
-        for sub in ("model", "checkpoint"):
-            if (path / sub / TASK_FILE).is_file():
-                path = path / sub
-                break
-        if not (path / TASK_FILE).is_file():
-            raise UserError(f"{path}: not a fine-tuned model folder (no {TASK_FILE}; `ctxlm finetune` writes one)")
-        config = json.loads((path / TASK_FILE).read_text())
+        path, config = finetuned_folder(path)
+        if config["spec"]["kind"] == "span":
+            raise UserError(f"{path}: a question-answering model; load it with load_finetuned (or SpanModel.load)")
         spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["spec"].items()})
         model = cls(load(path), spec, pooling=config["pooling"], dropout=config["dropout"],
                     max_length=config["max_length"])
