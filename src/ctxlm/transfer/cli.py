@@ -8,8 +8,9 @@ import sys
 
 import click
 
-TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa (under $CTXLM_DATA), or "
-             "csv:PATH for your own .csv/.tsv/.jsonl file (see --text-column, --label-column)")
+TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa (under $CTXLM_DATA), squad "
+             "(question answering: BERT-family span extraction, see --train-file), or csv:PATH for your own "
+             ".csv/.tsv/.jsonl file (see --text-column, --label-column)")
 STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, gradual (unfreeze one layer group per "
                  "epoch, top first), discriminative (rates / 2.6 per group going down), slanted (ULMFiT triangular "
                  "schedule), l2sp (penalty toward the pretrained weights), ulmfit (gradual + discriminative + "
@@ -31,6 +32,34 @@ def user_task_options(f):
     return f
 
 
+def squad_options(f):
+    """--train-file, --dev-file, --holdout-articles, --doc-stride, ...: what --task squad reads."""
+    for decorator in reversed([
+        click.option("--train-file", type=click.Path(exists=True, dir_okay=False),
+                     help="squad: SQuAD-format JSON (.json/.json.gz) [default: the SQuAD v1.1 dev file under "
+                          "$CTXLM_DATA/squad_v1, split by article]"),
+        click.option("--dev-file", type=click.Path(exists=True, dir_okay=False),
+                     help="squad: validation JSON [default: --holdout-articles whole articles of the train file]"),
+        click.option("--holdout-articles", default=8, show_default=True,
+                     help="squad: articles held out for validation when no --dev-file is given"),
+        click.option("--doc-stride", default=128, show_default=True,
+                     help="squad: tokens between the starts of a long passage's overlapping windows"),
+        click.option("--max-answer-tokens", default=30, show_default=True, help="squad: longest answer span"),
+        click.option("--no-answer", is_flag=True,
+                     help="squad: SQuAD v2 data, where a question may have no answer and the model may say so"),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _squad(train_file=None, dev_file=None, holdout_articles=8, doc_stride=128, max_answer_tokens=30,
+           no_answer=False):
+    from ctxlm.qa.options import SquadOptions
+
+    return SquadOptions(train_file=train_file, dev_file=dev_file, holdout_articles=holdout_articles,
+                        doc_stride=doc_stride, max_answer_tokens=max_answer_tokens, no_answer=no_answer)
+
+
 def _user_task(text_column, label_column, pair_column, dev_path, regression):
     from ctxlm.transfer.data import UserTaskOptions
 
@@ -48,7 +77,7 @@ def training_options(f, *, strategy: bool = True):
         click.option("--lr", type=float, help="peak rate of the backbone's top layer group [default: 5e-5 "
                                                "encoders, 6.25e-5 GPT]"),
         click.option("--head-lr", type=float, help="rate of the new head [default: --lr; 1e-3 for features]"),
-        click.option("--max-length", default=128, show_default=True, help="tokens per input sequence"),
+        click.option("--max-length", type=int, help="tokens per input sequence [default: 128; squad: 384]"),
         click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),
                      help="sequence vector [default: mean for encoders, last (<|extract|>) for decoders]"),
         click.option("--evals-per-epoch", default=1, show_default=True),
@@ -56,17 +85,20 @@ def training_options(f, *, strategy: bool = True):
         click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time"),
     ]):
         f = decorator(f)
-    return user_task_options(f)
+    return squad_options(user_task_options(f))
 
 
 def _config(model, task, train_size, epochs, batch_size, lr, head_lr, max_length, pooling,
-            evals_per_epoch, device, max_minutes, seed, strategy="full", **user):
+            evals_per_epoch, device, max_minutes, seed, strategy="full", train_file=None, dev_file=None,
+            holdout_articles=8, doc_stride=128, max_answer_tokens=30, no_answer=False, **user):
     from ctxlm.transfer.finetune import FinetuneConfig
 
     return FinetuneConfig(model=model, task=task, strategy=strategy, train_size=train_size, seed=seed, epochs=epochs,
                           batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length, pooling=pooling,
                           evals_per_epoch=evals_per_epoch, device=device, max_minutes=max_minutes,
-                          user_task=_user_task(**user))
+                          user_task=_user_task(**user),
+                          squad=_squad(train_file, dev_file, holdout_articles, doc_stride, max_answer_tokens,
+                                       no_answer))
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -84,6 +116,11 @@ Examples:
   ctxlm finetune --model runs/gpt2-wt2 --task sst2 --strategy ulmfit --train-size 1000 --out runs/gpt2-sst2
   # your own data: a CSV with columns review,stars
   ctxlm finetune --model minilm --task csv:reviews.csv --text-column review --label-column stars --out runs/rev
+  # question answering: MiniLM on 40 SQuAD dev articles, validated on the other 8
+  ctxlm finetune --model minilm --task squad --epochs 2 --out runs/minilm-squad
+  # ... or on the full SQuAD v1.1 training set
+  ctxlm finetune --model path/to/bert-base-uncased --task squad --train-file train-v1.1.json --dev-file dev-v1.1.json \\
+      --out runs/bert-squad
 """)
 @click.option("--model", required=True, help="model folder, run folder, 'minilm', or a published name (gpt2, ...)")
 @training_options
@@ -104,52 +141,101 @@ def finetune(run_dir, resume, **options) -> None:
 Examples:
   ctxlm evaluate runs/minilm-sst2
   ctxlm evaluate runs/minilm-conll --split test
+  # a question-answering model: the held-out SQuAD articles (as finetune split them), or any SQuAD file
+  ctxlm evaluate runs/minilm-squad
+  ctxlm evaluate runs/bert-squad --squad-file dev-v1.1.json
 """)
 @click.argument("model")
 @click.option("--task", help="task to evaluate on [default: the one the model was fine-tuned for]")
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="dev", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--squad-file", type=click.Path(exists=True, dir_okay=False),
+              help="squad: SQuAD-format JSON to score on, whole [default: the held-out articles of the SQuAD v1.1 "
+                   "dev file, --split dev, or the others, --split train]")
+@click.option("--holdout-articles", default=8, show_default=True,
+              help="squad: articles held out when finetune split the default file")
 @user_task_options
-def evaluate(model, task, split, batch_size, device, **user) -> None:
+def evaluate(model, task, split, batch_size, device, squad_file, holdout_articles, **user) -> None:
     """Metrics of a fine-tuned model on a labelled split."""
     from ctxlm.transfer.finetune import pick_device
-    from ctxlm.transfer.model import TaskModel
+    from ctxlm.transfer.model import TaskModel, load_finetuned
     from ctxlm.transfer.predict import evaluate as run
 
-    task_model = TaskModel.load(model, device=pick_device(device))
+    task_model = load_finetuned(model, device=pick_device(device))
+    if not isinstance(task_model, TaskModel):
+        from ctxlm.qa.finetune import evaluate_squad, squad_split
+
+        questions = squad_split(squad_file, split, holdout_articles, task_model.no_answer)
+        _print_metrics(evaluate_squad(task_model, questions, batch_size=batch_size) | {"questions": len(questions)})
+        return
     _print_metrics(run(task_model, task or task_model.spec.name, split, batch_size=batch_size,
                        csv_options=_user_task(**user)))
 
 
 @click.command(epilog="""\b
 Input, one example per line: a text; "text_a<TAB>text_b" for pair tasks; {"context": ..., "choices": [...]}
-for multiple choice; space-separated words for tagging. Output: one JSON object per line.
+for multiple choice; space-separated words for tagging; {"question": ..., "context": ...} for question
+answering (or --question with --context / --context-file). Output: one JSON object per line.
 Examples:
   echo "a gorgeous, witty, seductive movie" | ctxlm predict runs/minilm-sst2
   ctxlm predict runs/minilm-conll --input sentences.txt > tags.jsonl
+  ctxlm predict runs/minilm-squad --question "Who wrote it?" --context "The book was written by Ada Lovelace."
 """)
 @click.argument("model")
 @click.option("--input", "input_file", type=click.File(encoding="utf-8"), default="-", show_default=True,
               help="file to label (- = stdin)")
+@click.option("--question", help="question answering: the question (with --context or --context-file)")
+@click.option("--context", help="question answering: the passage that holds the answer")
+@click.option("--context-file", type=click.Path(exists=True, dir_okay=False), help="question answering: the "
+              "passage, read from a UTF-8 file")
+@click.option("--n-best", default=1, show_default=True, help="question answering: answers per question")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def predict(model, input_file, batch_size, device) -> None:
-    """Label new inputs with a fine-tuned model."""
+def predict(model, input_file, question, context, context_file, n_best, batch_size, device) -> None:
+    """Label new inputs with a fine-tuned model, or answer questions about a passage."""
     from ctxlm.errors import UserError
     from ctxlm.transfer.finetune import pick_device
-    from ctxlm.transfer.model import TaskModel
+    from ctxlm.transfer.model import TaskModel, load_finetuned
     from ctxlm.transfer.predict import parse_inputs
     from ctxlm.transfer.predict import predict as run
 
-    task_model = TaskModel.load(model, device=pick_device(device))
+    task_model = load_finetuned(model, device=pick_device(device))
     name = getattr(input_file, "name", "<stdin>")
-    try:
-        examples = parse_inputs(input_file, task_model.spec, name)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{name}: not UTF-8 text ({err})") from None
+    if not isinstance(task_model, TaskModel):
+        from ctxlm.qa.finetune import answer_questions, read_pairs
+
+        if question is not None:
+            if (context is None) == (context_file is None):
+                raise UserError("--question needs the passage: --context TEXT or --context-file FILE (one of them)")
+            pairs = [(question, context if context is not None else _read_utf8(context_file))]
+        else:
+            pairs = _decoded(lambda: read_pairs(input_file, name), name)
+        for (q, _), answers in zip(pairs, answer_questions(task_model, pairs, n_best=n_best, batch_size=batch_size),
+                                   strict=True):
+            sys.stdout.write(json.dumps({"question": q, **answers[0], **({"n_best": answers} if n_best > 1 else {})},
+                                        ensure_ascii=False) + "\n")
+        return
+    if question is not None:
+        raise UserError(f"--question is for question-answering models; {model} is a {task_model.spec.kind} model")
+    examples = _decoded(lambda: parse_inputs(input_file, task_model.spec, name), name)
     for example, result in zip(examples, run(task_model, examples, batch_size=batch_size), strict=True):
         sys.stdout.write(json.dumps({"input": list(example.texts), **result}, ensure_ascii=False) + "\n")
+
+
+def _decoded(read, name: str):
+    from ctxlm.errors import UserError
+
+    try:
+        return read()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{name}: not UTF-8 text ({err})") from None
+
+
+def _read_utf8(path: str) -> str:
+    from pathlib import Path
+
+    return _decoded(lambda: Path(path).read_text(encoding="utf-8"), path)
 
 
 @click.command(epilog="""\b

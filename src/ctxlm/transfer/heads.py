@@ -95,3 +95,28 @@ def task_loss(logits: Tensor, labels: Tensor, kind: str, regression: bool) -> Te
 def predictions(logits: Tensor, regression: bool) -> Tensor:
     """Scores for regression, else the arg-max class / choice / tag."""
     return logits.squeeze(-1).float() if regression else logits.argmax(-1)
+
+
+class SpanHead(nn.Module):
+    """Start and end logits for every token (BERT §4.2): one linear layer, two outputs per token.
+
+    Positions that cannot start or end an answer (the question, [SEP], padding) get -inf, except [CLS] at
+    position 0, the target of windows that do not hold the answer (and of SQuAD v2's "no answer")."""
+
+    def __init__(self, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(dim, 2)
+        nn.init.normal_(self.linear.weight, std=0.02)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, states: Tensor, passage: Tensor) -> tuple[Tensor, Tensor]:
+        allowed = passage.clone()
+        allowed[:, 0] = True
+        logits = self.linear(self.dropout(states)).float().masked_fill(~allowed.unsqueeze(-1), float("-inf"))
+        return logits[..., 0], logits[..., 1]
+
+
+def span_loss(start_logits: Tensor, end_logits: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
+    """The mean of the start and end positions' cross-entropies (BERT §4.2)."""
+    return (nn.functional.cross_entropy(start_logits, starts) + nn.functional.cross_entropy(end_logits, ends)) / 2

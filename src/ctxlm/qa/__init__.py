@@ -1,0 +1,1 @@
+"""Question answering: SQuAD data and metrics, span extraction, zero-shot reading comprehension."""

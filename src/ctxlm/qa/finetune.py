@@ -1,0 +1,190 @@
+"""Fine-tuning and using a span model on SQuAD-format data: `ctxlm finetune | evaluate | predict` for `--task squad`.
+
+Training follows BERT §4.2: every window of every training question is an example, its loss the mean of the
+start and end cross-entropies, with [CLS] as the target of windows that do not hold the answer. Evaluation
+runs the model over the windows of each question, picks the best span (see `spans.best_spans`) and scores it with
+the official metric. The run folder is the one of `ctxlm finetune` for other tasks (model/, metrics.json,
+metrics.jsonl, loss.png; checkpoint/ while training, for --resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ctxlm.errors import UserError
+from ctxlm.pretrain.corpus import dataset_path
+from ctxlm.qa.model import SpanModel
+from ctxlm.qa.options import SquadOptions
+from ctxlm.qa.spans import Span, Window, WindowBatches, best_spans, make_windows
+from ctxlm.qa.squad import Question, read_squad, split_by_article, squad_metrics
+from ctxlm.train import TrainConfig
+from ctxlm.transfer.finetune import FinetuneConfig, pick_device, save_run, strategy_trainer, to_device
+from ctxlm.transfer.heads import span_loss
+from ctxlm.transfer.strategies import get_strategy
+
+_SPLIT_SEED = 0  # the held-out articles do not change with the training seed, so runs with different seeds compare
+
+
+def default_squad_file() -> Path:
+    return dataset_path("squad_v1", "dev-v1.1.json.gz")
+
+
+def squad_splits(options: SquadOptions, *, train_size: int | None = None, seed: int = 0) -> tuple[list[Question],
+                                                                                                    list[Question]]:
+    """(train, dev) questions: the given files, or the training file split by article (no passage shared)."""
+    if options.dev_file and not options.train_file:
+        raise UserError("--dev-file needs --train-file too (without both, the SQuAD dev file is split by article)")
+    train = read_squad(options.train_file or default_squad_file(), allow_no_answer=options.no_answer)
+    if options.dev_file:
+        dev = read_squad(options.dev_file, allow_no_answer=options.no_answer)
+    else:
+        train, dev = split_by_article(train, options.holdout_articles, _SPLIT_SEED)
+    if train_size is not None:
+        if train_size < 1:
+            raise UserError(f"train size {train_size}: expected a positive number of questions")
+        if train_size < len(train):
+            train = random.Random(seed).sample(train, train_size)
+    return train, dev
+
+
+@torch.inference_mode()
+def window_logits(model: SpanModel, batches: WindowBatches, device: torch.device,
+                  desc: str = "windows") -> tuple[list[list[float]], list[list[float]], float]:
+    """Start and end logits of every window (in window order, each cut to its length) and the mean span loss."""
+    was_training = model.training
+    model.eval()
+    starts: list[list[float] | None] = [None] * len(batches.windows)
+    ends: list[list[float] | None] = [None] * len(batches.windows)
+    total = 0.0
+    for batch in tqdm(batches.eval_batches(), desc=desc, total=math.ceil(len(starts) / batches.batch_size),
+                      leave=False, dynamic_ncols=True):
+        batch = to_device(batch, device)
+        start_logits, end_logits = model(batch)
+        total += float(span_loss(start_logits, end_logits, batch["starts"], batch["ends"])) * len(batch["index"])
+        lengths = batch["mask"].sum(1).tolist()
+        for row, (i, n) in enumerate(zip(batch["index"].tolist(), lengths, strict=True)):
+            starts[i], ends[i] = start_logits[row, :n].tolist(), end_logits[row, :n].tolist()
+    model.train(was_training)
+    return starts, ends, total / len(starts)  # type: ignore[return-value]
+
+
+def predict_spans(model: SpanModel, questions: list[Question], *, batch_size: int = 64,
+                  windows: list[Window] | None = None, n_best: int = 20,
+                  null_threshold: float = 0.0) -> tuple[list[list[Span]], float]:
+    """Each question's n-best answers (best first) and the mean window loss (of the first gold answers)."""
+    device = next(model.parameters()).device
+    windows = windows if windows is not None else make_windows(model.tokenizer, questions, **model.window_options())
+    batches = WindowBatches(windows, model.tokenizer.pad_id, batch_size)
+    starts, ends, loss = window_logits(model, batches, device)
+    spans = best_spans(questions, windows, starts, ends, n_best=n_best, max_answer_tokens=model.max_answer_tokens,
+                       no_answer=model.no_answer, null_threshold=null_threshold)
+    return spans, loss
+
+
+def evaluate_squad(model: SpanModel, questions: list[Question], *, batch_size: int = 64,
+                   windows: list[Window] | None = None, null_threshold: float = 0.0) -> dict[str, float]:
+    """Official F1 and exact match of the model's best answers, and the mean window loss."""
+    spans, loss = predict_spans(model, questions, batch_size=batch_size, windows=windows,
+                                null_threshold=null_threshold)
+    answers = {q.id: s[0].text for q, s in zip(questions, spans, strict=True)}
+    metrics = squad_metrics(answers, questions)
+    return {"f1": metrics["f1"], "exact_match": metrics["exact_match"], "loss": loss}
+
+
+def finetune_squad(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = False) -> dict:
+    """`finetune` for --task squad: the span model trained by the config's strategy; dev F1 / EM reported."""
+    from ctxlm.api import load
+
+    run_dir = Path(run_dir)
+    strategy = get_strategy(config.strategy)
+    if strategy.freeze_backbone:
+        raise UserError("feature extraction caches one vector per example; a span head reads every token's state "
+                        "(gigabytes for SQuAD): use 'full', 'discriminative', 'gradual', 'slanted' or 'l2sp'")
+    if strategy.aux_lm_weight:
+        raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder")
+    options = config.squad
+    train, dev = squad_splits(options, train_size=config.train_size, seed=config.seed)
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    config = config.resolved(strategy, decoder=False)
+    model = SpanModel(load(config.model), max_length=config.max_length, doc_stride=options.doc_stride,
+                      max_question_tokens=options.max_question_tokens, max_answer_tokens=options.max_answer_tokens,
+                      no_answer=options.no_answer, dropout=config.dropout).to(device)
+    windows = {name: make_windows(model.tokenizer, questions, **model.window_options())
+               for name, questions in (("train", train), ("dev", dev))}
+    batches = WindowBatches(windows["train"], model.tokenizer.pad_id, config.batch_size, seed=config.seed)
+    steps = max(1, math.ceil(batches.per_epoch * config.epochs))
+    eval_every = max(1, batches.per_epoch // config.evals_per_epoch)
+    train_config = TrainConfig(steps=steps, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
+                               eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
+                               seed=config.seed, max_minutes=config.max_minutes)
+
+    def loss_of(module: SpanModel, batch):
+        batch = to_device(batch, device)
+        return span_loss(*module(batch), batch["starts"], batch["ends"])
+
+    def evaluate() -> dict[str, float]:
+        metrics = evaluate_squad(model, dev, batch_size=2 * config.batch_size, windows=windows["dev"],
+                                 null_threshold=options.null_threshold)
+        return {f"valid_{k}": v for k, v in metrics.items()}
+
+    trainer = strategy_trainer(model, strategy, batches.per_epoch, loss_of, batches.train_batch, train_config,
+                               config, run_dir, evaluate)
+    start = time.perf_counter()
+    last = trainer.fit(resume=resume)
+    minutes = (time.perf_counter() - start) / 60
+    dev_metrics = {k.removeprefix("valid_"): v for k, v in last.items()} or \
+        {k.removeprefix("valid_"): v for k, v in evaluate().items()}
+    result = {"task": "squad", "strategy": strategy.name, "train_questions": len(train),
+              "train_windows": len(windows["train"]), "dev_questions": len(dev), "steps": trainer.step,
+              "minutes": round(minutes, 2), "device": str(device), **{f"dev_{k}": v for k, v in dev_metrics.items()}}
+    return save_run(model, result, trainer.step == train_config.steps, config, strategy, run_dir)
+
+
+def answer_questions(model: SpanModel, pairs: list[tuple[str, str]], *, n_best: int = 1,
+                     batch_size: int = 64) -> list[list[dict]]:
+    """Answers to (question, passage) pairs: per pair its `n_best` spans as {"answer", "start", "score",
+    "probability"} (the probability is the softmax of the scores over the n-best list, as BERT reports it)."""
+    questions = [Question(f"q{i}", q, passage, ()) for i, (q, passage) in enumerate(pairs)]
+    if not questions:
+        return []
+    spans, _ = predict_spans(model, questions, batch_size=batch_size, n_best=max(n_best, 20))
+    out = []
+    for candidates in spans:
+        scores = torch.tensor([s.score for s in candidates]).softmax(0).tolist()
+        out.append([{"answer": s.text, "start": s.char_start, "score": round(s.score, 4),
+                     "probability": round(p, 4)} for s, p in list(zip(candidates, scores, strict=True))[:n_best]])
+    return out
+
+
+def read_pairs(lines, source: str) -> list[tuple[str, str]]:
+    """(question, passage) pairs for `ctxlm predict`: one JSON object {"question": ..., "context": ...} per line."""
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            pairs.append((str(item["question"]), str(item["context"])))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f'{source}:{number}: expected a JSON object {{"question": "...", "context": "..."}}') \
+                from None
+    return pairs
+
+
+def squad_split(path: str | None, split: str, holdout_articles: int, no_answer: bool) -> list[Question]:
+    """Questions to evaluate on: the whole of `path`, or one side of finetune's default split by article."""
+    if path is not None:
+        return read_squad(path, allow_no_answer=no_answer)
+    if split == "test":
+        raise UserError("SQuAD has no labelled test split here: use --split dev (the held-out articles) or "
+                        "--squad-file FILE")
+    train, dev = squad_splits(SquadOptions(holdout_articles=holdout_articles, no_answer=no_answer))
+    return dev if split == "dev" else train

@@ -1,0 +1,59 @@
+"""A BERT-family encoder with a span head: start and end logits over the passage tokens (BERT §4.2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ctxlm.errors import UserError
+from ctxlm.transfer.data import TaskSpec
+from ctxlm.transfer.heads import SpanHead
+from ctxlm.transfer.model import HEAD_FILE, HeadedModel, finetuned_folder
+
+SQUAD_SPEC = TaskSpec("squad", "span", (), ("f1", "exact_match"))
+
+
+class SpanModel(HeadedModel):
+    """`lm` (an encoder: BERT, MiniLM, ...) + `SpanHead`, and the windowing settings it was trained with."""
+
+    def __init__(self, lm: nn.Module, *, max_length: int = 384, doc_stride: int = 128, max_question_tokens: int = 64,
+                 max_answer_tokens: int = 30, no_answer: bool = False, dropout: float = 0.1) -> None:
+        super().__init__()
+        if lm.config.model_type != "bert":
+            raise UserError(f"span extraction needs a BERT-family encoder, got {lm.config.model_type}; a decoder "
+                            "can answer questions zero-shot with `ctxlm zeroshot`")
+        if max_length > lm.config.max_positions:
+            raise UserError(f"--max-length {max_length} exceeds the model's {lm.config.max_positions} positions")
+        if doc_stride < 1:
+            raise UserError(f"doc stride must be positive, got {doc_stride}")
+        self.lm, self.head, self.spec = lm, SpanHead(lm.config.hidden_dim, dropout), SQUAD_SPEC
+        self.max_length, self.doc_stride, self.max_question_tokens = max_length, doc_stride, max_question_tokens
+        self.max_answer_tokens, self.no_answer = max_answer_tokens, no_answer
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(start, end) logits, (windows, positions), -inf where no answer can start or end."""
+        hidden = self.lm.backbone(batch["ids"], mask=batch["mask"], segments=batch["segments"])
+        return self.head(hidden.last, batch["passage"])
+
+    def window_options(self) -> dict:
+        return {"max_length": self.max_length, "doc_stride": self.doc_stride,
+                "max_question_tokens": self.max_question_tokens}
+
+    def task_config(self) -> dict:
+        return {"spec": {"name": self.spec.name, "kind": "span", "labels": [], "metrics": list(self.spec.metrics)},
+                **self.window_options(), "max_answer_tokens": self.max_answer_tokens, "no_answer": self.no_answer,
+                "dropout": self.head.dropout.p}
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SpanModel:
+        from ctxlm.api import load
+
+        path, config = finetuned_folder(path)
+        options = {k: config[k] for k in ("max_length", "doc_stride", "max_question_tokens", "max_answer_tokens",
+                                          "no_answer", "dropout")}
+        model = cls(load(path), **options)
+        model.head.load_state_dict(load_file(path / HEAD_FILE))
+        return model.to(device).eval()
