@@ -336,9 +336,10 @@ def info(model) -> None:
 
 def _register_commands() -> None:
     from ctxlm.embed_cli import COMMANDS as EMBED_COMMANDS
+    from ctxlm.qa.cli import COMMANDS as QA_COMMANDS
     from ctxlm.transfer.cli import COMMANDS as TRANSFER_COMMANDS
 
-    for command in [*TRANSFER_COMMANDS, *EMBED_COMMANDS]:
+    for command in [*TRANSFER_COMMANDS, *EMBED_COMMANDS, *QA_COMMANDS]:
         cli.add_command(command)
 
 
