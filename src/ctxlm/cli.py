@@ -16,7 +16,8 @@ from ctxlm.errors import UserError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="ctxlm")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Contextual language models (GPT, GPT-2, BERT, ...) and transfer learning.
 
     \b
@@ -28,6 +29,11 @@ def cli() -> None:
       ctxlm finetune --model minilm --task sst2 --strategy features --train-size 2000 --out runs/sst2
       echo "a gorgeous, witty movie" | ctxlm predict runs/sst2
     """
+    from ctxlm import distributed
+
+    if distributed.launched() and ctx.invoked_subcommand != "pretrain":
+        raise UserError(f"only `ctxlm pretrain` runs under torchrun with several processes; start "
+                        f"`ctxlm {ctx.invoked_subcommand}` as a single process")
 
 
 def resolve_corpus(data: str) -> Path:
@@ -55,6 +61,8 @@ Examples:
       --eval-mem-len 512 --softmax adaptive --cutoffs 2000,10000 --dim 256 --max-minutes 10
   # continue an interrupted run exactly where its last checkpoint left it
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --resume
+  # data-parallel on 4 GPUs (or CPU processes): each takes 16 rows of a global batch of 64
+  torchrun --nproc_per_node=4 -m ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-ddp --batch-size 16
 """)
 @click.option("--model", "model_type", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl"]),
               default="gpt2", show_default=True, help="architecture family (and objective: causal LM, masked LM + "
@@ -106,7 +114,11 @@ def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, di
              whole_word_masking, eval_every, save_every, max_minutes, seed, resume) -> None:
     """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2), masked LM + next sentence (BERT),
     forward + backward LM over words read by their characters (ELMo), or causal LM over segments that attend to
-    the previous segments' states (Transformer-XL, over words)."""
+    the previous segments' states (Transformer-XL, over words).
+
+    Under torchrun (not Transformer-XL), N processes train data-parallel: --batch-size is each process's share of
+    a global batch of N x batch-size rows; rank 0 writes the run folder."""
+    from ctxlm import distributed
     from ctxlm.config import BertConfig, GPTConfig
     from ctxlm.pretrain.causal_lm import LMData
     from ctxlm.tokenization import Tokenizer
@@ -115,48 +127,51 @@ def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, di
     train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
                         eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes)
     data_spec = LMData.resolve(resolve_corpus(data), resolve_corpus(valid) if valid else None)
-    if model_type == "elmo":
-        from ctxlm.checkpoint import load_tokenizer
-        from ctxlm.pretrain.bilm import pretrain_bilm
+    with distributed.session():  # joins torchrun's processes, if it started several
+        if model_type == "elmo":
+            from ctxlm.checkpoint import load_tokenizer
+            from ctxlm.pretrain.bilm import pretrain_bilm
 
-        config = elmo_config(vocab_size=50000 if vocab_size is None else vocab_size, dim=dim,
-                             layers=2 if layers is None else layers, cell_dim=cell_dim, clip=clip, softmax=softmax,
-                             cutoffs=cutoffs, dropout=dropout)
-        model = pretrain_bilm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
-                              tokenizer=load_tokenizer(Path(tokenizer)) if tokenizer else None, resume=resume)
-        report_bilm(model)
-        click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
-        return
-    if model_type == "transformer-xl":
-        from ctxlm.checkpoint import load_tokenizer
-        from ctxlm.pretrain.xl import pretrain_xl
+            config = elmo_config(vocab_size=50000 if vocab_size is None else vocab_size, dim=dim,
+                                 layers=2 if layers is None else layers, cell_dim=cell_dim, clip=clip,
+                                 softmax=softmax, cutoffs=cutoffs, dropout=dropout)
+            model = pretrain_bilm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
+                                  tokenizer=load_tokenizer(Path(tokenizer)) if tokenizer else None, resume=resume)
+            report = report_bilm
+        elif model_type == "transformer-xl":
+            from ctxlm.checkpoint import load_tokenizer
+            from ctxlm.pretrain.xl import pretrain_xl
 
-        config = xl_config(dim=dim, layers=4 if layers is None else layers, heads=heads,
-                           mem_len=block_size if mem_len is None else mem_len, softmax=softmax, cutoffs=cutoffs,
-                           dropout=dropout)
-        model = pretrain_xl(data_spec, run_dir, config, train, tgt_len=block_size, batch_size=batch_size,
-                            tokenizer=load_tokenizer(Path(tokenizer)) if tokenizer else None, resume=resume,
-                            eval_mem_len=eval_mem_len, vocab_size=vocab_size)
-        report_xl(model, seed)
-        click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
-        return
-    shape = dict(vocab_size=8192 if vocab_size is None else vocab_size, max_positions=max(block_size, 128), dim=dim,
-                 n_layers=4 if layers is None else layers, n_heads=heads, dropout=dropout, attn_dropout=dropout)
-    config = BertConfig(**shape) if model_type == "bert" else GPTConfig(model_type=model_type, **shape)
-    config.validate()
-    given = Tokenizer.from_files(tokenizer) if tokenizer else None
-    if model_type == "bert":
-        from ctxlm.pretrain.masked_lm import pretrain_masked_lm
+            config = xl_config(dim=dim, layers=4 if layers is None else layers, heads=heads,
+                               mem_len=block_size if mem_len is None else mem_len, softmax=softmax, cutoffs=cutoffs,
+                               dropout=dropout)
+            model = pretrain_xl(data_spec, run_dir, config, train, tgt_len=block_size, batch_size=batch_size,
+                                tokenizer=load_tokenizer(Path(tokenizer)) if tokenizer else None, resume=resume,
+                                eval_mem_len=eval_mem_len, vocab_size=vocab_size)
+            report = lambda model: report_xl(model, seed)
+        else:
+            shape = dict(vocab_size=8192 if vocab_size is None else vocab_size, max_positions=max(block_size, 128),
+                         dim=dim, n_layers=4 if layers is None else layers, n_heads=heads, dropout=dropout,
+                         attn_dropout=dropout)
+            config = BertConfig(**shape) if model_type == "bert" else GPTConfig(model_type=model_type, **shape)
+            config.validate()
+            given = Tokenizer.from_files(tokenizer) if tokenizer else None
+            if model_type == "bert":
+                from ctxlm.pretrain.masked_lm import pretrain_masked_lm
 
-        model = pretrain_masked_lm(data_spec, run_dir, config, train, max_length=block_size, batch_size=batch_size,
-                                   tokenizer=given, resume=resume, whole_word=whole_word_masking)
-        report_masked_lm(model, Path(run_dir))
-    else:
-        from ctxlm.pretrain.causal_lm import pretrain_causal_lm
+                model = pretrain_masked_lm(data_spec, run_dir, config, train, max_length=block_size,
+                                           batch_size=batch_size, tokenizer=given, resume=resume,
+                                           whole_word=whole_word_masking)
+                report = lambda model: report_masked_lm(model, Path(run_dir))
+            else:
+                from ctxlm.pretrain.causal_lm import pretrain_causal_lm
 
-        model = pretrain_causal_lm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
-                                   tokenizer=given, resume=resume)
-        report_causal_lm(model, Path(run_dir), seed)
+                model = pretrain_causal_lm(data_spec, run_dir, config, train, block_size=block_size,
+                                           batch_size=batch_size, tokenizer=given, resume=resume)
+                report = lambda model: report_causal_lm(model, Path(run_dir), seed)
+        if not distributed.is_main():
+            return  # the other processes hold the same model: rank 0 reports on it
+    report(model)
     click.echo(f"model saved in {Path(run_dir) / 'checkpoint'}; loss curve in {Path(run_dir) / 'loss.png'}")
 
 
@@ -219,9 +234,11 @@ def report_bilm(model) -> None:
     import torch
 
     tok = model.eval().tokenizer
+    device = next(model.parameters()).device  # a GPU's under torchrun
     left, right = "In 1990 , the", "of the river ."  # WikiText's tokenisation style
     with torch.no_grad():
-        ids = torch.tensor([[tok.bos_id, *tok.encode(left)]]), torch.tensor([[*tok.encode(right), tok.eos_id]])
+        ids = (torch.tensor([[tok.bos_id, *tok.encode(left)]], device=device),
+               torch.tensor([[*tok.encode(right), tok.eos_id]], device=device))
         forward_top = model(ids[0]).hidden.last[0, -1, :model.config.dim]
         backward_top = model(ids[1]).hidden.last[0, 0, model.config.dim:]
         best = [model.log_probs(state).topk(5).indices.tolist() for state in (forward_top, backward_top)]
@@ -253,8 +270,9 @@ def report_masked_lm(model, run_dir: Path) -> None:
     tok = model.tokenizer
     text = "the city is on the [MASK] of the river ."
     enc = tok.encode_bert(text)
+    ids = torch.tensor([enc.ids], device=next(model.parameters()).device)  # a GPU's under torchrun
     with torch.no_grad():
-        logits = model(torch.tensor([enc.ids])).logits[0]
+        logits = model(ids).logits[0]
     position = enc.ids.index(tok.mask_id)
     best = logits[position].topk(5).indices.tolist()
     click.echo(f"fill-in: {text} → " + ", ".join(tok.decode([i]) for i in best))

@@ -8,6 +8,11 @@ The trainer knows nothing of model families or tasks. It is given
 - `eval_batches()`: an iterable of validation batches.
 A checkpoint folder holds the model (config.json + model.safetensors + tokenizer) and the training state
 (optimizer moments as safetensors, step and RNG states as JSON/safetensors), written together atomically.
+
+Under torchrun (`ctxlm.distributed`), `train_batch(i)` and the validation batches are global batches, the same in
+every process, of which each process takes its rows; DDP averages the gradients. Rank 0 alone logs, plots,
+shows progress and writes checkpoints (the optimizer state is replicated, so its copy is the whole state); every
+process resumes from the same checkpoint, and a stop (Ctrl-C, time budget) is agreed on so all stop at one step.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ctxlm import distributed
 from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, save
 from ctxlm.errors import UserError
 
@@ -119,6 +125,20 @@ def graceful_interrupt(say: Callable[[str], None]) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+def rng_states(device: torch.device) -> dict[str, Tensor]:
+    """The random state that dropout draws from: the CPU's generator, and the GPU's when training on one."""
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def rank_suffix(rank: int) -> str:
+    """Names of a process's RNG states in the checkpoint: "rng.torch" for rank 0 (and single-process runs),
+    "rng.torch.rank1" for rank 1, ..."""
+    return f".rank{rank}" if rank else ""
+
+
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train_batch: Callable[[int], Any],
                  config: TrainConfig, run_dir: str | Path, *,
@@ -126,14 +146,20 @@ class Trainer:
                  param_groups: list[dict] | None = None, tokens_per_batch: int | None = None,
                  evaluator: Callable[[], dict[str, float]] | None = None,
                  lr_schedule: Callable[[int], float] | None = None,
-                 before_step: Callable[[int], None] | None = None) -> None:
+                 before_step: Callable[[int], None] | None = None, find_unused_parameters: bool = False) -> None:
         """`evaluator()`: replaces the mean-of-objective evaluation (metrics over a whole split, such as F1 or
-        Spearman, are not means over batches); it returns names starting with "valid_".
+        Spearman, are not means over batches); it returns names starting with "valid_"; under torchrun every
+        process calls it.
         `lr_schedule(step)`: the learning-rate multiplier, instead of the config's warm-up + decay.
         `before_step(step)`: called before each optimizer step, e.g. to unfreeze layers on a schedule; it must
-        depend on the step alone, so that a resumed run behaves as an uninterrupted one."""
+        depend on the step alone, so that a resumed run behaves as an uninterrupted one.
+        `tokens_per_batch`: of one process's micro-batch; tokens/s counts every process's.
+        `find_unused_parameters`: under torchrun, some parameters may get no gradient in a step."""
         config.validate()
         self.model, self.objective, self.train_batch = model, objective, train_batch
+        # What the objective trains through: DDP's wrapper under torchrun (it averages the gradients across
+        # processes in backward), else the model itself. Evaluation and checkpoints use the model.
+        self.replicated = distributed.wrap(model, find_unused_parameters=find_unused_parameters)
         self.config, self.run_dir, self.eval_batches = config, Path(run_dir), eval_batches
         self.tokens_per_batch, self.evaluator, self.before_step = tokens_per_batch, evaluator, before_step
         self.lr_schedule = lr_schedule or (lambda step: lr_factor(step, config))
@@ -145,31 +171,43 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoint"
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> dict[str, float]:
         config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = distributed.is_main()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_state()
         else:
-            torch.manual_seed(config.seed)
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (self.run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+            torch.manual_seed(config.seed + distributed.rank())  # processes draw different dropout masks
+            if main:
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if main:
+            (self.run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
         start = time.perf_counter()
         self.model.train()
-        bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not main)
         with graceful_interrupt(bar.write) as interrupted:
-            last = self._loop(bar, start, interrupted)
+            last, stopped = self._loop(bar, start, interrupted)
         bar.close()
-        self.plot()
-        if interrupted.is_set():
+        if main:
+            self.plot()
+        if stopped:
             raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved in {self.checkpoint_dir}")
         return last
 
-    def _loop(self, bar: tqdm, start: float, interrupted: threading.Event) -> dict[str, float]:
+    def _loop(self, bar: tqdm, start: float, interrupted: threading.Event) -> tuple[dict[str, float], bool]:
+        """Trains to the last step or a stop; returns the last evaluation and whether a Ctrl-C stopped it."""
         config = self.config
         window_loss, window_start, window_steps = None, time.perf_counter(), 0
         last: dict[str, float] = {}
+        stopped = False
         while self.step < config.steps:
             loss = self.train_step()
             self.step += 1
@@ -177,19 +215,22 @@ class Trainer:
             window_steps += 1
             bar.update(1)
             out_of_time = config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes
-            finished = self.step == config.steps or out_of_time or interrupted.is_set()
+            # Clocks and Ctrl-Cs differ between processes: a stop anywhere stops all at this step.
+            out_of_time, stopped = distributed.any_rank(out_of_time, interrupted.is_set())
+            finished = self.step == config.steps or out_of_time or stopped
             if self.step % config.log_every == 0 or finished:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": self.step, "loss": float(window_loss) / window_steps,  # one sync per window
+                # the mean over every process's rows; one sync per window
+                record = {"step": self.step, "loss": float(distributed.mean(window_loss)) / window_steps,
                           "lr": self.optimizer.param_groups[0]["lr"]}
                 if self.tokens_per_batch:
-                    record["tokens_per_s"] = self.tokens_per_batch * config.grad_accum * window_steps / elapsed
+                    record["tokens_per_s"] = (self.tokens_per_batch * distributed.world_size() * config.grad_accum
+                                              * window_steps / elapsed)
                 self.log(record)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"})
                 window_loss, window_start, window_steps = None, time.perf_counter(), 0
             can_eval = self.eval_batches is not None or self.evaluator is not None
-            if can_eval and (self.step % config.eval_every == 0 or finished) \
-                    and not interrupted.is_set():
+            if can_eval and (self.step % config.eval_every == 0 or finished) and not stopped:
                 last = self.evaluator() if self.evaluator is not None else self.evaluate()
                 self.log({"step": self.step, **last})
                 self.model.train()
@@ -200,7 +241,7 @@ class Trainer:
                 bar.write(f"time budget of {config.max_minutes} min reached at step {self.step}")
             if finished:
                 break
-        return last
+        return last, stopped
 
     def train_step(self) -> Tensor:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss as a tensor (no sync)."""
@@ -212,8 +253,11 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         total = 0.0
         for micro in range(config.grad_accum):
-            loss, _ = self.objective(self.model, self.train_batch(self.step * config.grad_accum + micro))
-            (loss / config.grad_accum).backward()
+            batch = distributed.local_rows(self.train_batch(self.step * config.grad_accum + micro))
+            last_micro = micro == config.grad_accum - 1
+            with contextlib.nullcontext() if last_micro else distributed.no_sync(self.replicated):
+                loss, _ = self.objective(self.replicated, batch)
+                (loss / config.grad_accum).backward()
             total = total + loss.detach().float() / config.grad_accum  # stays on the device: no sync
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -223,28 +267,36 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean of the objective's loss and metrics over the validation rows; perplexity = exp(loss)."""
+        """Mean of the objective's loss and metrics over the validation rows; perplexity = exp(loss). Under
+        torchrun each process scores its rows of every batch and the sums are added up."""
         self.model.eval()
         sums: dict[str, Tensor] = {}
         count = 0
-        for batch in tqdm(self.eval_batches(), desc="eval", leave=False, dynamic_ncols=True):
-            loss, metrics = self.objective(self.model, batch)
+        for batch in tqdm(self.eval_batches(), desc="eval", leave=False, dynamic_ncols=True,
+                          disable=not distributed.is_main()):
+            batch = distributed.local_rows(batch)
             rows = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])  # a last, smaller
             # batch weighs by its rows (LM blocks have equal lengths)
+            if not rows:
+                continue  # a last batch with fewer rows than processes
+            loss, metrics = self.objective(self.model, batch)
             for name, value in {"loss": loss, **metrics}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float() * rows
             count += rows
+        totals = distributed.sum_values({name: float(value) for name, value in sums.items()} | {"rows": count})
+        count = totals.pop("rows")
         if not count:
             raise UserError("the validation set gave no batch (too short for the block size?)")
-        result = {f"valid_{name}": float(value) / count for name, value in sums.items()}
+        result = {f"valid_{name}": value / count for name, value in totals.items()}
         result["valid_perplexity"] = math.exp(min(result["valid_loss"], 50.0))
         return result
 
     # -- logs -----------------------------------------------------------------------------------------------
     def log(self, record: dict[str, float]) -> None:
         self.history.append(record)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def plot(self) -> None:
         """loss.png in the run folder: training and validation loss per step, and beside them the other validation
@@ -276,12 +328,21 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_state(self) -> None:
-        """Model + optimizer + step + RNG into run_dir/checkpoint, replacing the previous one atomically."""
+        """Model + optimizer + step + RNG into run_dir/checkpoint, replacing the previous one atomically. Under
+        torchrun rank 0 writes it, with every process's RNG state, while the others wait."""
+        distributed.check_replicas(self.model)
+        rng = distributed.gather(rng_states(self.device))
+        if distributed.is_main():
+            self._write_checkpoint(rng)
+        distributed.barrier()  # no process goes on, or exits, before the checkpoint is complete
+
+    def _write_checkpoint(self, rng: list[dict[str, Tensor]]) -> None:
         optimizer = self.optimizer.state_dict()
         tensors = {f"state.{i}.{name}": value.contiguous() for i, state in optimizer["state"].items()
                    for name, value in state.items()}
-        tensors["rng.torch"] = torch.get_rng_state()
-        state = {"step": self.step, "train_config": asdict(self.config),
+        for rank, states in enumerate(rng):
+            tensors |= {f"rng.{name}{rank_suffix(rank)}": state for name, state in states.items()}
+        state = {"step": self.step, "train_config": asdict(self.config), "world_size": len(rng),
                  "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
                                   for g in optimizer["param_groups"]]}
 
@@ -297,15 +358,21 @@ class Trainer:
             save(self.model, self.checkpoint_dir, extra=write_training_state)
 
     def load_state(self) -> None:
+        """Every process loads the same checkpoint, and its own RNG state."""
         folder = self.checkpoint_dir
         if not (folder / STATE_FILE).is_file():
             raise UserError(f"{folder}: no checkpoint to resume from (expected {STATE_FILE})")
+        state = json.loads((folder / STATE_FILE).read_text())
+        processes = state.get("world_size", 1)
+        if processes != distributed.world_size():
+            raise UserError(f"{folder}: written by a run of {processes} process(es), resumed with "
+                            f"{distributed.world_size()}: resume with {processes} (the number of processes "
+                            "sets the global batch and the random states to restore)")
         loader = getattr(self.model, "load_checkpoint_weights", None)
         if loader is not None:
             loader(folder)
         else:
             load_weights(self.model, folder / WEIGHTS_FILE)
-        state = json.loads((folder / STATE_FILE).read_text())
         tensors = load_file(folder / OPTIMIZER_FILE)
         per_param: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
@@ -314,9 +381,12 @@ class Trainer:
                 per_param.setdefault(int(index), {})[name] = value
         groups = [g | {"betas": tuple(g["betas"])} for g in state["param_groups"]]
         self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-        torch.set_rng_state(tensors["rng.torch"])
+        suffix = rank_suffix(distributed.rank())
+        torch.set_rng_state(tensors[f"rng.torch{suffix}"])
+        if f"rng.cuda{suffix}" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], self.device)
         self.step = state["step"]
         metrics = self.run_dir / "metrics.jsonl"  # drop what the interrupted run logged after its checkpoint
-        if metrics.is_file():
+        if metrics.is_file() and distributed.is_main():
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
             metrics.write_text("".join(line + "\n" for line in kept))

@@ -4,6 +4,9 @@ LSTMs) and from the words after it (the backward LSTMs), with one softmax both d
 `pretrain_bilm` is the whole job behind `ctxlm pretrain --model elmo`, the twin of `pretrain_causal_lm`: train
 (or load) the word list, tokenise the corpus once into a memory-mapped cache of word ids, build the model,
 train, report each direction's validation perplexity.
+
+Under torchrun each process trains on its rows of the global batch (N x batch_size windows); every window
+scores the same number of words, so N processes train as one with N times the batch size.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ctxlm import distributed
 from ctxlm.char_tokenizer import WORDS_FILE, CharTokenizer
 from ctxlm.config import ElmoConfig
 from ctxlm.errors import UserError
 from ctxlm.models.elmo import ElmoLanguageModel
-from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model
+from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model, write_data_json
 from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, find_text_files, read_documents
 from ctxlm.train import TrainConfig, Trainer
 
@@ -38,7 +42,7 @@ def bilm_objective(model: nn.Module, ids: Tensor) -> tuple[Tensor, dict[str, Ten
     direction predicts words 1..T from the words before each, the backward one words 0..T-1 from those after.
     Targets are the softmax classes of the words (<unk> beyond the softmax vocabulary)."""
     ids = ids.to(next(model.parameters()).device)
-    out = model(ids, targets=model.tokenizer.softmax_targets(ids))
+    out = model(ids, targets=distributed.unwrap(model).tokenizer.softmax_targets(ids))
     return out.loss, {"forward_loss": out.forward_loss.detach(), "backward_loss": out.backward_loss.detach()}
 
 
@@ -48,22 +52,28 @@ def evaluate_bilm(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, floa
 
     Each batch's loss is weighted by the words it scores, so the result is the mean over words, whatever the
     batch sizes; the perplexities are exp of those means, not means of per-batch perplexities. `valid_loss` is
-    the objective's (the mean of the two directions), `valid_perplexity` its exp (their geometric mean).
+    the objective's (the mean of the two directions), `valid_perplexity` its exp (their geometric mean). Under
+    torchrun each process scores its rows of every batch and the sums are added up.
     """
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    for ids in tqdm(batches, desc="eval", leave=False, dynamic_ncols=True):
-        ids = ids.to(device)
+    for ids in tqdm(batches, desc="eval", leave=False, dynamic_ncols=True, disable=not distributed.is_main()):
+        ids = distributed.local_rows(ids).to(device)
+        if not len(ids):
+            continue  # a last batch with fewer rows than processes
         targets = model.tokenizer.softmax_targets(ids)
         out = model(ids, targets=targets)
         scored = torch.stack([(targets[:, 1:] != -100).sum(), (targets[:, :-1] != -100).sum()]).double()
         sums += torch.stack([out.forward_loss, out.backward_loss]).double() * scored
         counts += scored
-    if not counts.all():
+    names = ["forward_sum", "backward_sum", "forward_count", "backward_count"]
+    totals = distributed.sum_values(dict(zip(names, torch.cat([sums, counts]).tolist(), strict=True)))  # one sync
+    if not (totals["forward_count"] and totals["backward_count"]):
         raise UserError("the validation set gave no batch (too short for the block size?)")
-    forward, backward = (sums / counts).tolist()  # one sync for the whole evaluation
+    forward = totals["forward_sum"] / totals["forward_count"]
+    backward = totals["backward_sum"] / totals["backward_count"]
     loss = (forward + backward) / 2
 
     def perplexity(x: float) -> float:
@@ -93,23 +103,27 @@ def bilm_tokenizer(data: LMData, run_dir: Path, config: ElmoConfig, *, given: Ch
     """The run's word list: the checkpoint's when resuming, else the one given (extended with the corpus's
     words), else one trained on the training text, whose `config.vocab_size` most frequent words make the
     softmax. Every word of the training and validation text has an id before the corpus is tokenised, so that
-    the cached ids and the word list agree. The config takes the tokenizer's exact softmax size."""
-    if resume and (run_dir / "checkpoint" / WORDS_FILE).is_file():
-        tokenizer = CharTokenizer.from_files(run_dir / "checkpoint")
-    elif given is not None:
-        if not isinstance(given, CharTokenizer):
-            raise UserError(f"ELMo reads words: its tokenizer is a word list ({WORDS_FILE}), not a "
-                            f"{getattr(given, 'kind', type(given).__name__)} tokenizer")
-        tokenizer = given
-        for path in (data.train, data.valid):
-            for text in read_documents(path) if path is not None else ():
-                tokenizer.encode(text)  # adds the corpus's new words, outside the softmax
-    else:
+    the cached ids and the word list agree. The config takes the tokenizer's exact softmax size. Under torchrun
+    rank 0 makes the word list and sends it to the others."""
+
+    def make() -> CharTokenizer:
+        if resume and (run_dir / "checkpoint" / WORDS_FILE).is_file():
+            return CharTokenizer.from_files(run_dir / "checkpoint")
+        if given is not None:
+            if not isinstance(given, CharTokenizer):
+                raise UserError(f"ELMo reads words: its tokenizer is a word list ({WORDS_FILE}), not a "
+                                f"{getattr(given, 'kind', type(given).__name__)} tokenizer")
+            for path in (data.train, data.valid):
+                for text in read_documents(path) if path is not None else ():
+                    given.encode(text)  # adds the corpus's new words, outside the softmax
+            return given
         files = find_text_files(data.train)
         print(f"training an ELMo word list (softmax over up to {config.vocab_size:,} words) on {len(files)} file(s)")
         trained = CharTokenizer.train([data.train], vocab_size=config.vocab_size,
                                       extra_files=[data.valid] if data.valid is not None else [])
-        tokenizer = CharTokenizer(trained.words.words, trained.vocab_size, max_characters=config.max_characters)
+        return CharTokenizer(trained.words.words, trained.vocab_size, max_characters=config.max_characters)
+
+    tokenizer = distributed.from_main(make)
     config.vocab_size = tokenizer.vocab_size
     config.max_characters = tokenizer.words.max_characters
     if config.softmax == "adaptive":  # cut-offs past a smaller vocabulary than asked for are dropped
@@ -140,23 +154,22 @@ def pretrain_bilm(data: LMData, run_dir: str | Path, config: ElmoConfig, train: 
     tokenizer = bilm_tokenizer(data, run_dir, config, given=tokenizer, resume=resume)
 
     train_span, valid_span = corpus_spans(data, lambda path: tokenize_words(path, tokenizer))
-    train_batches = BlockBatches(train_span, block_size, batch_size, seed=train.seed)
-    valid_batches = BlockBatches(valid_span, block_size, batch_size, seed=train.seed)
+    rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows
+    train_batches = BlockBatches(train_span, block_size, rows, seed=train.seed)
+    valid_batches = BlockBatches(valid_span, block_size, rows, seed=train.seed)
     print(f"corpus: {len(train_span):,} training words, {len(valid_span):,} validation words "
-          f"({len(train_batches):,} batches of {batch_size}x{block_size + 1} per epoch); {len(tokenizer.words):,} "
+          f"({len(train_batches):,} batches of {rows}x{block_size + 1} per epoch); {len(tokenizer.words):,} "
           f"distinct words, softmax over {tokenizer.vocab_size:,}")
 
     model = seeded_model(config, tokenizer, train.seed)
     clipped = "clipped step-by-step LSTM" if config.cell_clip is not None or config.proj_clip is not None \
         else "fused nn.LSTM"
     print(f"model: elmo, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {clipped}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "data.json").write_text(json.dumps(
-        {"train": str(data.train), "valid": str(data.valid) if data.valid else None,
-         "block_size": block_size, "batch_size": batch_size}, indent=2) + "\n")
+    write_data_json(run_dir, data, block_size=block_size, batch_size=batch_size)
+    # An adaptive softmax leaves the clusters that no target of a step falls in without gradient.
     trainer = Trainer(model, bilm_objective, lambda step: windows(train_batches.batch(step)), train, run_dir,
                       evaluator=lambda: evaluate_bilm(model, map(windows, valid_batches.eval_batches(eval_batches))),
-                      tokens_per_batch=batch_size * block_size)
+                      tokens_per_batch=batch_size * block_size, find_unused_parameters=config.softmax == "adaptive")
     final = trainer.fit(resume=resume) or last_evaluation(run_dir)  # {} when resuming a finished run
     if final:
         print(f"step {trainer.step}: validation perplexity forward {final['valid_forward_perplexity']:.1f}, "

@@ -2,6 +2,10 @@
 
 `pretrain_causal_lm` is the whole job behind `ctxlm pretrain --model gpt2`: train (or load) a tokenizer,
 tokenise the corpus once into a memory-mapped cache, build the model, train, report validation perplexity.
+
+Under torchrun each of N processes trains on its share of the global batch of N x batch_size rows: every row is
+block_size tokens, so the mean loss over a process's rows, averaged over the processes, is the mean over the
+global batch, and N processes train as one with N times the batch size.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ctxlm import distributed
 from ctxlm.config import GPTConfig
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
@@ -26,7 +31,8 @@ from ctxlm.train import TrainConfig, Trainer
 
 def causal_lm_objective(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean next-token cross-entropy over a batch of (inputs, inputs shifted left by one)."""
-    x, y = batch
+    device = next(model.parameters()).device
+    x, y = (t.to(device) for t in batch)
     return model(x, targets=y).loss, {}
 
 
@@ -61,16 +67,20 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
 def run_tokenizer(data: LMData, run_dir: Path, model_config, *, given: Tokenizer | None,
                   resume: bool) -> Tokenizer:
     """The run's tokenizer: the checkpoint's when resuming, else the one given, else one trained on the
-    training text with the config's vocabulary size (the config then takes the tokenizer's exact size)."""
-    if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
-        tokenizer = Tokenizer.from_files(run_dir / "checkpoint")
-    elif given is not None:
-        tokenizer = given
-    else:
+    training text with the config's vocabulary size (the config then takes the tokenizer's exact size). Under
+    torchrun rank 0 makes it and sends it to the others."""
+
+    def make() -> Tokenizer:
+        if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
+            return Tokenizer.from_files(run_dir / "checkpoint")
+        if given is not None:
+            return given
         files = find_text_files(data.train)
         print(f"training a {model_config.vocab_size}-token {model_config.model_type} tokenizer "
               f"on {len(files)} file(s)")
-        tokenizer = Tokenizer.train(files, kind=model_config.model_type, vocab_size=model_config.vocab_size)
+        return Tokenizer.train(files, kind=model_config.model_type, vocab_size=model_config.vocab_size)
+
+    tokenizer = distributed.from_main(make)
     model_config.vocab_size = tokenizer.vocab_size
     return tokenizer
 
@@ -83,11 +93,25 @@ def tokenize(path: Path, tokenizer: Tokenizer) -> TokenizedCorpus:
 
 def corpus_spans(data: LMData, tokenize_file: Callable[[Path], TokenizedCorpus]) -> tuple[TokenSpan, TokenSpan]:
     """Training and validation tokens: the validation file's when there is one, else the corpus's last
-    `valid_fraction`. `tokenize_file` turns a file or folder into its cached token stream."""
-    corpus = tokenize_file(data.train)
-    if data.valid is not None:
-        return TokenSpan(corpus.ids), TokenSpan(tokenize_file(data.valid).ids)
-    return corpus.split(data.valid_fraction)
+    `valid_fraction`. `tokenize_file` turns a file or folder into its cached token stream (under torchrun
+    built by one process per machine, then read by the others)."""
+
+    def spans() -> tuple[TokenSpan, TokenSpan]:
+        corpus = tokenize_file(data.train)
+        if data.valid is not None:
+            return TokenSpan(corpus.ids), TokenSpan(tokenize_file(data.valid).ids)
+        return corpus.split(data.valid_fraction)
+
+    return distributed.main_first(spans)
+
+
+def write_data_json(run_dir: Path, data: LMData, **settings) -> None:
+    """run_dir/data.json: where the text came from and the batch shape (written by rank 0 under torchrun)."""
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "data.json").write_text(json.dumps(
+            {"train": str(data.train), "valid": str(data.valid) if data.valid else None, **settings},
+            indent=2) + "\n")
 
 
 def seeded_model(config, tokenizer, seed: int) -> nn.Module:
@@ -108,17 +132,15 @@ def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfi
     tokenizer = run_tokenizer(data, run_dir, model_config, given=tokenizer, resume=resume)
 
     train_span, valid_span = corpus_spans(data, lambda path: tokenize(path, tokenizer))
-    train_batches = BlockBatches(train_span, block_size, batch_size, seed=train.seed)
-    valid_batches = BlockBatches(valid_span, block_size, batch_size, seed=train.seed)
+    rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows
+    train_batches = BlockBatches(train_span, block_size, rows, seed=train.seed)
+    valid_batches = BlockBatches(valid_span, block_size, rows, seed=train.seed)
     print(f"corpus: {len(train_span):,} training tokens, {len(valid_span):,} validation tokens "
-          f"({len(train_batches):,} batches of {batch_size}x{block_size} per epoch)")
+          f"({len(train_batches):,} batches of {rows}x{block_size} per epoch)")
 
     model = seeded_model(model_config, tokenizer, train.seed)
     print(f"model: {model_config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "data.json").write_text(json.dumps(
-        {"train": str(data.train), "valid": str(data.valid) if data.valid else None,
-         "block_size": block_size, "batch_size": batch_size}, indent=2) + "\n")
+    write_data_json(run_dir, data, block_size=block_size, batch_size=batch_size)
     trainer = Trainer(model, causal_lm_objective, train_batches.batch, train, run_dir,
                       eval_batches=lambda: valid_batches.eval_batches(eval_batches),
                       tokens_per_batch=batch_size * block_size)

@@ -9,6 +9,12 @@ Devlin et al. (2018) §3.1 and appendix A.2, data side as Google's `create_pretr
 - `mask_tokens`: masking drawn at batch time ("dynamic masking", as RoBERTa): every epoch masks differently and
   a batch is a pure function of (seed, batch index), so a resumed run sees exactly the batches it would have.
 - `MaskedLMBatches`: the batches the shared `Trainer` asks for by index; `mlm_nsp_objective`: the loss.
+
+Under torchrun every process builds and masks the global batch of N x batch_size pairs, as one process with that
+batch size would, and trains on its rows. The next-sentence loss (a mean over rows) is then that of the global
+batch; the masked-LM loss is a mean over each process's masked tokens, whose counts differ a little between
+processes (15 % of each pair's length), so the average over processes weighs tokens slightly differently from
+one process's mean: N processes train almost, not exactly, as one with N times the batch (as BERT's TPU cores).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctxlm import distributed
 from ctxlm.errors import UserError
 from ctxlm.pretrain.corpus import read_documents
 
@@ -451,6 +458,8 @@ def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
     chosen positions only, (n_chosen, vocab), which skips 85 % of the vocabulary projection, and `.nsp_logits`
     (batch, 2). Metrics are detached scalar tensors: nothing here waits for the device.
     """
+    device = next(model.parameters()).device
+    batch = {name: value.to(device) for name, value in batch.items()}
     chosen = batch["mlm_labels"] != IGNORE
     out = model(batch["ids"], mask=batch["mask"], segments=batch["segments"], masked_positions=chosen)
     targets = batch["mlm_labels"][chosen]
@@ -494,10 +503,10 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
     # Google's 20 predictions for 128 tokens; it binds only with whole words (15 % of 125 tokens is 19).
     options = dict(whole_word=whole_word, max_predictions=max(1, math.ceil(0.15 * max_length)))
-    train_batches = MaskedLMBatches(train_pairs, vocab, batch_size, seed=train.seed, **options)
-    valid_batches = MaskedLMBatches(valid_pairs, vocab, min(batch_size, len(valid_pairs)), seed=train.seed,
-                                    **options)
-    print(f"corpus: {train_pairs.describe()} ({len(train_batches):,} batches of {batch_size} per epoch); "
+    rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows
+    train_batches = MaskedLMBatches(train_pairs, vocab, rows, seed=train.seed, **options)
+    valid_batches = MaskedLMBatches(valid_pairs, vocab, min(rows, len(valid_pairs)), seed=train.seed, **options)
+    print(f"corpus: {train_pairs.describe()} ({len(train_batches):,} batches of {rows} per epoch); "
           f"validation: {valid_pairs.describe()}")
 
     torch.manual_seed(train.seed)

@@ -16,6 +16,9 @@ mode, with dropout). So the memory that the next micro-batch needs is saved besi
 after), and loaded on resume: a resumed run equals an uninterrupted one bit for bit. A missing memory file (e.g.
 a copied checkpoint folder) is rebuilt instead by running the previous segments forward without gradient, in
 evaluation mode: close to, not identical with, the uninterrupted run.
+
+Not under torchrun (several processes) yet: each process would carry the memory of its own rows, and the memory
+saved beside checkpoints would have to be gathered from all; it is refused with a UserError.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ctxlm import distributed
 from ctxlm.errors import UserError
-from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model, tokenize
+from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model, tokenize, write_data_json
 from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan, find_text_files
 from ctxlm.train import TrainConfig, Trainer
 
@@ -286,6 +290,9 @@ def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *
     training's); its per-token perplexity is `valid_perplexity` in metrics.jsonl. Without `tokenizer` a word
     list is trained on the training text: `vocab_size` words (default every word), so perplexity is per word.
     """
+    if distributed.world_size() > 1:
+        raise UserError("Transformer-XL pretraining runs in one process: its memory streams are not split between "
+                        "processes yet (start it without torchrun)")
     run_dir = Path(run_dir)
     tokenizer = xl_tokenizer(data, run_dir, config, given=tokenizer, resume=resume, vocab_size=vocab_size)
     train_span, valid_span = corpus_spans(data, lambda path: tokenize_stream(path, tokenizer))
@@ -299,11 +306,8 @@ def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *
 
     model = seeded_model(config, tokenizer, train.seed)
     print(f"model: transformer-xl, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "data.json").write_text(json.dumps(
-        {"train": str(data.train), "valid": str(data.valid) if data.valid else None, "tgt_len": tgt_len,
-         "batch_size": batch_size, "mem_len": config.mem_len, "eval_mem_len": eval_mem_len,
-         "eval_streams": streams}, indent=2) + "\n")
+    write_data_json(run_dir, data, tgt_len=tgt_len, batch_size=batch_size, mem_len=config.mem_len,
+                    eval_mem_len=eval_mem_len, eval_streams=streams)
 
     def evaluator() -> dict[str, float]:
         return evaluate_xl(model, valid_span, tgt_len=tgt_len, mem_len=eval_mem_len, streams=streams,

@@ -1,0 +1,58 @@
+"""Run by tests/test_distributed.py under torchrun, for checks that reach inside the processes:
+
+- `diverged`: rank 1 alters one weight after DDP's start; the checkpoint-time comparison must catch it.
+- `interrupt RUN_DIR`: a Ctrl-C reaches rank 1 alone, in step 3; both processes must stop after that step.
+Each process reports on stderr (the session silences the stdout of ranks other than 0).
+"""
+
+import os
+import signal
+import sys
+
+import torch
+
+from ctxlm import distributed
+from ctxlm.config import GPTConfig
+from ctxlm.models.gpt import GPTLanguageModel
+from ctxlm.pretrain.causal_lm import causal_lm_objective
+from ctxlm.pretrain.corpus import BlockBatches, TokenSpan
+from ctxlm.train import TrainConfig, Trainer
+
+
+def tiny_model() -> GPTLanguageModel:
+    torch.manual_seed(0)
+    return GPTLanguageModel(GPTConfig(vocab_size=50, max_positions=16, dim=16, n_layers=1, n_heads=2))
+
+
+def diverged() -> None:
+    model = tiny_model()
+    distributed.wrap(model)
+    if distributed.rank() == 1:
+        with torch.no_grad():
+            next(model.parameters())[0, 0] += 1e-3
+    try:
+        distributed.check_replicas(model)
+    except RuntimeError as error:
+        print(f"rank {distributed.rank()}: {error}", file=sys.stderr)
+
+
+def interrupt(run_dir: str) -> None:
+    ids = torch.randint(0, 50, (2000,), generator=torch.Generator().manual_seed(0)).numpy().astype("uint16")
+    batches = BlockBatches(TokenSpan(ids), block_size=16, batch_size=4, seed=0)
+
+    def batch(i):
+        if i == 2 and distributed.rank() == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # as if Ctrl-C reached this process alone, mid-step
+        return batches.batch(i)
+
+    config = TrainConfig(steps=8, lr=1e-2, warmup_steps=2, save_every=100, eval_every=100, log_every=1)
+    trainer = Trainer(tiny_model(), causal_lm_objective, batch, config, run_dir)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        print(f"rank {distributed.rank()} stopped at step {trainer.step}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    with distributed.session():
+        {"diverged": diverged, "interrupt": interrupt}[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,143 @@
+"""Data-parallel pretraining under torchrun, with 2 CPU processes (gloo): they train as one process with twice the
+batch, stay identical, stop together and resume exactly; what cannot run under torchrun says so."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import metrics_records
+from ctxlm import distributed
+from ctxlm.errors import UserError
+from test_cli import assert_user_error, ctxlm
+
+WORKER = Path(__file__).parent / "ddp_worker.py"
+TINY = {"gpt2": ["--layers", 2, "--dim", 32, "--heads", 2, "--block-size", 32, "--warmup", 2],
+        "elmo": ["--vocab-size", 20, "--layers", 1, "--dim", 16, "--block-size", 16, "--warmup", 2]}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One $CTXLM_CACHE for the module: the corpus is tokenised once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def torchrun(cache: Path, *args) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 ARGS` (ARGS: `-m ctxlm pretrain ...` or a script), one thread
+    per process."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "CTXLM_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
+
+
+def pretrain_ddp(cache: Path, *args) -> subprocess.CompletedProcess:
+    result = torchrun(cache, "-m", "ctxlm", "pretrain", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoint" / "model.safetensors")
+
+
+def without_speed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "elmo"])
+def test_two_processes_train_as_one_with_twice_the_batch(family, monkeypatch, capsys, tmp_path, cache, corpus_dir,
+                                                         tiny_model_dir):
+    args = ["--model", family, "--data", corpus_dir, *TINY[family], "--steps", 20, "--eval-every", 10,
+            "--save-every", 10, "--dropout", 0]
+    if family == "gpt2":
+        args += ["--tokenizer", tiny_model_dir]
+    # Every checkpoint compares the two processes' parameters and fails the run if they differ.
+    pretrain_ddp(cache, *args, "--batch-size", 2, "--out", tmp_path / "ddp")
+    monkeypatch.setenv("CTXLM_CACHE", str(cache))
+    code, out, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
+    assert code == 0, err
+
+    ddp, one = weights(tmp_path / "ddp"), weights(tmp_path / "one")
+    assert ddp.keys() == one.keys()
+    assert max((ddp[k] - one[k]).abs().max().item() for k in ddp) < 1e-5
+    ddp_records, one_records = (without_speed(metrics_records(tmp_path / r)) for r in ("ddp", "one"))
+    assert [r.keys() for r in ddp_records] == [r.keys() for r in one_records]
+    for a, b in zip(ddp_records, one_records, strict=True):
+        assert a == pytest.approx(b, rel=1e-5), (a, b)
+    # Rank 0 wrote the checkpoint with each process's random state (they draw different dropout masks).
+    state = json.loads((tmp_path / "ddp" / "checkpoint" / "trainer_state.json").read_text())
+    rng = [k for k in load_file(tmp_path / "ddp" / "checkpoint" / "optimizer.safetensors") if k.startswith("rng.")]
+    assert state["world_size"] == 2 and sorted(rng) == ["rng.torch", "rng.torch.rank1"]
+
+
+def test_a_stopped_run_resumes_exactly(monkeypatch, capsys, tmp_path, cache, corpus_dir, tiny_model_dir):
+    args = ["--model", "gpt2", "--data", corpus_dir, "--tokenizer", tiny_model_dir, *TINY["gpt2"], "--steps", 12,
+            "--eval-every", 5, "--save-every", 5, "--batch-size", 2]  # dropout 0.1: the random states matter
+    pretrain_ddp(cache, *args, "--out", tmp_path / "whole")
+    pretrain_ddp(cache, *args, "--out", tmp_path / "parts", "--max-minutes", 0)  # stops after step 1
+    assert json.loads((tmp_path / "parts" / "checkpoint" / "trainer_state.json").read_text())["step"] == 1
+    pretrain_ddp(cache, *args, "--out", tmp_path / "parts", "--resume")
+    whole, parts = weights(tmp_path / "whole"), weights(tmp_path / "parts")
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert metrics_records(tmp_path / "whole")[-1] == metrics_records(tmp_path / "parts")[-1]
+
+    # One process cannot resume it: the global batch and the random states to restore are those of two.
+    monkeypatch.setenv("CTXLM_CACHE", str(cache))
+    result = ctxlm(monkeypatch, capsys, "pretrain", *args, "--out", tmp_path / "whole", "--steps", 14, "--resume")
+    assert_user_error(result, "written by a run of 2 process(es), resumed with 1")
+
+
+def test_bert_trains_almost_as_one_process(monkeypatch, capsys, tmp_path, cache, corpus_dir):
+    """The masked-LM loss is a mean over each process's masked tokens, whose counts differ a little: close, not
+    equal, to one process with the whole batch."""
+    lines = (corpus_dir / "train.txt").read_text().splitlines()
+    paragraphs = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]  # documents of 8 sentences
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.txt").write_text("\n\n".join(paragraphs) + "\n")
+    (tmp_path / "data" / "valid.txt").write_text("\n\n".join(paragraphs[:6]) + "\n")
+    args = ["--model", "bert", "--data", tmp_path / "data", "--vocab-size", 200, "--layers", 1, "--dim", 32,
+            "--heads", 2, "--block-size", 32, "--steps", 10, "--eval-every", 5, "--warmup", 2, "--dropout", 0]
+    pretrain_ddp(cache, *args, "--batch-size", 2, "--out", tmp_path / "ddp")
+    monkeypatch.setenv("CTXLM_CACHE", str(cache))
+    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
+    assert code == 0, err
+    losses = ("loss", "valid_loss", "valid_mlm_loss", "valid_nsp_loss")
+    ddp, one = ([{k: r[k] for k in losses if k in r} for r in metrics_records(tmp_path / run)]
+                for run in ("ddp", "one"))
+    assert [r.keys() for r in ddp] == [r.keys() for r in one]
+    for a, b in zip(ddp, one, strict=True):
+        assert a == pytest.approx(b, abs=0.05), (a, b)
+
+
+def test_a_ctrl_c_in_one_process_stops_both_at_the_same_step(tmp_path, cache):
+    result = torchrun(cache, WORKER, "interrupt", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 stopped at step 3" in result.stderr and "rank 1 stopped at step 3" in result.stderr
+    assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_diverged_processes_are_caught_at_the_checkpoint(cache):
+    result = torchrun(cache, WORKER, "diverged")
+    for rank in (0, 1):
+        assert f"rank {rank}: the processes' parameters have diverged: rank 1's" in result.stderr, result.stderr
+
+
+def test_transformer_xl_is_refused_under_torchrun(monkeypatch, tmp_path, corpus_dir):
+    from ctxlm.config import TransformerXLConfig
+    from ctxlm.pretrain.causal_lm import LMData
+    from ctxlm.pretrain.xl import pretrain_xl
+    from ctxlm.train import TrainConfig
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(UserError, match="Transformer-XL pretraining runs in one process"):
+        pretrain_xl(LMData.resolve(corpus_dir), tmp_path / "run", TransformerXLConfig(), TrainConfig())
+
+
+def test_other_commands_are_refused_under_torchrun(monkeypatch, capsys, tiny_model_dir):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert_user_error(ctxlm(monkeypatch, capsys, "info", tiny_model_dir), "only `ctxlm pretrain` runs under torchrun")
