@@ -1,6 +1,8 @@
 """Run by tests/test_distributed.py under torchrun, for checks that reach inside the processes:
 
 - `diverged`: rank 1 alters one weight after DDP's start; the checkpoint-time comparison must catch it.
+- `diverged-fsdp`: rank 1 alters one weight before FSDP shards the model (each process keeps a slice of its own
+  copy): the sharding must refuse.
 - `interrupt RUN_DIR`: a Ctrl-C reaches rank 1 alone, in step 3; both processes must stop after that step.
 Each process reports on stderr (the session silences the stdout of ranks other than 0).
 """
@@ -24,14 +26,18 @@ def tiny_model() -> GPTLanguageModel:
     return GPTLanguageModel(GPTConfig(vocab_size=50, max_positions=16, dim=16, n_layers=1, n_heads=2))
 
 
-def diverged() -> None:
+def diverged(sharded: bool = False) -> None:
     model = tiny_model()
-    distributed.wrap(model)
+    if not sharded:
+        distributed.wrap(model)
     if distributed.rank() == 1:
         with torch.no_grad():
             next(model.parameters())[0, 0] += 1e-3
     try:
-        distributed.check_replicas(model)
+        if sharded:
+            distributed.wrap(model, sharded=True)
+        else:
+            distributed.check_replicas(model)
     except RuntimeError as error:
         print(f"rank {distributed.rank()}: {error}", file=sys.stderr)
 
@@ -55,4 +61,5 @@ def interrupt(run_dir: str) -> None:
 
 if __name__ == "__main__":
     with distributed.session():
-        {"diverged": diverged, "interrupt": interrupt}[sys.argv[1]](*sys.argv[2:])
+        {"diverged": diverged, "diverged-fsdp": lambda: diverged(sharded=True),
+         "interrupt": interrupt}[sys.argv[1]](*sys.argv[2:])

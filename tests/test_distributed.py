@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import metrics_records
 from ctxlm import distributed
+from ctxlm import load as load_model
 from ctxlm.errors import UserError
 from test_cli import assert_user_error, ctxlm
 
@@ -92,16 +93,21 @@ def test_a_stopped_run_resumes_exactly(monkeypatch, capsys, tmp_path, cache, cor
     assert_user_error(result, "written by a run of 2 process(es), resumed with 1")
 
 
+def bert_args(corpus_dir: Path, folder: Path) -> list:
+    """Arguments of a tiny BERT pretraining on the corpus cut into documents of 8 sentences, in `folder`."""
+    lines = (corpus_dir / "train.txt").read_text().splitlines()
+    paragraphs = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]
+    folder.mkdir()
+    (folder / "train.txt").write_text("\n\n".join(paragraphs) + "\n")
+    (folder / "valid.txt").write_text("\n\n".join(paragraphs[:6]) + "\n")
+    return ["--model", "bert", "--data", folder, "--vocab-size", 200, "--layers", 1, "--dim", 32, "--heads", 2,
+            "--block-size", 32, "--steps", 10, "--eval-every", 5, "--warmup", 2, "--dropout", 0]
+
+
 def test_bert_trains_almost_as_one_process(monkeypatch, capsys, tmp_path, cache, corpus_dir):
     """The masked-LM loss is a mean over each process's masked tokens, whose counts differ a little: close, not
     equal, to one process with the whole batch."""
-    lines = (corpus_dir / "train.txt").read_text().splitlines()
-    paragraphs = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]  # documents of 8 sentences
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "train.txt").write_text("\n\n".join(paragraphs) + "\n")
-    (tmp_path / "data" / "valid.txt").write_text("\n\n".join(paragraphs[:6]) + "\n")
-    args = ["--model", "bert", "--data", tmp_path / "data", "--vocab-size", 200, "--layers", 1, "--dim", 32,
-            "--heads", 2, "--block-size", 32, "--steps", 10, "--eval-every", 5, "--warmup", 2, "--dropout", 0]
+    args = bert_args(corpus_dir, tmp_path / "data")
     pretrain_ddp(cache, *args, "--batch-size", 2, "--out", tmp_path / "ddp")
     monkeypatch.setenv("CTXLM_CACHE", str(cache))
     code, _, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
@@ -121,10 +127,69 @@ def test_a_ctrl_c_in_one_process_stops_both_at_the_same_step(tmp_path, cache):
     assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 3
 
 
-def test_diverged_processes_are_caught_at_the_checkpoint(cache):
-    result = torchrun(cache, WORKER, "diverged")
+@pytest.mark.parametrize("case", ["diverged", "diverged-fsdp"])
+def test_diverged_processes_are_caught(case, cache):
+    """At each checkpoint of a DDP run; before FSDP shards a model, as each process keeps a slice of its copy."""
+    result = torchrun(cache, WORKER, case)
     for rank in (0, 1):
         assert f"rank {rank}: the processes' parameters have diverged: rank 1's" in result.stderr, result.stderr
+
+
+def test_fsdp_trains_as_one_process_and_saves_the_whole_model(monkeypatch, capsys, tmp_path, cache, corpus_dir,
+                                                              tiny_model_dir):
+    """Each process holds half of every parameter and optimizer moment, and trains as DDP does; the checkpoint
+    is the whole model in the usual files."""
+    args = ["--model", "gpt2", "--data", corpus_dir, "--tokenizer", tiny_model_dir, *TINY["gpt2"], "--steps", 20,
+            "--eval-every", 10, "--save-every", 10, "--dropout", 0]
+    result = pretrain_ddp(cache, *args, "--fsdp", "--batch-size", 2, "--out", tmp_path / "fsdp")
+    assert "sample: " in result.stdout  # rank 0 reports on the saved model
+    monkeypatch.setenv("CTXLM_CACHE", str(cache))
+    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
+    assert code == 0, err
+
+    fsdp, one = weights(tmp_path / "fsdp"), weights(tmp_path / "one")
+    assert fsdp.keys() == one.keys()
+    assert max((fsdp[k] - one[k]).abs().max().item() for k in fsdp) < 1e-5
+    for a, b in zip(*(without_speed(metrics_records(tmp_path / r)) for r in ("fsdp", "one")), strict=True):
+        assert a == pytest.approx(b, rel=1e-5), (a, b)
+    optimizer = {run: load_file(tmp_path / run / "checkpoint" / "optimizer.safetensors") for run in ("fsdp", "one")}
+    moments = {run: {k: v for k, v in tensors.items() if k.startswith("state.")} for run, tensors in optimizer.items()}
+    assert moments["fsdp"].keys() == moments["one"].keys()  # numbered as one process numbers them
+    assert all(torch.allclose(moments["fsdp"][k], moments["one"][k], rtol=1e-4, atol=1e-7) for k in moments["one"])
+    model = load_model(tmp_path / "fsdp")
+    assert all(torch.equal(value, fsdp[name]) for name, value in model.state_dict().items())
+
+
+def test_fsdp_trains_bert_as_ddp(tmp_path, cache, corpus_dir):
+    """BERT's heads and tied embeddings stay whole in the root's unit. Its last validation batch has one row,
+    which leaves rank 0 none: it must still join the forward, which gathers the parameters."""
+    args = [*bert_args(corpus_dir, tmp_path / "data"), "--batch-size", 2]
+    pretrain_ddp(cache, *args, "--out", tmp_path / "ddp")
+    # with the same tokenizer: training one twice may give two vocabularies
+    pretrain_ddp(cache, *args, "--fsdp", "--tokenizer", tmp_path / "ddp" / "checkpoint", "--out", tmp_path / "fsdp")
+    ddp, fsdp = weights(tmp_path / "ddp"), weights(tmp_path / "fsdp")
+    assert max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5
+    for a, b in zip(*(without_speed(metrics_records(tmp_path / r)) for r in ("ddp", "fsdp")), strict=True):
+        assert a == pytest.approx(b, rel=1e-5), (a, b)
+
+
+def test_a_stopped_fsdp_run_resumes_exactly(tmp_path, cache, corpus_dir, tiny_model_dir):
+    args = ["--model", "gpt2", "--data", corpus_dir, "--tokenizer", tiny_model_dir, *TINY["gpt2"], "--steps", 12,
+            "--eval-every", 5, "--save-every", 5, "--batch-size", 2, "--fsdp"]  # dropout 0.1: random states matter
+    pretrain_ddp(cache, *args, "--out", tmp_path / "whole")
+    pretrain_ddp(cache, *args, "--out", tmp_path / "parts", "--max-minutes", 0)  # stops after step 1
+    assert json.loads((tmp_path / "parts" / "checkpoint" / "trainer_state.json").read_text())["step"] == 1
+    pretrain_ddp(cache, *args, "--out", tmp_path / "parts", "--resume")
+    whole, parts = weights(tmp_path / "whole"), weights(tmp_path / "parts")
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert metrics_records(tmp_path / "whole")[-1] == metrics_records(tmp_path / "parts")[-1]
+
+
+def test_fsdp_needs_torchrun_and_transformer_blocks(monkeypatch, capsys, tmp_path, corpus_dir):
+    args = ["pretrain", "--data", corpus_dir, "--out", tmp_path / "run", "--fsdp"]
+    assert_user_error(ctxlm(monkeypatch, capsys, *args), "start several with torchrun")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # refused before joining the other processes
+    assert_user_error(ctxlm(monkeypatch, capsys, *args, "--model", "elmo"), "gpt2, gpt and bert, not elmo")
 
 
 def test_transformer_xl_is_refused_under_torchrun(monkeypatch, tmp_path, corpus_dir):

@@ -25,19 +25,22 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save(model: nn.Module, path: str | Path, *, extra: Callable[[Path], None] | None = None) -> Path:
+def save(model: nn.Module, path: str | Path, *, extra: Callable[[Path], None] | None = None,
+         state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the model (and its tokenizer, if it has one) to the folder `path`, atomically.
 
     Files go to a temporary sibling folder first, which then replaces `path` by renames: an interrupted save
     leaves the old checkpoint or the new one, never a mix. `extra(folder)` may add files (training state).
+    `state`: the weights to write instead of `model.state_dict()`, e.g. a sharded model's gathered whole.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.config.save(tmp / CONFIG_FILE)
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt", "model_type": model.config.model_type})
+        weights = model.state_dict() if state is None else state
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS_FILE,
+                  metadata={"format": "pt", "model_type": model.config.model_type})
         if getattr(model, "tokenizer", None) is not None:
             model.tokenizer.save(tmp)
         if extra is not None:
@@ -85,7 +88,12 @@ def check_shapes(model: nn.Module, shapes: dict[str, tuple[int, ...]], source: s
 
 
 def load_weights(model: nn.Module, weights: Path) -> None:
-    """Fill `model` from a safetensors file after checking every tensor's name and shape against it (from the
+    """Fill `model` from a safetensors file after checking every tensor's name and shape against it."""
+    model.load_state_dict(read_weights(model, weights))
+
+
+def read_weights(model: nn.Module, weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, after checking every one's name and shape against `model` (from the
     file's header, before any tensor is read)."""
     if not weights.is_file():
         raise UserError(f"{weights}: missing (a model folder holds config.json + model.safetensors)")
@@ -96,7 +104,7 @@ def load_weights(model: nn.Module, weights: Path) -> None:
             state = {name: f.get_tensor(name) for name in names}
     except SafetensorError as err:
         raise UserError(f"{weights}: not a readable safetensors file, truncated or corrupt ({err})") from None
-    model.load_state_dict(state)
+    return state
 
 
 def has_tokenizer(path: Path) -> bool:

@@ -10,6 +10,10 @@ each process trains on its own slice (`local_rows`): rank r takes rows [r B, (r 
 gradients of the N processes, and each process's loss is a mean over its B rows, N processes with batch size B
 compute the gradient of one process with batch size N x B (exactly when every row weighs the same in the loss).
 
+FSDP (`shard`, `ctxlm pretrain --fsdp`): instead of a whole replica, each of the N processes keeps 1/N of every
+parameter, gradient and optimizer moment, and gathers a transformer block's parameters whole only while it runs.
+The batches and the result are those of DDP; the checkpoint is the same whole model, gathered to rank 0.
+
 On several machines the run folder must be on a file system they all see: rank 0 writes it, and on resume
 every process reads its checkpoint.
 """
@@ -28,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ctxlm.errors import UserError
+from ctxlm.nn.blocks import TransformerBlock
 
 T = TypeVar("T")
 # The control group's waits include rank 0 preparing the data (training a tokenizer, tokenising a corpus) while
@@ -107,12 +112,15 @@ def barrier() -> None:
 
 
 # -- the model ----------------------------------------------------------------------------------------------------
-def wrap(model: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module:
+def wrap(model: nn.Module, *, find_unused_parameters: bool = False, sharded: bool = False) -> nn.Module:
     """In a session of several processes, the model moved to this process's device and wrapped in DDP (which
     starts every process from rank 0's weights and averages the gradients in backward); else the model itself.
-    `find_unused_parameters`: some parameters may get no gradient in a step (an adaptive softmax's clusters)."""
+    `find_unused_parameters`: some parameters may get no gradient in a step (an adaptive softmax's clusters).
+    `sharded`: FSDP instead of DDP (`shard`)."""
     if not dist.is_initialized():
         return model
+    if sharded:
+        return shard(model)
     model.to(_device)
     return DistributedDataParallel(model, device_ids=[_device.index] if _device.type == "cuda" else None,
                                    find_unused_parameters=find_unused_parameters)
@@ -120,7 +128,9 @@ def wrap(model: nn.Module, *, find_unused_parameters: bool = False) -> nn.Module
 
 def no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
     """Backward passes inside accumulate gradients locally: DDP averages them across processes only in the
-    last micro-batch of a step (the result is the same, with one exchange per step instead of one per micro)."""
+    last micro-batch of a step (the result is the same, with one exchange per step instead of one per micro).
+    A sharded model exchanges in every micro-batch: keeping whole gradients between them would undo part of
+    what sharding saves."""
     return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
 
 
@@ -132,8 +142,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def check_replicas(model: nn.Module) -> None:
     """Raise if this process's parameters differ from rank 0's. DDP keeps them equal by construction (the same
     start, the same averaged gradients, the same update); a difference is a bug or a faulty device, which a
-    checkpoint of rank 0's copy alone would hide. Compares one sum per parameter tensor."""
-    if not dist.is_initialized():
+    checkpoint of rank 0's copy alone would hide. Compares one sum per parameter tensor. A sharded model has
+    no replicas to compare: each process holds other parts of it."""
+    if not dist.is_initialized() or is_sharded(model):
         return
     names = [name for name, _ in model.named_parameters()]
     sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
@@ -143,6 +154,72 @@ def check_replicas(model: nn.Module) -> None:
         if differ.any():
             raise RuntimeError(f"the processes' parameters have diverged: rank {other}'s "
                                f"{names[int(differ.nonzero()[0])]} differs from rank 0's")
+
+
+# -- sharded models (FSDP) ----------------------------------------------------------------------------------------
+def shard(model: nn.Module) -> nn.Module:
+    """The model sharded in place by FSDP (PyTorch's `fully_shard`), on this process's device: each process keeps
+    1/N of every parameter (a DTensor), of its gradient and so of its optimizer moments, which must be made
+    after. Each transformer block is a unit whose parameters are gathered whole for its forward, freed, and
+    gathered again for its backward, after which its gradients are averaged and scattered back to their shards;
+    the root's parameters. Each process keeps its slice of its own copy of the weights (DDP would send rank
+    0's): the copies must be equal, as the jobs make them from one seed, which is checked first."""
+    # FSDP's modules are imported here: they take over half a second (sympy), which every command would pay
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = [module for module in model.modules() if isinstance(module, TransformerBlock)]
+    if not blocks:
+        raise UserError(f"FSDP shards transformer blocks, and {type(model).__name__} has none")
+    check_replicas(model)
+    for block in blocks:
+        fully_shard(block)
+    return fully_shard(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    if not dist.is_initialized():
+        return False  # without importing FSDP (see `shard`)
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The model's and the optimizer's state dicts with whole tensors, as one process would hold them (the
+    optimizer's parameters numbered, as `optimizer.state_dict()` does). A sharded model's are gathered to rank
+    0's CPU one tensor at a time: every process must call this, and the others receive empty dicts."""
+    if not is_sharded(model):
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    named = get_optimizer_state_dict(model, optimizer, options=options)
+    if not named:
+        return weights, {}
+    # get_optimizer_state_dict names the parameters; the checkpoint numbers them in the groups' order
+    number = {name: i for i, name in enumerate(name for group in named["param_groups"] for name in group["params"])}
+    return weights, {"state": {number[name]: values for name, values in named["state"].items()},
+                     "param_groups": [group | {"params": [number[name] for name in group["params"]]}
+                                      for group in named["param_groups"]]}
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Tensor],
+                    optimizer_state: dict[str, Any]) -> None:
+    """Loads into a sharded model and its optimizer what `full_state` gave: rank 0's dicts are sent to every
+    process, each keeping its shards, so the others pass empty dicts (and need not read the checkpoint's
+    tensors)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, weights, options=options)
+    if optimizer_state:
+        names = {param: name for name, param in model.named_parameters()}
+        order = [names[param] for group in optimizer.param_groups for param in group["params"]]
+        optimizer_state = {"state": {order[i]: values for i, values in optimizer_state["state"].items()},
+                           "param_groups": [group | {"params": [order[i] for i in group["params"]]}
+                                            for group in optimizer_state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 
 
 # -- data and results ---------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ Under torchrun (`ctxlm.distributed`), `train_batch(i)` and the validation batche
 every process, of which each process takes its rows; DDP averages the gradients. Rank 0 alone logs, plots,
 shows progress and writes checkpoints (the optimizer state is replicated, so its copy is the whole state); every
 process resumes from the same checkpoint, and a stop (Ctrl-C, time budget) is agreed on so all stop at one step.
+With `fsdp` the processes shard the model instead of replicating it: the checkpoint is gathered whole to rank 0
+(the same files), and on resume rank 0 reads it and sends each process its shards.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm import distributed
-from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, save
+from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_weights, save
 from ctxlm.errors import UserError
+from ctxlm.nn.blocks import use_gradient_checkpointing
 
 Objective = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]
 STATE_FILE = "trainer_state.json"
+PRECISIONS = ("fp32", "bf16")
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
@@ -58,10 +63,19 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     max_minutes: float | None = None  # stop (and checkpoint) at the first step past this wall-clock budget
+    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast (weights, gradients, AdamW stay fp32)
+    compile: bool = False  # torch.compile the model's forward (the objective must call the model itself)
+    gradient_checkpointing: bool = False  # transformer blocks recompute their activations in backward
+    # under torchrun: shard parameters, gradients and optimizer moments across the processes (FSDP) instead of
+    # replicating them (DDP); the same training. The model the trainer was given is then sharded: a whole one
+    # is in the checkpoint.
+    fsdp: bool = False
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
             raise UserError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "grad_accum", "eval_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -157,9 +171,17 @@ class Trainer:
         `find_unused_parameters`: under torchrun, some parameters may get no gradient in a step."""
         config.validate()
         self.model, self.objective, self.train_batch = model, objective, train_batch
+        if config.gradient_checkpointing and not use_gradient_checkpointing(model):
+            raise UserError(f"gradient checkpointing works on transformer blocks; this "
+                            f"{getattr(getattr(model, 'config', None), 'model_type', 'model')} has none")
         # What the objective trains through: DDP's wrapper under torchrun (it averages the gradients across
-        # processes in backward), else the model itself. Evaluation and checkpoints use the model.
-        self.replicated = distributed.wrap(model, find_unused_parameters=find_unused_parameters)
+        # processes in backward), else the model itself (sharded in place with fsdp). Evaluation and checkpoints
+        # use the model.
+        self.replicated = distributed.wrap(model, find_unused_parameters=find_unused_parameters, sharded=config.fsdp)
+        if distributed.is_sharded(model) and param_groups is not None:
+            raise ValueError("FSDP replaces the model's parameters: param_groups made before cannot be optimized")
+        if config.compile:  # after DDP's wrapper, as PyTorch recommends: its hooks then see the compiled graph
+            self.replicated = torch.compile(self.replicated)
         self.config, self.run_dir, self.eval_batches = config, Path(run_dir), eval_batches
         self.tokens_per_batch, self.evaluator, self.before_step = tokens_per_batch, evaluator, before_step
         self.lr_schedule = lr_schedule or (lambda step: lr_factor(step, config))
@@ -174,6 +196,14 @@ class Trainer:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for the training forward and loss when asked (matrix products in bf16, reductions
+        and the optimizer in fp32: about 1.4x faster steps on a CPU with AVX512-BF16, more on GPUs); evaluation
+        always runs in fp32, so validation figures compare across precisions."""
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> dict[str, float]:
@@ -256,7 +286,8 @@ class Trainer:
             batch = distributed.local_rows(self.train_batch(self.step * config.grad_accum + micro))
             last_micro = micro == config.grad_accum - 1
             with contextlib.nullcontext() if last_micro else distributed.no_sync(self.replicated):
-                loss, _ = self.objective(self.replicated, batch)
+                with self.autocast():
+                    loss, _ = self.objective(self.replicated, batch)
                 (loss / config.grad_accum).backward()
             total = total + loss.detach().float() / config.grad_accum  # stays on the device: no sync
         if config.grad_clip:
@@ -277,8 +308,10 @@ class Trainer:
             batch = distributed.local_rows(batch)
             rows = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])  # a last, smaller
             # batch weighs by its rows (LM blocks have equal lengths)
-            if not rows:
-                continue  # a last batch with fewer rows than processes
+            if not rows:  # a last batch with fewer rows than processes
+                if distributed.is_sharded(self.model):  # all must join each forward, which gathers the weights:
+                    self.objective(self.model, batch)  # this one runs the batch's few rows and ignores them
+                continue
             loss, metrics = self.objective(self.model, batch)
             for name, value in {"loss": loss, **metrics}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float() * rows
@@ -332,12 +365,13 @@ class Trainer:
         torchrun rank 0 writes it, with every process's RNG state, while the others wait."""
         distributed.check_replicas(self.model)
         rng = distributed.gather(rng_states(self.device))
+        weights, optimizer = distributed.full_state(self.model, self.optimizer)  # FSDP: gathered to rank 0
         if distributed.is_main():
-            self._write_checkpoint(rng)
+            self._write_checkpoint(rng, weights, optimizer)
         distributed.barrier()  # no process goes on, or exits, before the checkpoint is complete
 
-    def _write_checkpoint(self, rng: list[dict[str, Tensor]]) -> None:
-        optimizer = self.optimizer.state_dict()
+    def _write_checkpoint(self, rng: list[dict[str, Tensor]], weights: dict[str, Tensor],
+                          optimizer: dict[str, Any]) -> None:
         tensors = {f"state.{i}.{name}": value.contiguous() for i, state in optimizer["state"].items()
                    for name, value in state.items()}
         for rank, states in enumerate(rng):
@@ -355,10 +389,11 @@ class Trainer:
         if saver is not None:
             saver(self.checkpoint_dir, extra=write_training_state)
         else:
-            save(self.model, self.checkpoint_dir, extra=write_training_state)
+            save(self.model, self.checkpoint_dir, extra=write_training_state, state=weights)
 
     def load_state(self) -> None:
-        """Every process loads the same checkpoint, and its own RNG state."""
+        """Every process loads the same checkpoint (sharded: rank 0 reads it and sends each process its shards),
+        and its own RNG state."""
         folder = self.checkpoint_dir
         if not (folder / STATE_FILE).is_file():
             raise UserError(f"{folder}: no checkpoint to resume from (expected {STATE_FILE})")
@@ -368,19 +403,30 @@ class Trainer:
             raise UserError(f"{folder}: written by a run of {processes} process(es), resumed with "
                             f"{distributed.world_size()}: resume with {processes} (the number of processes "
                             "sets the global batch and the random states to restore)")
-        loader = getattr(self.model, "load_checkpoint_weights", None)
-        if loader is not None:
-            loader(folder)
-        else:
-            load_weights(self.model, folder / WEIGHTS_FILE)
-        tensors = load_file(folder / OPTIMIZER_FILE)
+        sharded = distributed.is_sharded(self.model)
+        # Sharded, rank 0 alone reads the weights and optimizer moments, whole, and sends each process its
+        # shards; every process reads its own random state.
+        whole = not sharded or distributed.is_main()
+        with safe_open(folder / OPTIMIZER_FILE, framework="pt") as f:
+            names = f.keys()  # safe_open is not iterable itself
+            tensors = {key: f.get_tensor(key) for key in names if whole or key.startswith("rng.")}
         per_param: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("state."):
                 _, index, name = key.split(".", 2)
                 per_param.setdefault(int(index), {})[name] = value
         groups = [g | {"betas": tuple(g["betas"])} for g in state["param_groups"]]
-        self.optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        optimizer = {"state": per_param, "param_groups": groups}
+        if sharded:
+            weights = read_weights(self.model, folder / WEIGHTS_FILE) if whole else {}
+            distributed.load_full_state(self.model, self.optimizer, weights, optimizer if whole else {})
+        else:
+            loader = getattr(self.model, "load_checkpoint_weights", None)
+            if loader is not None:
+                loader(folder)
+            else:
+                load_weights(self.model, folder / WEIGHTS_FILE)
+            self.optimizer.load_state_dict(optimizer)
         suffix = rank_suffix(distributed.rank())
         torch.set_rng_state(tensors[f"rng.torch{suffix}"])
         if f"rng.cuda{suffix}" in tensors and self.device.type == "cuda":
