@@ -124,7 +124,8 @@ def finetune_squad(config: FinetuneConfig, run_dir: str | Path, *, resume: bool 
     eval_every = max(1, batches.per_epoch // config.evals_per_epoch)
     train_config = TrainConfig(steps=steps, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
                                eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
-                               seed=config.seed, max_minutes=config.max_minutes)
+                               seed=config.seed, max_minutes=config.max_minutes,
+                               precision=config.precision)
 
     def loss_of(module: SpanModel, batch):
         batch = to_device(batch, device)

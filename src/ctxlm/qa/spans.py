@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ctxlm.qa.squad import Question
 from ctxlm.tokenization import Tokenizer
+from ctxlm.transfer.inputs import batches_per_epoch, bucketed_batches
 
 
 @dataclass(frozen=True)
@@ -126,20 +127,16 @@ def collate_windows(windows: Sequence[Window], pad_id: int) -> dict[str, Tensor]
 
 class WindowBatches:
     """Training batch i is a pure function of (seed, i), so a resumed run sees the batches of an uninterrupted
-    one. Each epoch is a fresh permutation, cut into pools of `pool` batches; a pool is sorted by length before
-    it is cut into batches, and the batches of the epoch are shuffled. Windows run from a few dozen tokens to
-    `max_length`: batches of similar lengths pad the least (about half the compute of random batches on SQuAD)
-    while the order stays random. Evaluation batches go in order of length."""
+    one: each epoch a fresh permutation, bucketed by length (`transfer.inputs.bucketed_batches`: windows run
+    from a few dozen tokens to `max_length`, and random batches would pad them all to the longest). Evaluation
+    batches go in order of length."""
 
     def __init__(self, windows: Sequence[Window], pad_id: int, batch_size: int, seed: int = 0,
                  pool: int = 50) -> None:
         if not windows:
             raise ValueError("no windows to batch")
-        self.windows, self.pad_id, self.batch_size, self.seed = list(windows), pad_id, batch_size, seed
-        self.pool_size = batch_size * pool
-        n = len(self.windows)
-        self.per_epoch = sum(math.ceil(min(self.pool_size, n - start) / batch_size)
-                             for start in range(0, n, self.pool_size))
+        self.windows, self.pad_id, self.batch_size, self.seed, self.pool = list(windows), pad_id, batch_size, seed, pool
+        self.per_epoch = batches_per_epoch(len(self.windows), batch_size, pool)
         self._epoch, self._batches = -1, []
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
@@ -147,19 +144,13 @@ class WindowBatches:
         batch["index"] = torch.tensor(list(indices))
         return batch
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.windows), generator=generator).tolist()
-        batches = []
-        for start in range(0, len(order), self.pool_size):
-            pool = sorted(order[start:start + self.pool_size], key=lambda i: len(self.windows[i].ids))
-            batches += [pool[k:k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
-        return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
-
     def train_batch(self, i: int) -> dict[str, Tensor]:
         epoch, k = divmod(i, self.per_epoch)
         if epoch != self._epoch:
-            self._batches, self._epoch = self._epoch_batches(epoch), epoch
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            lengths = [len(w.ids) for w in self.windows]
+            self._batches = bucketed_batches(lengths, self.batch_size, generator, self.pool)
+            self._epoch = epoch
         return self._batch(self._batches[k])
 
     def eval_batches(self) -> Iterator[dict[str, Tensor]]:

@@ -83,19 +83,27 @@ def training_options(f, *, strategy: bool = True):
         click.option("--evals-per-epoch", default=1, show_default=True),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)"),
         click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time"),
+        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                     help="bf16: training forward under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on "
+                          "GPUs); evaluation stays fp32"),
+        click.option("--group-by-length", is_flag=True,
+                     help="training batches of similar lengths: less padding for texts of mixed lengths, but less "
+                          "mixed batches where length goes with the label (squad windows are always grouped)"),
     ]):
         f = decorator(f)
     return squad_options(user_task_options(f))
 
 
 def _config(model, task, train_size, epochs, batch_size, lr, head_lr, max_length, pooling,
-            evals_per_epoch, device, max_minutes, seed, strategy="full", train_file=None, dev_file=None,
-            holdout_articles=8, doc_stride=128, max_answer_tokens=30, no_answer=False, **user):
+            evals_per_epoch, device, max_minutes, seed, precision="fp32", group_by_length=False, strategy="full",
+            train_file=None, dev_file=None, holdout_articles=8, doc_stride=128, max_answer_tokens=30, no_answer=False,
+            **user):
     from ctxlm.transfer.finetune import FinetuneConfig
 
     return FinetuneConfig(model=model, task=task, strategy=strategy, train_size=train_size, seed=seed, epochs=epochs,
                           batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length, pooling=pooling,
-                          evals_per_epoch=evals_per_epoch, device=device, max_minutes=max_minutes,
+                          evals_per_epoch=evals_per_epoch, device=device, max_minutes=max_minutes, precision=precision,
+                          group_by_length=group_by_length,
                           user_task=_user_task(**user),
                           squad=_squad(train_file, dev_file, holdout_articles, doc_stride, max_answer_tokens,
                                        no_answer))

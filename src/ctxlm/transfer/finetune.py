@@ -60,6 +60,8 @@ class FinetuneConfig:
     evals_per_epoch: int = 1
     device: str = "auto"
     max_minutes: float | None = None
+    precision: str = "fp32"  # "bf16": training forward under bfloat16 autocast (evaluation stays fp32)
+    group_by_length: bool = False  # training batches of similar lengths (see inputs.TaskBatches)
     user_task: UserTaskOptions = field(default_factory=UserTaskOptions)
     squad: SquadOptions = field(default_factory=SquadOptions)
 
@@ -117,13 +119,15 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     encoded = {name: encode_examples(model.tokenizer, data.spec, examples, decoder=model.decoder,
                                      max_length=config.max_length) for name, examples in splits.items()}
     batches = {name: TaskBatches(encoded[name], _labels(examples), data.spec, model.tokenizer.pad_id,
-                                 config.batch_size, seed=config.seed) for name, examples in splits.items()}
+                                 config.batch_size, seed=config.seed, group_by_length=config.group_by_length)
+               for name, examples in splits.items()}
     steps = max(1, math.ceil(batches["train"].per_epoch * config.epochs))
     eval_every = max(1, batches["train"].per_epoch // config.evals_per_epoch)
     base_lr = config.head_lr if strategy.freeze_backbone else config.lr
     train_config = TrainConfig(steps=steps, lr=base_lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
                                eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
-                               seed=config.seed, max_minutes=config.max_minutes)
+                               seed=config.seed, max_minutes=config.max_minutes,
+                               precision=config.precision)
     start = time.perf_counter()
     if strategy.freeze_backbone:
         trainer, evaluate = _feature_trainer(model, strategy, batches, data.spec, train_config, config, run_dir,
@@ -232,6 +236,9 @@ class _HeadOnFeatures(nn.Module):
 class FeatureBatches(TaskBatches):
     """TaskBatches whose examples are cached slot features (slots, dim) instead of token sequences."""
 
+    def _length(self, i: int) -> int:
+        return len(self.encoded[i])  # slots: words of a tagged sentence, else one per sequence
+
     def _batch(self, indices):
         feats = [self.encoded[i] for i in indices]
         slots = max(len(f) for f in feats)
@@ -269,7 +276,8 @@ def _feature_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskSp
     for p in model.lm.parameters():
         p.requires_grad_(False)
     cached = {name: FeatureBatches(cache_features(model, b, device, f"features ({name})"), b.labels, spec, 0,
-                                   config.batch_size, seed=config.seed) for name, b in batches.items()}
+                                   config.batch_size, seed=config.seed, group_by_length=config.group_by_length)
+              for name, b in batches.items()}
     head = _HeadOnFeatures(model)
 
     def objective(module: _HeadOnFeatures, batch: dict[str, Tensor]):

@@ -158,19 +158,51 @@ def label_tensor(labels: Sequence, spec: TaskSpec, words: int) -> Tensor:
     return out
 
 
+def bucketed_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                     pool: int = 50) -> list[list[int]]:
+    """One epoch's batches of example indices: a random permutation cut into pools of `pool` batches, each pool
+    sorted by length and cut into batches, the batches shuffled. Batches then hold examples of similar lengths
+    (little padding: about half the compute of random batches on SQuAD windows) while the order stays random;
+    `pool=1` gives plain random batches, consecutive slices of the permutation. A pure function of the generator's
+    seed."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if pool == 1:
+        return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    size = batch_size * pool
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start:start + size], key=lengths.__getitem__)
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def batches_per_epoch(n: int, batch_size: int, pool: int = 50) -> int:
+    """How many batches `bucketed_batches` makes of n examples."""
+    size = batch_size * pool
+    return sum(math.ceil(min(size, n - start) / batch_size) for start in range(0, n, size))
+
+
 class TaskBatches:
     """Batches of a task split. Training batch i is a pure function of (seed, i): every epoch is a fresh
-    permutation, so a resumed run sees exactly the batches of an uninterrupted one. Evaluation batches go in
-    order of length, which wastes the least padding."""
+    permutation, so a resumed run sees exactly the batches of an uninterrupted one. Evaluation batches go in order
+    of length, which wastes the least padding.
+
+    `group_by_length`: training batches of similar lengths (`bucketed_batches`), less padding for texts of mixed
+    lengths. Off by default (as in transformers' Trainer): where length goes with the label (a class whose texts
+    are longer, a word that tokenises to more pieces) the batches stop being a mix of classes, which slows
+    learning on small data sets; the test suite's synthetic tasks show it."""
 
     def __init__(self, encoded: Sequence[Encoded], labels: Sequence | None, spec: TaskSpec, pad_id: int,
-                 batch_size: int, seed: int = 0) -> None:
+                 batch_size: int, seed: int = 0, group_by_length: bool = False) -> None:
         if not encoded:
             raise ValueError("no examples to batch")
         self.encoded, self.labels, self.spec, self.pad_id = list(encoded), labels, spec, pad_id
-        self.batch_size, self.seed = batch_size, seed
-        self.per_epoch = math.ceil(len(self.encoded) / batch_size)
-        self._epoch, self._order = -1, None
+        self.batch_size, self.seed, self.pool = batch_size, seed, 50 if group_by_length else 1
+        self.per_epoch = batches_per_epoch(len(self.encoded), batch_size, self.pool)
+        self._epoch, self._batches = -1, []
+
+    def _length(self, i: int) -> int:
+        return sum(map(len, self.encoded[i].sequences))
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         labels = None if self.labels is None else [self.labels[i] for i in indices]
@@ -182,11 +214,11 @@ class TaskBatches:
         epoch, k = divmod(i, self.per_epoch)
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._order = torch.randperm(len(self.encoded), generator=generator).tolist()
-            self._epoch = epoch
-        return self._batch(self._order[k * self.batch_size:(k + 1) * self.batch_size])
+            lengths = [self._length(j) for j in range(len(self.encoded))]
+            self._batches, self._epoch = bucketed_batches(lengths, self.batch_size, generator, self.pool), epoch
+        return self._batch(self._batches[k])
 
     def eval_batches(self) -> Iterator[dict[str, Tensor]]:
-        order = sorted(range(len(self.encoded)), key=lambda i: max(map(len, self.encoded[i].sequences)))
+        order = sorted(range(len(self.encoded)), key=self._length)
         for start in range(0, len(order), self.batch_size):
             yield self._batch(order[start:start + self.batch_size])
