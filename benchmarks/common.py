@@ -1,13 +1,54 @@
-"""Shared timing helpers for the side-by-side benchmarks: alternate rounds, report medians and ratios."""
+"""Shared helpers for the side-by-side benchmarks: model shapes, timed rates, alternating rounds, the machine."""
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
 
 import torch
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A transformer's size and its training batch (the fields `add_model_arguments` parses, too)."""
+
+    layers: int
+    dim: int
+    heads: int
+    vocab: int
+    block: int
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.layers}×{self.dim}, T={self.block}, batch {self.batch}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto": the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device | str) -> None:
+    """GPU kernels run asynchronously: a clock read without this would time their launch, not their work."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_rate(fn: Callable[[], object], count: float, device: torch.device | str) -> float:
+    """`count` (tokens, sentences, ...) over the seconds one call of `fn` takes."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return count / (time.perf_counter() - start)
 
 
 def train_rate(model: torch.nn.Module, step_loss: Callable[[], torch.Tensor], tokens: int, steps: int) -> float:
@@ -21,10 +62,13 @@ def train_rate(model: torch.nn.Module, step_loss: Callable[[], torch.Tensor], to
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: allocator, kernels, compilation
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * tokens / (time.perf_counter() - start)
+    device = next(model.parameters()).device
+
+    def run() -> None:
+        for _ in range(steps):
+            step()
+
+    return timed_rate(run, steps * tokens, device)
 
 
 def median_rates(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -43,11 +87,54 @@ def add_model_arguments(parser, **defaults: int) -> None:
         parser.add_argument(f"--{name}", type=int, default=value)
 
 
-def machine_line() -> str:
-    import transformers
+def shape_of(args) -> Shape:
+    return Shape(args.layers, args.dim, args.heads, args.vocab, args.block, args.batch)
 
-    return (f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}")
+
+def _version(package: str) -> str | None:
+    try:  # read from the installed metadata: importing transformers only for its version takes seconds
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What the figures depend on: the CPU and how much of it this process may use, the GPU, the versions."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "transformers": _version("transformers"),
+            "sentence_transformers": _version("sentence-transformers")}
+
+
+def machine_line(info: dict | None = None) -> str:
+    info = info or machine_info()
+    versions = ", ".join(f"{name.replace('_', '-')} {info[name]}" for name in ("torch", "transformers",
+                                                                              "sentence_transformers") if info[name])
+    return (f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs ({info['usable_cpus']} usable, "
+            f"{info['torch_threads']} torch threads), {'GPU ' + info['gpu'] if info['gpu'] else 'no GPU'}; "
+            f"{versions}")
+
+
+def measured_peak_gflops(device: torch.device | str, size: int | None = None, repeats: int = 5) -> float:
+    """The fp32 GFLOP/s of a large square matrix product here, best of `repeats`: a peak the BLAS (or cuBLAS)
+    reaches in practice, below the datasheet's (which assumes every unit busy every cycle)."""
+    size = size or (8192 if torch.device(device).type == "cuda" else 2048)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    timed_rate(lambda: a @ b, 1, device)  # warm-up: threads, allocator, cuBLAS handles
+    return max(timed_rate(lambda: a @ b, 2 * size**3, device) for _ in range(repeats)) / 1e9
 
 
 def print_table(rows: list[tuple[str, float, float]], peer: str = "transformers") -> None:

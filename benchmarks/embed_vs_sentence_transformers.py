@@ -7,7 +7,7 @@ turn (alternating rounds, medians; see common.py). sentence-transformers' pipeli
 Normalize module, so ctxlm is asked for normalize=True too; both cut texts at 256 tokens (the model's
 max_seq_length). The vectors are checked to agree (max |difference| of the float32 vectors). ctxlm also runs
 with dtype=torch.bfloat16 (autocast; the CPU's bf16 matrix units where it has them), reported with the lowest
-cosine of its vectors to sentence-transformers' float32 ones.
+cosine of its vectors to sentence-transformers' float32 ones. The functions here also serve `ctxlm bench`.
 
 Text sets: the 872 SST-2 dev sentences (short), and 200 long texts of 225 words each, consecutive words of the
 WikiText-2 validation articles (headings left out): 231 to 359 WordPiece tokens, so nearly all are cut at 256.
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import time
 import warnings
+from collections.abc import Callable
 
-import sentence_transformers
 import torch
-from common import machine_line, median_rates
+from common import machine_line, median_rates, timed_rate
 from sentence_transformers import SentenceTransformer
 
 import ctxlm
@@ -40,6 +39,32 @@ def long_texts(count: int, words: int) -> list[str]:
     return [" ".join(stream[i * words:(i + 1) * words]) for i in range(count)]
 
 
+def load_models(device: torch.device | str = "cpu"):
+    """(ctxlm's MiniLM, sentence-transformers' MiniLM), both read from the packaged files."""
+    reference = SentenceTransformer(str(packaged_model_path("minilm")), device=str(device))
+    reference.max_seq_length = MAX_TOKENS
+    return ctxlm.load("minilm", device=device), reference
+
+
+def encoders(model, reference, batch_size: int) -> dict[str, Callable[[list[str]], torch.Tensor]]:
+    """Texts → unit vectors: ctxlm in float32 and under bfloat16 autocast, and sentence-transformers."""
+
+    def ours(texts: list[str], dtype: torch.dtype | None = None) -> torch.Tensor:
+        return ctxlm.embed(texts, model, pool="mean", normalize=True, batch_size=batch_size,
+                           max_length=MAX_TOKENS, dtype=dtype)  # on the model's device
+
+    def theirs(texts: list[str]) -> torch.Tensor:
+        return reference.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+
+    return {"ctxlm": ours, "ctxlm bf16": lambda texts: ours(texts, torch.bfloat16), "sentence-transformers": theirs}
+
+
+def rate(encode: Callable[[list[str]], torch.Tensor], texts: list[str],
+         device: torch.device | str = "cpu") -> Callable[[], float]:
+    """Sentences/s of embedding `texts` whole, once per call."""
+    return lambda: timed_rate(lambda: encode(texts), len(texts), device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32, help="sentence-transformers' default")
@@ -47,40 +72,19 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*longer than max_length")  # the long texts are cut on purpose
 
-    model = ctxlm.load("minilm")
-    reference = SentenceTransformer(str(packaged_model_path("minilm")), device="cpu")
-    reference.max_seq_length = MAX_TOKENS
-
-    def ours(texts: list[str], dtype: torch.dtype | None = None) -> torch.Tensor:
-        return ctxlm.embed(texts, model, pool="mean", normalize=True, batch_size=args.batch_size,
-                           max_length=MAX_TOKENS, dtype=dtype)
-
-    def ours_bf16(texts: list[str]) -> torch.Tensor:
-        return ours(texts, torch.bfloat16)
-
-    def theirs(texts: list[str]) -> torch.Tensor:
-        return reference.encode(texts, batch_size=args.batch_size, convert_to_tensor=True, show_progress_bar=False)
-
-    def rate(encode, texts: list[str]):
-        def run() -> float:
-            start = time.perf_counter()
-            encode(texts)
-            return len(texts) / (time.perf_counter() - start)
-
-        return run
+    encode = encoders(*load_models(), args.batch_size)
 
     text_sets = {"SST-2 dev (872 sentences)": [e.texts[0] for e in load_task("sst2").dev],
                  "WikiText-2 valid (200 x 225 words)": long_texts(200, 225)}
     rows = []
     for name, texts in text_sets.items():
-        reference_vectors = theirs(texts)  # the first calls also warm up
-        difference = (ours(texts) - reference_vectors).abs().max().item()
-        cosine = (ours_bf16(texts).float() * reference_vectors).sum(-1).min().item()  # both are unit vectors
-        rates = median_rates({"ctxlm": rate(ours, texts), "ctxlm bf16": rate(ours_bf16, texts),
-                              "sentence-transformers": rate(theirs, texts)}, args.rounds)
+        reference_vectors = encode["sentence-transformers"](texts)  # the first calls also warm up
+        difference = (encode["ctxlm"](texts) - reference_vectors).abs().max().item()
+        cosine = (encode["ctxlm bf16"](texts).float() * reference_vectors).sum(-1).min().item()  # unit vectors
+        rates = median_rates({contender: rate(fn, texts) for contender, fn in encode.items()}, args.rounds)
         rows.append((name, rates, difference, cosine))
 
-    print(f"{machine_line()}, sentence-transformers {sentence_transformers.__version__}")
+    print(machine_line())
     print(f"all-MiniLM-L6-v2, mean pooling + normalisation, batch {args.batch_size}, cut at {MAX_TOKENS} tokens; "
           f"medians of {args.rounds} alternating rounds\n")
     print("| text set | sentence-transformers sent/s | ctxlm fp32 sent/s | ratio | max abs diff "

@@ -2,6 +2,7 @@
 
 Both models have the same configuration and the same weights (the reference's, converted). Rounds alternate
 between the two so that drift in the machine's speed hits both alike; the table shows medians over rounds.
+The functions here also serve `ctxlm bench` (benchmarks/bench.py).
 
     python benchmarks/gpt2_vs_transformers.py                 # training tokens/s and greedy generation
     python benchmarks/gpt2_vs_transformers.py --compile       # adds torch.compile'd ctxlm training
@@ -11,27 +12,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+from collections.abc import Callable
 
 import torch
 import transformers
-from common import add_model_arguments, machine_line, median_rates, print_table, train_rate
+from common import Shape, add_model_arguments, machine_line, median_rates, print_table, shape_of, timed_rate, train_rate
 
 from ctxlm.convert.hf_gpt import config_from_hf, state_dict_from_hf
 from ctxlm.generate import generate_ids
 from ctxlm.models.gpt import GPTLanguageModel
 
 
-def build(args):
+def hf_config(shape: Shape, dropout: float) -> transformers.GPT2Config:
+    return transformers.GPT2Config(vocab_size=shape.vocab, n_positions=max(1024, shape.block), n_embd=shape.dim,
+                                   n_layer=shape.layers, n_head=shape.heads, resid_pdrop=dropout,
+                                   embd_pdrop=dropout, attn_pdrop=dropout)
+
+
+def build_ctxlm(shape: Shape, dropout: float = 0.1) -> GPTLanguageModel:
+    """ctxlm's GPT-2 alone, in the reference's configuration (random weights)."""
     torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(vocab_size=args.vocab, n_positions=1024, n_embd=args.dim,
-                                        n_layer=args.layers, n_head=args.heads, resid_pdrop=args.dropout,
-                                        embd_pdrop=args.dropout, attn_pdrop=args.dropout)
-    ref = transformers.GPT2LMHeadModel(hf_config)
-    config = config_from_hf(hf_config.to_dict())
-    ours = GPTLanguageModel(config)
-    ours.load_state_dict(state_dict_from_hf(ref.state_dict(), config))
-    return ref, ours
+    return GPTLanguageModel(config_from_hf(hf_config(shape, dropout).to_dict()))
+
+
+def build(shape: Shape, dropout: float = 0.1, device: torch.device | str = "cpu"):
+    """(reference, ours) with the reference's random weights in both."""
+    torch.manual_seed(0)
+    ref = transformers.GPT2LMHeadModel(hf_config(shape, dropout))
+    ours = build_ctxlm(shape, dropout)
+    ours.load_state_dict(state_dict_from_hf(ref.state_dict(), ours.config))
+    return ref.to(device), ours.to(device)
+
+
+def batch(shape: Shape, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randint(0, shape.vocab, (shape.batch, shape.block), device=device)
+    return x, torch.roll(x, -1, dims=1)
 
 
 def ctxlm_loss(model, x, y):
@@ -42,11 +57,33 @@ def hf_loss(model, x, y):
     return model(input_ids=x, labels=x).loss  # the reference shifts labels itself
 
 
-@torch.inference_mode()
-def generation_rate(generate, new_tokens: int) -> float:
-    start = time.perf_counter()
-    generate()
-    return new_tokens / (time.perf_counter() - start)
+def training_rates(ref, ours, shape: Shape, steps: int) -> dict[str, Callable[[], float]]:
+    """Tokens/s of `steps` training steps (after a warm-up step) on one random batch, per contender."""
+    x, y = batch(shape, next(ours.parameters()).device)
+    return {"ctxlm": lambda: train_rate(ours, lambda: ctxlm_loss(ours, x, y), x.numel(), steps),
+            "transformers": lambda: train_rate(ref, lambda: hf_loss(ref, x, y), x.numel(), steps)}
+
+
+def generation_rates(ref, ours, *, batch_size: int, new_tokens: int, prompt_len: int = 8):
+    """New tokens/s of greedy decoding with a KV cache, `batch_size` prompts of `prompt_len` random tokens (no
+    padding), exactly `new_tokens` each: ctxlm's generate_ids against the reference's generate()."""
+    device = next(ours.parameters()).device
+    prompt = torch.randint(0, ours.config.vocab_size, (batch_size, prompt_len), device=device)
+    count = batch_size * new_tokens
+
+    @torch.inference_mode()
+    def ctxlm_rate() -> float:
+        return timed_rate(lambda: generate_ids(ours, prompt.tolist(), max_new_tokens=new_tokens), count, device)
+
+    @torch.inference_mode()
+    def hf_rate() -> float:
+        return timed_rate(lambda: ref.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                               max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                               do_sample=False, pad_token_id=0), count, device)
+
+    ref.eval(), ours.eval()
+    ctxlm_rate(), hf_rate()  # warm-up
+    return {"ctxlm": ctxlm_rate, "transformers": hf_rate}
 
 
 def main() -> None:
@@ -60,34 +97,22 @@ def main() -> None:
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
 
-    ref, ours = build(args)
-    x = torch.randint(0, args.vocab, (args.batch, args.block))
-    y = torch.roll(x, -1, dims=1)
+    shape = shape_of(args)
+    ref, ours = build(shape, args.dropout)
     rows = []
 
-    tokens = x.numel()
-    train = {"ctxlm": lambda: train_rate(ours, lambda: ctxlm_loss(ours, x, y), tokens, args.steps),
-             "transformers": lambda: train_rate(ref, lambda: hf_loss(ref, x, y), tokens, args.steps)}
+    train = training_rates(ref, ours, shape, args.steps)
     if args.compile:
         compiled = torch.compile(ours)
-        train["ctxlm (compiled)"] = lambda: train_rate(compiled, lambda: ctxlm_loss(compiled, x, y), tokens,
+        x, y = batch(shape)
+        train["ctxlm (compiled)"] = lambda: train_rate(compiled, lambda: ctxlm_loss(compiled, x, y), x.numel(),
                                                        args.steps)
     rates = median_rates(train, args.rounds)
     for name in [n for n in rates if n != "transformers"]:
         rows.append((f"training tokens/s, {name}", rates[name], rates["transformers"]))
 
-    ref.eval()
-    ours.eval()
-    prompt = torch.randint(0, args.vocab, (1, 8))
     n = args.new_tokens
-    gen = {
-        "ctxlm": lambda: generation_rate(lambda: generate_ids(ours, prompt.tolist(), max_new_tokens=n), n),
-        "transformers": lambda: generation_rate(lambda: ref.generate(
-            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-            do_sample=False, pad_token_id=0), n),
-    }
-    gen["ctxlm"](), gen["transformers"]()  # warm-up
-    rates = median_rates(gen, args.rounds)
+    rates = median_rates(generation_rates(ref, ours, batch_size=1, new_tokens=n), args.rounds)
     rows.append((f"greedy generation tokens/s, batch 1, {n} new, KV cache", rates["ctxlm"], rates["transformers"]))
 
     print(machine_line())
