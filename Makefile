@@ -34,7 +34,7 @@ test: install
 	$(BIN)/pytest
 
 bench: install
-	$(BIN)/python benchmarks/gpt2_vs_transformers.py
+	$(BIN)/ctxlm bench
 
 # Transformer-XL against the reference implementation, which only transformers 4.x ships (v5 removed TransfoXL):
 # its own environment, outside the default suite (a few minutes to install, then under a minute).
