@@ -18,7 +18,7 @@ the windows, competes with the best span: "" is answered when it wins by more th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ctxlm.qa.squad import Question
 from ctxlm.tokenization import Tokenizer
-from ctxlm.transfer.inputs import batches_per_epoch, bucketed_batches
+from ctxlm.transfer.inputs import TaskBatches
 
 
 @dataclass(frozen=True)
@@ -125,38 +125,26 @@ def collate_windows(windows: Sequence[Window], pad_id: int) -> dict[str, Tensor]
             "starts": torch.tensor([w.start for w in windows]), "ends": torch.tensor([w.end for w in windows])}
 
 
-class WindowBatches:
-    """Training batch i is a pure function of (seed, i), so a resumed run sees the batches of an uninterrupted
-    one: each epoch a fresh permutation, bucketed by length (`transfer.inputs.bucketed_batches`: windows run
-    from a few dozen tokens to `max_length`, and random batches would pad them all to the longest). Evaluation
-    batches go in order of length."""
+class WindowBatches(TaskBatches):
+    """`TaskBatches` of windows, always grouped by length: windows run from a few dozen tokens to `max_length`,
+    and random batches would pad them all to the longest (twice the compute on SQuAD). The order stays random and
+    training batch i a pure function of (seed, i), so a resumed run sees the batches of an uninterrupted one."""
 
     def __init__(self, windows: Sequence[Window], pad_id: int, batch_size: int, seed: int = 0,
                  pool: int = 50) -> None:
-        if not windows:
-            raise ValueError("no windows to batch")
-        self.windows, self.pad_id, self.batch_size, self.seed, self.pool = list(windows), pad_id, batch_size, seed, pool
-        self.per_epoch = batches_per_epoch(len(self.windows), batch_size, pool)
-        self._epoch, self._batches = -1, []
+        super().__init__(windows, None, None, pad_id, batch_size, seed, group_by_length=True, pool=pool)
+
+    @property
+    def windows(self) -> list[Window]:
+        return self.encoded
+
+    def _length(self, i: int) -> int:
+        return len(self.encoded[i].ids)
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
-        batch = collate_windows([self.windows[i] for i in indices], self.pad_id)
+        batch = collate_windows([self.encoded[i] for i in indices], self.pad_id)
         batch["index"] = torch.tensor(list(indices))
         return batch
-
-    def train_batch(self, i: int) -> dict[str, Tensor]:
-        epoch, k = divmod(i, self.per_epoch)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            lengths = [len(w.ids) for w in self.windows]
-            self._batches = bucketed_batches(lengths, self.batch_size, generator, self.pool)
-            self._epoch = epoch
-        return self._batch(self._batches[k])
-
-    def eval_batches(self) -> Iterator[dict[str, Tensor]]:
-        order = sorted(range(len(self.windows)), key=lambda i: len(self.windows[i].ids))
-        for start in range(0, len(order), self.batch_size):
-            yield self._batch(order[start:start + self.batch_size])
 
 
 @dataclass(frozen=True)

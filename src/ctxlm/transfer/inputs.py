@@ -193,11 +193,11 @@ class TaskBatches:
     learning on small data sets; the test suite's synthetic tasks show it."""
 
     def __init__(self, encoded: Sequence[Encoded], labels: Sequence | None, spec: TaskSpec, pad_id: int,
-                 batch_size: int, seed: int = 0, group_by_length: bool = False) -> None:
+                 batch_size: int, seed: int = 0, group_by_length: bool = False, pool: int = 50) -> None:
         if not encoded:
             raise ValueError("no examples to batch")
         self.encoded, self.labels, self.spec, self.pad_id = list(encoded), labels, spec, pad_id
-        self.batch_size, self.seed, self.pool = batch_size, seed, 50 if group_by_length else 1
+        self.batch_size, self.seed, self.pool = batch_size, seed, pool if group_by_length else 1
         self.per_epoch = batches_per_epoch(len(self.encoded), batch_size, self.pool)
         self._epoch, self._batches = -1, []
 
