@@ -50,6 +50,17 @@ def without_speed(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
 
 
+def assert_same_training(run: Path, reference: Path) -> None:
+    """The same weights (to 1e-5) and the same logged records (relative 1e-5, speeds aside) in two run folders."""
+    ours, theirs = weights(run), weights(reference)
+    assert ours.keys() == theirs.keys()
+    assert max((ours[k] - theirs[k]).abs().max().item() for k in ours) < 1e-5
+    records, expected = (without_speed(metrics_records(r)) for r in (run, reference))
+    assert [r.keys() for r in records] == [r.keys() for r in expected]
+    for a, b in zip(records, expected, strict=True):
+        assert a == pytest.approx(b, rel=1e-5), (a, b)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "elmo"])
 def test_two_processes_train_as_one_with_twice_the_batch(family, monkeypatch, capsys, tmp_path, cache, corpus_dir,
                                                          tiny_model_dir):
@@ -63,13 +74,7 @@ def test_two_processes_train_as_one_with_twice_the_batch(family, monkeypatch, ca
     code, out, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
     assert code == 0, err
 
-    ddp, one = weights(tmp_path / "ddp"), weights(tmp_path / "one")
-    assert ddp.keys() == one.keys()
-    assert max((ddp[k] - one[k]).abs().max().item() for k in ddp) < 1e-5
-    ddp_records, one_records = (without_speed(metrics_records(tmp_path / r)) for r in ("ddp", "one"))
-    assert [r.keys() for r in ddp_records] == [r.keys() for r in one_records]
-    for a, b in zip(ddp_records, one_records, strict=True):
-        assert a == pytest.approx(b, rel=1e-5), (a, b)
+    assert_same_training(tmp_path / "ddp", tmp_path / "one")
     # Rank 0 wrote the checkpoint with each process's random state (they draw different dropout masks).
     state = json.loads((tmp_path / "ddp" / "checkpoint" / "trainer_state.json").read_text())
     rng = [k for k in load_file(tmp_path / "ddp" / "checkpoint" / "optimizer.safetensors") if k.startswith("rng.")]
@@ -147,11 +152,8 @@ def test_fsdp_trains_as_one_process_and_saves_the_whole_model(monkeypatch, capsy
     code, _, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
     assert code == 0, err
 
-    fsdp, one = weights(tmp_path / "fsdp"), weights(tmp_path / "one")
-    assert fsdp.keys() == one.keys()
-    assert max((fsdp[k] - one[k]).abs().max().item() for k in fsdp) < 1e-5
-    for a, b in zip(*(without_speed(metrics_records(tmp_path / r)) for r in ("fsdp", "one")), strict=True):
-        assert a == pytest.approx(b, rel=1e-5), (a, b)
+    assert_same_training(tmp_path / "fsdp", tmp_path / "one")
+    fsdp = weights(tmp_path / "fsdp")
     optimizer = {run: load_file(tmp_path / run / "checkpoint" / "optimizer.safetensors") for run in ("fsdp", "one")}
     moments = {run: {k: v for k, v in tensors.items() if k.startswith("state.")} for run, tensors in optimizer.items()}
     assert moments["fsdp"].keys() == moments["one"].keys()  # numbered as one process numbers them
@@ -167,10 +169,7 @@ def test_fsdp_trains_bert_as_ddp(tmp_path, cache, corpus_dir):
     pretrain_ddp(cache, *args, "--out", tmp_path / "ddp")
     # with the same tokenizer: training one twice may give two vocabularies
     pretrain_ddp(cache, *args, "--fsdp", "--tokenizer", tmp_path / "ddp" / "checkpoint", "--out", tmp_path / "fsdp")
-    ddp, fsdp = weights(tmp_path / "ddp"), weights(tmp_path / "fsdp")
-    assert max((ddp[k] - fsdp[k]).abs().max().item() for k in ddp) < 1e-5
-    for a, b in zip(*(without_speed(metrics_records(tmp_path / r)) for r in ("ddp", "fsdp")), strict=True):
-        assert a == pytest.approx(b, rel=1e-5), (a, b)
+    assert_same_training(tmp_path / "fsdp", tmp_path / "ddp")
 
 
 def test_a_stopped_fsdp_run_resumes_exactly(tmp_path, cache, corpus_dir, tiny_model_dir):
