@@ -4,8 +4,9 @@ A language model's last product, (tokens, dim) @ (dim, vocab), is its largest te
 8,192-token vocabulary are 64 MB of logits, plus as much again for their log-softmax and their gradient. Here
 the logits are made a chunk of rows at a time, and since the loss ends the graph, each chunk's gradient
 (softmax - one-hot) / n is formed in the same buffer and pushed through the product at once: the backward pass
-only scales two saved gradients. Same products, a fraction of the memory traffic (measured: 197 ms against
-255 ms for forward + backward of that example on 2 CPU cores).
+only scales two saved gradients. Same products, a fraction of the memory traffic: forward + backward of 2,048
+rows of 256 into 8,192 words took 200 ms against 239 ms for `F.cross_entropy` over the logits (2 CPU cores,
+medians of 11 alternating rounds); the log-softmax is one fused pass whose exponential is the gradient.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk_size: int, need_grad: bool) -> Tensor:
         valid = targets != ignore_index
         count = valid.sum().clamp(min=1)  # mean over the scored rows, as F.cross_entropy
-        grad_hidden = torch.zeros_like(hidden) if need_grad else None
+        grad_hidden = torch.empty_like(hidden) if need_grad else None  # every row is written
         grad_weight = torch.zeros_like(weight) if need_grad else None
         grad_bias = torch.zeros_like(bias) if need_grad and bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -31,16 +32,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             keep = valid[start:start + chunk_size]
             safe_target = torch.where(keep, target, 0)
             logits = F.linear(rows, weight, bias).float()  # (chunk, vocab)
-            log_norm = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, safe_target[:, None]).squeeze(1)
-            total += ((log_norm - picked) * keep).sum()
+            log_probs = torch.log_softmax(logits, dim=-1)  # one fused pass (logsumexp + subtract took five)
+            del logits
+            total -= (log_probs.gather(1, safe_target[:, None]).squeeze(1) * keep).sum()
             if not need_grad:
                 continue
-            grad = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place
+            grad = log_probs.exp_()  # the softmax, in place
             grad[torch.arange(len(target), device=grad.device), safe_target] -= 1.0
             grad.mul_((keep / count)[:, None].to(grad.dtype))  # ignored rows get no gradient
             grad = grad.to(hidden.dtype)
-            grad_hidden[start:start + chunk_size] = grad @ weight
+            torch.mm(grad, weight, out=grad_hidden[start:start + chunk_size])
             grad_weight.addmm_(grad.t(), rows)
             if grad_bias is not None:
                 grad_bias += grad.sum(0)
@@ -55,7 +56,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Tensor | None = None,
-                         ignore_index: int = -100, chunk_size: int = 512) -> Tensor:
+                         ignore_index: int = -100, chunk_size: int = 256) -> Tensor:
     """`F.cross_entropy(F.linear(hidden, weight, bias), targets)` (mean) without holding the logits.
 
     `hidden` (..., dim), `weight` (vocab, dim), `targets` (...) with `ignore_index` for rows not scored.
