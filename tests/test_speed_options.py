@@ -92,3 +92,16 @@ def test_length_grouped_batches_are_an_epoch_with_less_padding():
     padded = {name: sum(len(b) * max(lengths[i] for i in b) for b in batches)
               for name, batches in (("grouped", grouped), ("plain", plain))}
     assert padded["grouped"] < 0.75 * padded["plain"]
+
+
+def test_device_names_are_checked(monkeypatch, capsys, tmp_path):
+    from ctxlm.train import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="expected auto, cpu, cuda"):
+        pick_device("tpu-ish")
+    if not torch.cuda.is_available():  # asking for a GPU this machine lacks is a user error, not a crash
+        assert pick_device("auto") == torch.device("cpu")
+        code, _, err = ctxlm(monkeypatch, capsys, "pretrain", "--device", "cuda", "--data", tmp_path,
+                             "--out", tmp_path / "run")
+        assert code == 1 and "no CUDA GPU" in err, err

@@ -1,12 +1,15 @@
 """`ctxlm` command line: a thin shell over the Python API.
 
-User errors (bad paths, values, files) print one line and exit 1; an interrupted run exits 130 and keeps its
-last checkpoint; anything else is a bug and keeps its traceback.
+Exit status (see `main()`): 0 success; 1 a user error (bad paths, values, files, options: one line, no traceback);
+2 an internal error, i.e. a bug (the traceback, then one line saying so, with the version); 130 interrupted,
+a training run keeping its last checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -28,10 +31,18 @@ def cli(ctx: click.Context) -> None:
       ctxlm info runs/gpt2-small
       ctxlm finetune --model minilm --task sst2 --strategy features --train-size 2000 --out runs/sst2
       echo "a gorgeous, witty movie" | ctxlm predict runs/sst2
+      ctxlm doctor          # versions, devices, threads, data and cache folders: paste it into a bug report
+
+    \b
+    Exit status:
+      0    success
+      1    user error: a bad option, path, value or file (one line on stderr, no traceback)
+      2    internal error: a bug in ctxlm (a traceback, then a line with the version to report)
+      130  interrupted (Ctrl-C); a training run keeps its last checkpoint (continue with --resume)
     """
     from ctxlm import distributed
 
-    if distributed.launched() and ctx.invoked_subcommand != "pretrain":
+    if distributed.launched() and ctx.invoked_subcommand not in ("pretrain", "doctor"):
         raise UserError(f"only `ctxlm pretrain` runs under torchrun with several processes; start "
                         f"`ctxlm {ctx.invoked_subcommand}` as a single process")
 
@@ -119,12 +130,15 @@ Examples:
 @click.option("--fsdp", is_flag=True, help="under torchrun (gpt2, gpt, bert): shard the parameters, gradients and "
               "optimizer state across the processes (FSDP) instead of a whole copy in each (DDP), for a model too "
               "large to train on one device; the same training, the same checkpoint")
+@click.option("--device", default="auto", show_default=True,
+              help="cpu, cuda, cuda:1, ... (auto: the GPU when there is one); under torchrun each process takes "
+              "its own GPU")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint")
 def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, dim, heads, cell_dim, clip, softmax,
              cutoffs, block_size, mem_len, eval_mem_len, batch_size, grad_accum, steps, lr, warmup, schedule, dropout,
              whole_word_masking, eval_every, save_every, max_minutes, precision, compile_model, grad_checkpoint, fsdp,
-             seed, resume) -> None:
+             device, seed, resume) -> None:
     """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2), masked LM + next sentence (BERT),
     forward + backward LM over words read by their characters (ELMo), or causal LM over segments that attend to
     the previous segments' states (Transformer-XL, over words).
@@ -141,7 +155,8 @@ def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, di
     train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
                         eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes,
                         precision=precision, compile=compile_model, gradient_checkpointing=grad_checkpoint,
-                        fsdp=fsdp)
+                        fsdp=fsdp, device=device)
+    train.validate()  # a bad value fails now, not after the tokenizer is trained
     if fsdp and not distributed.launched():
         raise UserError("--fsdp shards the model across processes: start several with torchrun, e.g. "
                         "torchrun --nproc_per_node=4 -m ctxlm pretrain --fsdp ...")
@@ -377,6 +392,24 @@ def info(model) -> None:
     click.echo(f"{'tokenizer':>16}: " + (f"{tok.kind}, {tok.vocab_size:,} tokens" if tok else "none"))
 
 
+@cli.command(epilog="""\b
+Examples:
+  ctxlm doctor                          # paste the report into a bug report
+  ctxlm doctor --json > doctor.json     # the same as one JSON object
+  CTXLM_DATA=~/datasets ctxlm doctor    # which data sets a run would find there
+""")
+@click.option("--json", "as_json", is_flag=True, help="print the report as one JSON object")
+def doctor(as_json) -> None:
+    """Report the environment: ctxlm, Python, torch (CUDA, MPS, CPU features, threads), package versions, the
+    data folder and its data sets, cache folders, torchrun variables."""
+    import json
+
+    from ctxlm.doctor import format_report, report
+
+    info = report()
+    click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
+
+
 def _register_commands() -> None:
     from ctxlm.bench_cli import COMMANDS as BENCH_COMMANDS
     from ctxlm.embed_cli import COMMANDS as EMBED_COMMANDS
@@ -390,22 +423,70 @@ def _register_commands() -> None:
 _register_commands()
 
 
+EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
 def main() -> None:
+    """The `ctxlm` program: runs the command, then exits with the status `ctxlm --help` documents."""
     try:
         result = cli.main(standalone_mode=False)  # returns --help's exit code, or the command's return value
-        sys.exit(result if isinstance(result, int) else 0)
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
     except UserError as err:
         click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_USER_ERROR)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("interrupted; the last checkpoint is kept (continue with --resume)", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as err:  # click's usage errors would exit 2, which here means a bug
         err.show()
-        sys.exit(err.exit_code)
+        sys.exit(EXIT_USER_ERROR)
+    except BrokenPipeError:  # the output's reader went away (`ctxlm predict ... | head`): nothing to report
+        _quiet_stdout()
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as err:
+        if (limit := _out_of_resources(err)) is not None:  # the machine's limit, not a bug: say what to change
+            click.echo(f"error: {limit}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        traceback.print_exc()
+        click.echo(f"error: internal error: this is a bug in ctxlm {_versions()}, not a problem with your input; "
+                   "please report it with the traceback above and the output of `ctxlm doctor`", err=True)
+        sys.exit(EXIT_INTERNAL_ERROR)
+
+
+def _out_of_resources(err: Exception) -> str | None:
+    """What to do about running out of memory or disk space, or None for any other exception."""
+    torch = sys.modules.get("torch")
+    if isinstance(err, MemoryError) or (torch is not None and isinstance(err, torch.OutOfMemoryError)):
+        return (f"out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}): use a smaller "
+                "--batch-size (with --grad-accum to keep the batch), a shorter --block-size, --grad-checkpoint or "
+                "--precision bf16")
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on device ({err}): free some space, then continue with --resume"
+    return None
+
+
+def _versions() -> str:
+    """ctxlm's version, with Python's and torch's, for the line that reports a bug."""
+    try:
+        from ctxlm.doctor import ctxlm_version
+
+        version = ctxlm_version()
+    except Exception:  # noqa: BLE001 - the bug report must come out whatever else is broken
+        version = "(version unknown)"
+    torch = sys.modules.get("torch")
+    return f"{version} (Python {sys.version.split()[0]}" + (f", torch {torch.__version__})" if torch else ")")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush of the closed pipe does not fail again."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor (a captured stream): nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class TrainConfig:
     # replicating them (DDP); the same training. The model the trainer was given is then sharded: a whole one
     # is in the checkpoint.
     fsdp: bool = False
+    # "auto" (a GPU when there is one), "cpu", "cuda", "cuda:1", ...; None leaves the model where it is. Under
+    # torchrun each process takes its own GPU (or the CPU) instead.
+    device: str | None = None
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -81,6 +84,22 @@ class TrainConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.device is not None:
+            pick_device(self.device)
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto": the first GPU when there is one, else the CPU; or a torch device name, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r}: expected auto, cpu, cuda, cuda:1, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r}: this machine has no CUDA GPU visible to torch {torch.__version__} "
+                        "(see `ctxlm doctor`)")
+    return device
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -174,6 +193,8 @@ class Trainer:
         if config.gradient_checkpointing and not use_gradient_checkpointing(model):
             raise UserError(f"gradient checkpointing works on transformer blocks; this "
                             f"{getattr(getattr(model, 'config', None), 'model_type', 'model')} has none")
+        if config.device is not None and not distributed.launched():
+            model.to(pick_device(config.device))  # in place: parameter groups made before stay valid
         # What the objective trains through: DDP's wrapper under torchrun (it averages the gradients across
         # processes in backward), else the model itself (sharded in place with fsdp). Evaluation and checkpoints
         # use the model.

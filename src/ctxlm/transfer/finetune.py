@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
 from ctxlm.qa.options import SquadOptions
-from ctxlm.train import TrainConfig, Trainer
+from ctxlm.train import TrainConfig, Trainer, pick_device
 from ctxlm.transfer.data import Example, TaskData, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.heads import task_loss
 from ctxlm.transfer.inputs import TaskBatches, encode_examples, is_decoder, label_tensor
@@ -77,12 +77,6 @@ class FinetuneConfig:
         if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0 or out.head_lr <= 0:
             raise UserError("epochs, batch size and learning rates must be positive")
         return out
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
