@@ -70,3 +70,27 @@ def test_published_name_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="gpt2"):
         ctxlm.load("gpt2")
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_convert_an_archived_hub_folder(tmp_path, suffix):
+    """A published model.tar.gz (or .zip) holding a Hub-layout folder converts like the folder itself; the
+    extraction beside the destination is removed afterwards."""
+    import tarfile
+    import zipfile
+
+    ref, _ = reference_pair(*CONFIGS[0])
+    ref.save_pretrained(tmp_path / "gpt2-tiny")
+    archive = tmp_path / f"gpt2-tiny{suffix}"
+    if suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for file in (tmp_path / "gpt2-tiny").iterdir():
+                zf.write(file, f"gpt2-tiny/{file.name}")
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tmp_path / "gpt2-tiny", "gpt2-tiny")
+    native = ctxlm.convert(archive, tmp_path / "models" / "native")
+    ids = torch.randint(0, CONFIGS[0][5], (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(ctxlm.load(native)(ids).logits, ref(ids).logits, atol=1e-4, rtol=0)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["native"]

@@ -5,11 +5,18 @@ legacy `pytorch_model.bin` read with `torch.load(weights_only=True)`, which refu
 tokenizer files. The family is read from the Hub config's `model_type`. ELMo comes from AllenNLP's folder
 layout instead (an options.json + a weights.hdf5; see `ctxlm.convert.allennlp_elmo`). Transformer-XL's published
 vocabulary is a pickle that is never opened (see `ctxlm.convert.hf_transfo_xl` for its one-time export).
+
+`convert` also takes an archive (.tar, .tar.gz, .tgz, .zip) holding one of these folders, at its root or as its
+single top-level folder: it is extracted, refusing members that would land outside (see `ctxlm.archive`), into
+a temporary folder beside the destination, converted, and removed.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -41,22 +48,44 @@ def is_hub_layout(path: Path) -> bool:
 
 
 def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:
+    from ctxlm.checkpoint import read_safetensors_header
+
     if (path / "model.safetensors").is_file():
+        read_safetensors_header(path / "model.safetensors")  # refuses a malformed header before reading tensors
         try:
             return load_file(path / "model.safetensors")
         except SafetensorError as err:
             raise UserError(f"{path / 'model.safetensors'}: truncated or corrupt ({err})") from None
     if (path / "pytorch_model.bin").is_file():
-        try:  # weights_only: tensors and plain containers only, never arbitrary pickled objects
-            return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any failure here means the file cannot be trusted or read
-            raise UserError(f"{path / 'pytorch_model.bin'}: refused or unreadable ({err})") from None
+        return read_legacy_bin(path / "pytorch_model.bin")
     raise UserError(f"{path}: no model.safetensors or pytorch_model.bin")
+
+
+def read_legacy_bin(file: Path) -> dict[str, torch.Tensor]:
+    """A legacy `pytorch_model.bin` (a pickle), read with `torch.load(weights_only=True)`: tensors and plain
+    containers only. A pickle that holds anything else, code included, is refused, never executed."""
+    import pickle
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global.*)?$", str(err), re.MULTILINE)
+        what = found.group(1).strip().rstrip(".") if found else "objects other than tensors"
+        raise UserError(f"{file}: refused: this pickle holds more than tensors ({what}), and ctxlm will not execute "
+                        "it (unpickling can run any code; torch.load(weights_only=True) refused it). Use the "
+                        "model's model.safetensors instead, or, only if you trust the file's source, load it in an "
+                        "isolated environment and re-save its tensors with safetensors.torch.save_file") from None
+    except Exception as err:  # noqa: BLE001 - any other failure means the file cannot be read
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{file}: unreadable, truncated or corrupt ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise UserError(f"{file}: not a state dict of tensors (a {type(state).__name__})")
+    return state
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
     """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT or Transformer-XL)."""
-    from ctxlm.checkpoint import check_shapes, has_tokenizer
+    from ctxlm.checkpoint import check_dtypes, check_shapes, has_tokenizer
     from ctxlm.convert import hf_bert, hf_gpt, hf_transfo_xl
     from ctxlm.models import build_model
     from ctxlm.tokenization import Tokenizer
@@ -79,6 +108,7 @@ def from_hub_folder(path: str | Path) -> nn.Module:
                         "supported: openai-gpt, gpt2, bert, transfo-xl")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
+    check_dtypes(model, {name: t.dtype for name, t in state.items()}, str(path))
     model.load_state_dict(state)
     if hub_type == "transfo-xl":  # a word vocabulary, not a `tokenizers` file
         model.tokenizer = hf_transfo_xl.published_tokenizer(path)
@@ -117,8 +147,9 @@ def download(name: str) -> Path:
 
 
 def convert(source: str | Path, destination: str | Path) -> Path:
-    """Import a published checkpoint (a Hub folder, an AllenNLP ELMo folder, or a published name when online)
-    into `destination`."""
+    """Import a published checkpoint (a Hub folder, an AllenNLP ELMo folder, an archive holding either, or a
+    published name when online) into `destination`."""
+    from ctxlm.archive import is_archive
     from ctxlm.checkpoint import save
     from ctxlm.convert import allennlp_elmo
 
@@ -130,9 +161,56 @@ def convert(source: str | Path, destination: str | Path) -> Path:
             raise UserError(f"{source}: not a folder, and not a published model "
                             f"({', '.join([*HUB_MODELS, *allennlp_elmo.ELMO_MODELS])})")
         source_path = download(str(source))
-    if allennlp_elmo.is_allennlp_layout(source_path):
-        return save(allennlp_elmo.from_allennlp_folder(source_path), destination)
-    if not is_hub_layout(source_path):
-        raise UserError(f"{source_path}: expected a Hugging Face model folder (config.json + weights) or an "
-                        "AllenNLP ELMo folder (*options.json + *weights.hdf5)")
-    return save(from_hub_folder(source_path), destination)
+    if source_path.is_file():
+        if not is_archive(source_path):
+            raise UserError(f"{source_path}: a file; expected a model folder, or an archive (.tar, .tar.gz, .tgz, "
+                            ".zip) holding one")
+        return convert_archive(source_path, destination)
+    return convert_folder(source_path, destination)
+
+
+def convert_folder(source: Path, destination: str | Path) -> Path:
+    from ctxlm.checkpoint import is_checkpoint, load_checkpoint, save
+    from ctxlm.convert import allennlp_elmo
+
+    if allennlp_elmo.is_allennlp_layout(source):
+        return save(allennlp_elmo.from_allennlp_folder(source), destination)
+    if is_hub_layout(source):
+        return save(from_hub_folder(source), destination)
+    if is_checkpoint(source):  # already ctxlm's format (e.g. from an archive): checked, then copied
+        return save(load_checkpoint(source), destination)
+    raise UserError(f"{source}: expected a Hugging Face model folder (config.json + weights) or an "
+                    "AllenNLP ELMo folder (*options.json + *weights.hdf5)")
+
+
+def convert_archive(archive: Path, destination: str | Path) -> Path:
+    """Extract `archive` into a temporary folder beside `destination` (same disk, which the converted model
+    needs anyway; /tmp may be small), convert the model folder it holds, and remove the temporary folder."""
+    from ctxlm.archive import extract
+
+    destination = Path(destination)
+    parent = Path(os.path.abspath(destination)).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{destination.name}.extract.", dir=parent,
+                                     ignore_cleanup_errors=True) as tmp:
+        extract(archive, tmp)
+        return convert_folder(model_folder(Path(tmp), archive), destination)
+
+
+def model_folder(root: Path, archive: Path) -> Path:
+    """The model folder of an extracted archive: its root, or its single top-level folder."""
+    from ctxlm.checkpoint import is_checkpoint
+    from ctxlm.convert import allennlp_elmo
+
+    def is_model(folder: Path) -> bool:
+        return is_hub_layout(folder) or allennlp_elmo.is_allennlp_layout(folder) or is_checkpoint(folder)
+
+    if is_model(root):
+        return root
+    entries = [e for e in root.iterdir() if e.name != "__MACOSX" and not e.name.startswith("._")
+               and e.name != ".DS_Store"]
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() and is_model(entries[0]):
+        return entries[0]
+    raise UserError(f"{archive}: holds no model folder at its root nor as its single top-level folder (expected "
+                    "a Hugging Face layout: config.json + model.safetensors or pytorch_model.bin, or AllenNLP's "
+                    "*options.json + *weights.hdf5)")
