@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 
 from ctxlm.errors import UserError
+from ctxlm.runlog import logged_to
+from ctxlm.train import DETERMINISTIC_HELP, NONFINITE_HELP, NONFINITE_POLICIES
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -133,12 +135,16 @@ Examples:
 @click.option("--device", default="auto", show_default=True,
               help="cpu, cuda, cuda:1, ... (auto: the GPU when there is one); under torchrun each process takes "
               "its own GPU")
+@click.option("--on-nonfinite", type=click.Choice(NONFINITE_POLICIES), default="stop", show_default=True,
+              help=NONFINITE_HELP)
+@click.option("--deterministic", is_flag=True, help=DETERMINISTIC_HELP)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint")
+@logged_to("run_dir")
 def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, dim, heads, cell_dim, clip, softmax,
              cutoffs, block_size, mem_len, eval_mem_len, batch_size, grad_accum, steps, lr, warmup, schedule, dropout,
              whole_word_masking, eval_every, save_every, max_minutes, precision, compile_model, grad_checkpoint, fsdp,
-             device, seed, resume) -> None:
+             device, on_nonfinite, deterministic, seed, resume) -> None:
     """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2), masked LM + next sentence (BERT),
     forward + backward LM over words read by their characters (ELMo), or causal LM over segments that attend to
     the previous segments' states (Transformer-XL, over words).
@@ -155,7 +161,7 @@ def pretrain(model_type, data, valid, run_dir, tokenizer, vocab_size, layers, di
     train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
                         eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes,
                         precision=precision, compile=compile_model, gradient_checkpointing=grad_checkpoint,
-                        fsdp=fsdp, device=device)
+                        fsdp=fsdp, device=device, on_nonfinite=on_nonfinite, deterministic=deterministic)
     train.validate()  # a bad value fails now, not after the tokenizer is trained
     if fsdp and not distributed.launched():
         raise UserError("--fsdp shards the model across processes: start several with torchrun, e.g. "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm import distributed
-from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_weights, save
+from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_safetensors_header, read_weights, recover, save
 from ctxlm.errors import UserError
 from ctxlm.nn.blocks import use_gradient_checkpointing
 
@@ -45,6 +46,18 @@ Objective = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]
 STATE_FILE = "trainer_state.json"
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZER_FILE = "optimizer.safetensors"
+NONFINITE_POLICIES = ("stop", "skip")
+MAX_SKIPPED_IN_A_ROW = 10  # more non-finite steps than this in a row is a diverged run, not a bad batch
+
+
+NONFINITE_HELP = ("a step with a NaN or infinite loss or gradient: stop (an error; the last checkpoint is kept) or "
+                  f"skip its update (stopping after {MAX_SKIPPED_IN_A_ROW} in a row)")
+DETERMINISTIC_HELP = ("PyTorch's deterministic algorithms (bitwise-repeatable runs on one machine; some GPU ops slower "
+                      "or refused). Pass --tokenizer as well: training a tokenizer may order tied pieces differently")
+
+
+class NonFiniteLoss(UserError):
+    """Training produced a NaN or infinite loss or gradient (the run's settings, not a bug in ctxlm)."""
 
 
 @dataclass
@@ -73,6 +86,10 @@ class TrainConfig:
     # "auto" (a GPU when there is one), "cpu", "cuda", "cuda:1", ...; None leaves the model where it is. Under
     # torchrun each process takes its own GPU (or the CPU) instead.
     device: str | None = None
+    # A step whose loss or gradients are NaN or infinite: "stop" (the default: the run ends with an error, its last
+    # checkpoint untouched) or "skip" (no update from that batch; the run stops after MAX_SKIPPED_IN_A_ROW in a row)
+    on_nonfinite: str = "stop"
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs, some ops slower
 
     def validate(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -86,6 +103,8 @@ class TrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if self.device is not None:
             pick_device(self.device)
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise UserError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {self.on_nonfinite!r}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -156,6 +175,24 @@ def graceful_interrupt(say: Callable[[str], None]) -> Iterator[threading.Event]:
         yield event
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """PyTorch's deterministic mode for the block: ops with only a nondeterministic kernel raise instead of
+    running, cuDNN stops auto-tuning, cuBLAS gets a fixed workspace. Restored afterwards."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable products
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
 
 
 def rng_states(device: torch.device) -> dict[str, Tensor]:
@@ -244,7 +281,7 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=not main)
-        with graceful_interrupt(bar.write) as interrupted:
+        with graceful_interrupt(bar.write) as interrupted, deterministic_algorithms(config.deterministic):
             last, stopped = self._loop(bar, start, interrupted)
         bar.close()
         if main:
@@ -256,30 +293,40 @@ class Trainer:
     def _loop(self, bar: tqdm, start: float, interrupted: threading.Event) -> tuple[dict[str, float], bool]:
         """Trains to the last step or a stop; returns the last evaluation and whether a Ctrl-C stopped it."""
         config = self.config
-        window_loss, window_start, window_steps = None, time.perf_counter(), 0
+        window_loss, window_norm, window_start, window_steps, skipped = None, None, time.perf_counter(), 0, 0
         last: dict[str, float] = {}
         stopped = False
+        in_a_row = 0  # non-finite steps
         while self.step < config.steps:
-            loss = self.train_step()
+            loss, grad_norm, finite = self.train_step()
             self.step += 1
-            window_loss = loss if window_loss is None else window_loss + loss
-            window_steps += 1
             bar.update(1)
+            if finite:
+                in_a_row = 0
+                window_loss = loss if window_loss is None else window_loss + loss
+                window_norm = grad_norm if window_norm is None else window_norm + grad_norm
+                window_steps += 1
+            else:
+                in_a_row, skipped = in_a_row + 1, skipped + 1
+                self.nonfinite(loss, grad_norm, in_a_row, bar)
             out_of_time = config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes
             # Clocks and Ctrl-Cs differ between processes: a stop anywhere stops all at this step.
             out_of_time, stopped = distributed.any_rank(out_of_time, interrupted.is_set())
             finished = self.step == config.steps or out_of_time or stopped
-            if self.step % config.log_every == 0 or finished:
+            if (self.step % config.log_every == 0 or finished) and window_steps:
                 elapsed = time.perf_counter() - window_start
                 # the mean over every process's rows; one sync per window
                 record = {"step": self.step, "loss": float(distributed.mean(window_loss)) / window_steps,
+                          "grad_norm": float(window_norm) / window_steps,  # before clipping, the same on all ranks
                           "lr": self.optimizer.param_groups[0]["lr"]}
                 if self.tokens_per_batch:
                     record["tokens_per_s"] = (self.tokens_per_batch * distributed.world_size() * config.grad_accum
                                               * window_steps / elapsed)
+                if skipped:
+                    record["skipped_steps"] = skipped
                 self.log(record)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"})
-                window_loss, window_start, window_steps = None, time.perf_counter(), 0
+                window_loss, window_norm, window_start, window_steps, skipped = None, None, time.perf_counter(), 0, 0
             can_eval = self.eval_batches is not None or self.evaluator is not None
             if can_eval and (self.step % config.eval_every == 0 or finished) and not stopped:
                 last = self.evaluator() if self.evaluator is not None else self.evaluate()
@@ -294,8 +341,10 @@ class Trainer:
                 break
         return last, stopped
 
-    def train_step(self) -> Tensor:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss as a tensor (no sync)."""
+    def train_step(self) -> tuple[Tensor, Tensor, bool]:
+        """One optimizer step over `grad_accum` micro-batches: (mean loss, gradient norm before clipping, whether
+        both are finite). A non-finite step changes nothing (its gradients are dropped). Reading that flag is the
+        step's one host-device synchronisation (free on a CPU; a few microseconds per step on a GPU)."""
         config = self.config
         if self.before_step is not None:
             self.before_step(self.step)
@@ -311,11 +360,31 @@ class Trainer:
                     loss, _ = self.objective(self.replicated, batch)
                 (loss / config.grad_accum).backward()
             total = total + loss.detach().float() / config.grad_accum  # stays on the device: no sync
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf)
+        if hasattr(grad_norm, "full_tensor"):  # sharded gradients: the norm is a distributed tensor
+            grad_norm = grad_norm.full_tensor()
+        # The gradient norm is the same in every process (DDP averages, FSDP reduces it), so all decide alike;
+        # a NaN in any process's loss reaches every gradient through that average.
+        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return total, grad_norm.detach(), finite
+
+    def nonfinite(self, loss: Tensor, grad_norm: Tensor, in_a_row: int, bar: tqdm) -> None:
+        """Apply the policy to a step whose loss or gradients were not finite (its update was not applied)."""
+        config = self.config
+        what = f"step {self.step}: loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g}"
+        last = f"the last checkpoint ({self.checkpoint_dir}) is untouched"
+        advice = "lower --lr, raise --warmup, keep --grad-clip, or use --precision fp32"
+        if config.on_nonfinite == "stop":
+            raise NonFiniteLoss(f"{what}: not finite, training stopped; {last}. {advice}, or skip such steps with "
+                                "--on-nonfinite skip")
+        if in_a_row > MAX_SKIPPED_IN_A_ROW:
+            raise NonFiniteLoss(f"{what}: {in_a_row} non-finite steps in a row, the run has diverged; {last}. "
+                                f"{advice}")
+        if distributed.is_main():
+            bar.write(f"{what}: not finite, update skipped ({in_a_row} in a row)")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -415,7 +484,7 @@ class Trainer:
     def load_state(self) -> None:
         """Every process loads the same checkpoint (sharded: rank 0 reads it and sends each process its shards),
         and its own RNG state."""
-        folder = self.checkpoint_dir
+        folder = recover(self.checkpoint_dir)  # a save killed between its two renames left it at .NAME.old
         if not (folder / STATE_FILE).is_file():
             raise UserError(f"{folder}: no checkpoint to resume from (expected {STATE_FILE})")
         state = json.loads((folder / STATE_FILE).read_text())
@@ -428,6 +497,7 @@ class Trainer:
         # Sharded, rank 0 alone reads the weights and optimizer moments, whole, and sends each process its
         # shards; every process reads its own random state.
         whole = not sharded or distributed.is_main()
+        read_safetensors_header(folder / OPTIMIZER_FILE)  # sizes and offsets checked before anything is read
         with safe_open(folder / OPTIMIZER_FILE, framework="pt") as f:
             names = f.keys()  # safe_open is not iterable itself
             tensors = {key: f.get_tensor(key) for key in names if whole or key.startswith("rng.")}
@@ -453,7 +523,23 @@ class Trainer:
         if f"rng.cuda{suffix}" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], self.device)
         self.step = state["step"]
-        metrics = self.run_dir / "metrics.jsonl"  # drop what the interrupted run logged after its checkpoint
-        if metrics.is_file() and distributed.is_main():
-            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if distributed.is_main():
+            self._drop_metrics_after(self.step)
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """metrics.jsonl as at the checkpoint: without what the interrupted run logged after it, nor the line a
+        kill cut in half; rewritten atomically."""
+        metrics = self.run_dir / "metrics.jsonl"
+        if not metrics.is_file():
+            return
+        kept = []
+        for line in metrics.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # only a killed process's last, unfinished line can be torn
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = metrics.with_name(f".{metrics.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, metrics)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm import distributed
+from ctxlm.checkpoint import read_safetensors_header
 from ctxlm.errors import UserError
 from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model, tokenize, write_data_json
 from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan, find_text_files
@@ -146,6 +147,7 @@ class SegmentRecurrence:
         path = memory_file(folder, index)
         if not path.is_file():
             return False
+        read_safetensors_header(path)  # checked before anything is read
         tensors = load_file(path, device=str(_device(model)))
         self.memory = [tensors[f"layer.{i}"] for i in range(len(tensors))] or None
         self.next_index = index

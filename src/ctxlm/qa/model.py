@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from ctxlm.checkpoint import load_weights
 from ctxlm.errors import UserError
 from ctxlm.transfer.data import TaskSpec
 from ctxlm.transfer.heads import SpanHead
@@ -55,5 +55,5 @@ class SpanModel(HeadedModel):
         options = {k: config[k] for k in ("max_length", "doc_stride", "max_question_tokens", "max_answer_tokens",
                                           "no_answer", "dropout")}
         model = cls(load(path), **options)
-        model.head.load_state_dict(load_file(path / HEAD_FILE))
+        load_weights(model.head, path / HEAD_FILE)
         return model.to(device).eval()

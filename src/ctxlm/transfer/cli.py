@@ -8,6 +8,9 @@ import sys
 
 import click
 
+from ctxlm.runlog import logged_to
+from ctxlm.train import DETERMINISTIC_HELP, NONFINITE_HELP, NONFINITE_POLICIES
+
 TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa (under $CTXLM_DATA), squad "
              "(question answering: BERT-family span extraction, see --train-file), or csv:PATH for your own "
              ".csv/.tsv/.jsonl file (see --text-column, --label-column)")
@@ -86,6 +89,9 @@ def training_options(f, *, strategy: bool = True):
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
                      help="bf16: training forward under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on "
                           "GPUs); evaluation stays fp32"),
+        click.option("--on-nonfinite", type=click.Choice(NONFINITE_POLICIES), default="stop", show_default=True,
+                     help=NONFINITE_HELP),
+        click.option("--deterministic", is_flag=True, help=DETERMINISTIC_HELP),
         click.option("--group-by-length", is_flag=True,
                      help="training batches of similar lengths: less padding for texts of mixed lengths, but less "
                           "mixed batches where length goes with the label (squad windows are always grouped)"),
@@ -96,6 +102,7 @@ def training_options(f, *, strategy: bool = True):
 
 def _config(model, task, train_size, epochs, batch_size, lr, head_lr, max_length, pooling,
             evals_per_epoch, device, max_minutes, seed, precision="fp32", group_by_length=False, strategy="full",
+            on_nonfinite="stop", deterministic=False,
             train_file=None, dev_file=None, holdout_articles=8, doc_stride=128, max_answer_tokens=30, no_answer=False,
             **user):
     from ctxlm.transfer.finetune import FinetuneConfig
@@ -103,7 +110,7 @@ def _config(model, task, train_size, epochs, batch_size, lr, head_lr, max_length
     return FinetuneConfig(model=model, task=task, strategy=strategy, train_size=train_size, seed=seed, epochs=epochs,
                           batch_size=batch_size, lr=lr, head_lr=head_lr, max_length=max_length, pooling=pooling,
                           evals_per_epoch=evals_per_epoch, device=device, max_minutes=max_minutes, precision=precision,
-                          group_by_length=group_by_length,
+                          group_by_length=group_by_length, on_nonfinite=on_nonfinite, deterministic=deterministic,
                           user_task=_user_task(**user),
                           squad=_squad(train_file, dev_file, holdout_articles, doc_stride, max_answer_tokens,
                                        no_answer))
@@ -136,6 +143,7 @@ Examples:
 @click.option("--out", "run_dir", type=click.Path(), required=True,
               help="run folder: model/, metrics.json, metrics.jsonl, loss.png")
 @click.option("--resume", is_flag=True, help="continue an interrupted run from OUT/checkpoint")
+@logged_to("run_dir")
 def finetune(run_dir, resume, **options) -> None:
     """Fine-tune a pretrained model on a task with a transfer strategy; report dev (and test) metrics."""
     from ctxlm.transfer.finetune import finetune as run
@@ -259,6 +267,7 @@ Examples:
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds")
 @click.option("--out", "out", type=click.Path(), required=True,
               help="folder of runs (finished ones are reused), compare.md, compare.json, compare.png")
+@logged_to("out")
 def compare(models, strategies, seeds, out, **options) -> None:
     """Compare transfer strategies (× seeds × backbones) on one task: mean ± std table and plot."""
     from ctxlm.errors import UserError

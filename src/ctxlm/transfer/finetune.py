@@ -62,6 +62,8 @@ class FinetuneConfig:
     max_minutes: float | None = None
     precision: str = "fp32"  # "bf16": training forward under bfloat16 autocast (evaluation stays fp32)
     group_by_length: bool = False  # training batches of similar lengths (see inputs.TaskBatches)
+    on_nonfinite: str = "stop"  # a NaN/inf step: "stop" or "skip" its update (see TrainConfig)
+    deterministic: bool = False  # torch.use_deterministic_algorithms while training
     user_task: UserTaskOptions = field(default_factory=UserTaskOptions)
     squad: SquadOptions = field(default_factory=SquadOptions)
 
@@ -77,6 +79,13 @@ class FinetuneConfig:
         if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0 or out.head_lr <= 0:
             raise UserError("epochs, batch size and learning rates must be positive")
         return out
+
+    def train_config(self, steps: int, lr: float, eval_every: int) -> TrainConfig:
+        """The trainer's settings: AdamW with BERT's betas, a checkpoint at each evaluation."""
+        return TrainConfig(steps=steps, lr=lr, weight_decay=self.weight_decay, betas=(0.9, 0.999),
+                           eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
+                           seed=self.seed, max_minutes=self.max_minutes, precision=self.precision,
+                           on_nonfinite=self.on_nonfinite, deterministic=self.deterministic)
 
 
 def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -118,10 +127,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     steps = max(1, math.ceil(batches["train"].per_epoch * config.epochs))
     eval_every = max(1, batches["train"].per_epoch // config.evals_per_epoch)
     base_lr = config.head_lr if strategy.freeze_backbone else config.lr
-    train_config = TrainConfig(steps=steps, lr=base_lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
-                               eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
-                               seed=config.seed, max_minutes=config.max_minutes,
-                               precision=config.precision)
+    train_config = config.train_config(steps, base_lr, eval_every)
     start = time.perf_counter()
     if strategy.freeze_backbone:
         trainer, evaluate = _feature_trainer(model, strategy, batches, data.spec, train_config, config, run_dir,

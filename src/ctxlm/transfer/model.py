@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ctxlm.checkpoint import load_weights, save
@@ -79,7 +79,7 @@ class HeadedModel(nn.Module):
     def load_checkpoint_weights(self, path: str | Path) -> None:
         path = Path(path)
         load_weights(self.lm, path / "model.safetensors")
-        self.head.load_state_dict(load_file(path / HEAD_FILE))
+        load_weights(self.head, path / HEAD_FILE)
 
 
 def finetuned_folder(path: str | Path) -> tuple[Path, dict]:
@@ -158,5 +158,5 @@ class TaskModel(HeadedModel):
         spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["spec"].items()})
         model = cls(load(path), spec, pooling=config["pooling"], dropout=config["dropout"],
                     max_length=config["max_length"])
-        model.head.load_state_dict(load_file(path / HEAD_FILE))
+        load_weights(model.head, path / HEAD_FILE)
         return model.to(device).eval()

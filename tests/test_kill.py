@@ -1,0 +1,103 @@
+"""kill -9 at random moments of `ctxlm pretrain`, 10 trials: whatever the moment (tokenising the corpus, between
+steps, in the middle of writing a checkpoint), the newest checkpoint loads and the resumed run ends with the same
+weights and the same final loss as a run that was never interrupted."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctxlm.checkpoint import load_checkpoint
+
+TRIALS = 10
+STEPS = 40
+
+
+def command(corpus_dir: Path, tokenizer_dir: Path, out: Path, *, resume: bool = False) -> list[str]:
+    return [sys.executable, "-m", "ctxlm", "pretrain", "--data", str(corpus_dir), "--tokenizer", str(tokenizer_dir),
+            "--layers", "2", "--dim", "32", "--heads", "2", "--block-size", "32", "--batch-size", "8",
+            "--steps", str(STEPS), "--warmup", "4", "--lr", "3e-3", "--eval-every", str(STEPS), "--save-every", "2",
+            "--seed", "3", "--out", str(out), *(["--resume"] if resume else [])]
+
+
+def environment(cache: Path) -> dict[str, str]:
+    return {**os.environ, "CTXLM_CACHE": str(cache), "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
+
+
+def finish(args: list[str], cache: Path) -> None:
+    done = subprocess.run(args, env=environment(cache), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def final_state(out: Path) -> tuple[dict[str, torch.Tensor], float]:
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    return load_checkpoint(out / "checkpoint").state_dict(), losses[-1]
+
+
+@pytest.fixture(scope="module")
+def reference(corpus_dir, tiny_model_dir, tmp_path_factory):
+    """An uninterrupted run: its final state, and how long its phases took (to aim the kills)."""
+    root = tmp_path_factory.mktemp("reference")
+    out = root / "run"
+    start = time.perf_counter()
+    process = subprocess.Popen(command(corpus_dir, tiny_model_dir, out), env=environment(root / "cache"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and not (out / "train_config.json").exists():  # written as training starts
+        time.sleep(0.005)
+    training_starts = time.perf_counter() - start
+    while process.poll() is None and last_step(out) < STEPS:
+        time.sleep(0.005)
+    training_ends = time.perf_counter() - start
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-3000:]
+    return final_state(out), training_starts, training_ends, time.perf_counter() - start
+
+
+def last_step(out: Path) -> int:
+    try:
+        return json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_kill_minus_9_at_random_moments_loses_nothing(corpus_dir, tiny_model_dir, tmp_path, reference):
+    (weights, loss), training_starts, training_ends, total = reference
+    rng = random.Random(2026)
+    outcomes = []
+    for trial in range(TRIALS):
+        out, cache = tmp_path / f"trial{trial}" / "run", tmp_path / f"trial{trial}" / "cache"  # a cold cache each
+        process = subprocess.Popen(command(corpus_dir, tiny_model_dir, out), env=environment(cache),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Two trials die anywhere (start-up, tokenising, the final report), eight while training and checkpointing
+        # (timed from when this run's training starts: start-up times vary more than training lasts).
+        if trial < 2:
+            at = rng.uniform(0, total)
+        else:
+            while process.poll() is None and not (out / "train_config.json").exists():
+                time.sleep(0.005)
+            at = rng.uniform(0, training_ends - training_starts)
+        try:
+            process.wait(timeout=at)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        has_checkpoint = (out / "checkpoint" / "trainer_state.json").is_file()
+        if has_checkpoint:
+            step = last_step(out)
+            load_checkpoint(out / "checkpoint")  # the newest checkpoint always loads
+        outcomes.append(step if has_checkpoint else None)
+        finish(command(corpus_dir, tiny_model_dir, out, resume=has_checkpoint), cache)
+        resumed, resumed_loss = final_state(out)
+        assert resumed_loss == loss, f"trial {trial}: killed at {at:.2f} s (checkpoint {outcomes[-1]})"
+        for name, value in weights.items():
+            assert torch.equal(resumed[name], value), f"trial {trial}: {name} differs after resuming"
+    print(f"checkpoint step at each kill (None: killed before the first): {outcomes}")
+    assert any(step is not None and step < STEPS for step in outcomes)  # some kills did land mid-training
