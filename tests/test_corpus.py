@@ -69,7 +69,10 @@ def test_read_documents_decodes_gz_and_skips_blank_files(tmp_path):
     write(tmp_path / "1.txt.gz", "héllo\nwörld\n")
     write(tmp_path / "2.txt", "  \n\n")
     write(tmp_path / "3.txt", "last, no newline")
-    assert list(read_documents(tmp_path)) == ["héllo\nwörld\n", "last, no newline"]
+    documents = read_documents(tmp_path)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 files, empty or whitespace only: 2\.txt"):
+        assert list(documents) == ["héllo\nwörld\n", "last, no newline"]
+    assert documents.blank_files == [tmp_path / "2.txt"]
 
 
 # --- the token stream and its cache ---------------------------------------------------------------

@@ -112,3 +112,15 @@ def test_cli_options_and_the_run_log(monkeypatch, capsys, corpus_dir, tiny_model
     assert code == 1
     log = (out / "train.log").read_text()
     assert log.count("end of run") == 3 and "error: " in log.splitlines()[-2]
+
+
+@pytest.mark.parametrize("kind", ["gpt", "gpt2"])
+def test_the_same_corpus_trains_the_same_tokenizer(corpus_dir, kind):
+    """HF's trainers number symbols in hash-map order (randomly seeded); ctxlm renumbers them canonically. Not
+    bert: WordPiece also breaks ties between equally frequent merges by those numbers, so on a small corpus even
+    its vocabulary changes (huggingface/tokenizers#1794); `--tokenizer` makes such runs repeatable."""
+    from ctxlm.tokenization import Tokenizer
+
+    files = sorted(corpus_dir.iterdir())
+    made = {Tokenizer.train(files, kind=kind, vocab_size=400).backend.to_str() for _ in range(4)}
+    assert len(made) == 1

@@ -29,6 +29,7 @@ SPECIALS = (PAD, BOS, EOS, UNK)  # ids 0-3
 BOS_CHAR, EOS_CHAR, BOW_CHAR, EOW_CHAR, PAD_CHAR = 256, 257, 258, 259, 260
 WORDS_FILE = "words.txt"
 CONFIG_FILE = "char_tokenizer.json"
+_MAX_CHARACTERS = 1024  # characters per word: the published ELMo reads 50; far more is a typo, and a huge table
 # Words: "<unk>" (WikiText's unknown-word token), runs of letters/digits, or any other single visible character.
 _SPLIT = pre_tokenizers.Split(Regex(r"<unk>|\w+|[^\w\s]"), behavior="removed", invert=True)
 
@@ -88,6 +89,12 @@ class CharTokenizer:
     def __init__(self, words: Sequence[str], vocab_size: int | None = None, *, max_characters: int = 50) -> None:
         if tuple(words[:len(SPECIALS)]) != SPECIALS:
             raise UserError(f"an ELMo word list starts with {', '.join(SPECIALS)}")
+        for name, value in (("vocab_size", vocab_size), ("max_characters", max_characters)):
+            if (value is not None or name == "max_characters") and (isinstance(value, bool) or
+                                                                     not isinstance(value, int)):
+                raise UserError(f"{name}={value!r}: expected an integer")
+        if not 3 <= max_characters <= _MAX_CHARACTERS:  # <S> is 3: begin-of-word, its marker, end-of-word
+            raise UserError(f"max_characters={max_characters}: expected 3 to {_MAX_CHARACTERS}")
         self.words = WordList(words, max_characters)
         self.vocab_size = len(words) if vocab_size is None else vocab_size
         if not len(SPECIALS) <= self.vocab_size <= len(words):
@@ -128,25 +135,60 @@ class CharTokenizer:
 
     @classmethod
     def from_files(cls, directory: str | os.PathLike) -> CharTokenizer:
+        """What `save` wrote: words.txt, one word per line in id order ("\\n" ends a line, a "\\r" before it is
+        dropped, and so is a byte-order mark at the start), and char_tokenizer.json."""
         import json
 
         directory = Path(directory)
+        words_path, config_path = directory / WORDS_FILE, directory / CONFIG_FILE
+        for path in (words_path, config_path):
+            if not path.is_file():
+                raise UserError(f"{path}: missing (an ELMo tokenizer is {WORDS_FILE} + {CONFIG_FILE})")
+        data = words_path.read_bytes()
         try:
-            words = (directory / WORDS_FILE).read_text(encoding="utf-8").split("\n")
-            config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise UserError(f"{err.filename}: missing (an ELMo tokenizer is {WORDS_FILE} + {CONFIG_FILE})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{directory}: unreadable ELMo tokenizer files ({err})") from None
+            words = [w.removesuffix("\r") for w in data.decode("utf-8").removeprefix("\ufeff").split("\n")]
+        except UnicodeDecodeError as err:
+            from ctxlm.pretrain.corpus import encoding_hint
+
+            line = data.count(b"\n", 0, err.start) + 1
+            column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+            raise UserError(f"{words_path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column})"
+                            f"{encoding_hint(data)}") from None
         if words and words[-1] == "":
             words.pop()
-        return cls(words, config["vocab_size"], max_characters=config["max_characters"])
+        try:
+            config = json.loads(config_path.read_bytes().decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"{config_path}: not valid JSON ({err})") from None
+        if not (isinstance(config, dict) and {"vocab_size", "max_characters"} <= config.keys()):
+            raise UserError(f'{config_path}: expected {{"vocab_size": int, "max_characters": int}}')
+        first: dict[str, int] = {}
+        for i, word in enumerate(words):
+            if first.setdefault(word, i) != i:
+                raise UserError(f"{words_path}:{i + 1}: the word {word!r} appears twice (first on line "
+                                f"{first[word] + 1})")
+        try:
+            return cls(words, config["vocab_size"], max_characters=config["max_characters"])
+        except UserError as err:
+            raise UserError(f"{directory}: {err}") from None
 
     def save(self, directory: str | os.PathLike) -> None:
+        """words.txt (one word per line, in id order) and char_tokenizer.json. A word with a line break (given to
+        `encode_words_batch`) cannot be written one per line: that is a UserError, before anything is written."""
         import json
 
         directory = Path(directory)
-        (directory / WORDS_FILE).write_text("".join(w + "\n" for w in self.words.words), encoding="utf-8")
+        broken = next((i for i, w in enumerate(self.words.words) if "\n" in w or "\r" in w), None)
+        if broken is not None:
+            raise UserError(f"{directory / WORDS_FILE}: cannot save word {broken} {self.words.words[broken]!r}: it "
+                            "holds a line break, and the file has one word per line")
+        text = "".join(w + "\n" for w in self.words.words)
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as err:  # half of a surrogate pair, e.g. from a JSON "\\ud800"
+            raise UserError(f"{directory / WORDS_FILE}: cannot save {text[err.start:err.end]!r}, not Unicode "
+                            "text") from None
+        (directory / WORDS_FILE).write_bytes(data)
         (directory / CONFIG_FILE).write_text(json.dumps(
             {"kind": self.kind, "vocab_size": self.vocab_size, "max_characters": self.words.max_characters}) + "\n")
 

@@ -30,6 +30,7 @@ import gzip
 import itertools
 import json
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,33 @@ def _bert_pipeline(model: models.Model, lowercase: bool = True, strip_accents: b
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     return backend
+
+
+def _canonical_numbering(backend: Backend) -> Backend:
+    """The trained tokenizer with its symbols numbered the same way for the same corpus.
+
+    The trainers number the initial alphabet in hash-map order, which Rust seeds at random, and break ties between
+    equally frequent merges by those numbers: the same corpus gave differently numbered vocabularies from run to
+    run (gpt and bert kinds; gpt2's byte alphabet is fixed). Here the single-character symbols (with their "</w>"
+    or "##" forms) take their block of numbers in sorted order; BPE's merged symbols keep the merges' order;
+    WordPiece, which matches by membership alone, numbers its merged symbols sorted too. What this cannot undo:
+    ties between merges broken differently can change the symbols themselves, seen with WordPiece on small
+    corpora (huggingface/tokenizers#1794); a saved tokenizer (`--tokenizer`) is the repeatable choice."""
+    data = json.loads(backend.to_str())
+    vocab = data["model"]["vocab"]
+    special = {token["content"] for token in data["added_tokens"]}
+
+    def base(token: str) -> str:
+        return token.removeprefix("##").removesuffix("</w>")
+
+    alphabet = [token for token in vocab if token not in special and len(base(token)) == 1]
+    blocks = [alphabet]
+    if data["model"]["type"] == "WordPiece":
+        blocks.append([token for token in vocab if token not in special and len(base(token)) > 1])
+    for block in blocks:
+        for token, number in zip(sorted(block), sorted(vocab[token] for token in block), strict=True):
+            vocab[token] = number
+    return Backend.from_str(json.dumps(data))
 
 
 def _set_bert_post_processor(backend: Backend) -> None:
@@ -266,6 +294,7 @@ class Tokenizer:
         if made > vocab_size:
             raise UserError(f"vocab_size={vocab_size} is smaller than the {made} base symbols and special "
                             f"tokens this corpus needs for a {kind} tokenizer; ask for more")
+        backend = _canonical_numbering(backend)
         if kind == "bert":
             _set_bert_post_processor(backend)
         return cls(backend, kind, _with_pad(specials, spec))
@@ -653,11 +682,23 @@ def _require_bert_specials(backend: Backend, path: Path) -> None:
 
 
 def _from_vocab_txt(path: Path, options: dict) -> Backend:
-    """A published BERT vocab.txt: one token per line, its id the line number from 0 (as HF `load_vocab`)."""
+    """A published BERT vocab.txt: one token per line, its id the line number from 0 (as HF `load_vocab`). A token
+    on several lines keeps the last line's id, as in HF, and a warning counts such lines (their ids go unused)."""
     lines = _read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    vocab = {line.removesuffix("\r"): i for i, line in enumerate(lines)}
+    vocab: dict[str, int] = {}
+    repeated = []  # (token, its earlier line)
+    for i, line in enumerate(lines):
+        token = line.removesuffix("\r")
+        if token in vocab:
+            repeated.append((token, vocab[token] + 1))
+        vocab[token] = i
+    if repeated:
+        token, first = repeated[0]
+        warnings.warn(f"{path}: {len(repeated)} line(s) repeat an earlier token (the first: {token!r} of line {first}, "
+                      f"again on line {vocab[token] + 1}); each such token gets the id of its last line, as in "
+                      "Hugging Face, and the earlier ids are never produced", stacklevel=3)
     spec = _KINDS["bert"]
     try:
         backend = spec.pipeline(spec.model(vocab=vocab, **spec.model_options), **options)
@@ -730,10 +771,16 @@ def _from_vocab_merges(directory: Path, kind: str | None) -> tuple[Backend, str]
 
 
 def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, a byte-order mark at the start dropped (it would be part of the first token)."""
     try:
-        return path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
+        from ctxlm.pretrain.corpus import encoding_hint
+
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (bad byte 0x{data[err.start]:02x} at offset {err.start})"
+                        f"{encoding_hint(data)}") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
 
@@ -768,6 +815,7 @@ def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
 
 
 def _file_lines(path: Path) -> Iterator[str]:
+    """The lines of a training file, with their endings; a byte-order mark at the start is no text."""
     # Decoding line by line from bytes lets a UTF-8 error name the exact line.
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
@@ -775,9 +823,13 @@ def _file_lines(path: Path) -> Iterator[str]:
             for line_no, raw in enumerate(fh, 1):
                 try:
                     line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise UserError(f"{path}:{line_no}: not UTF-8 text") from None
-                yield line
+                except UnicodeDecodeError as err:
+                    from ctxlm.pretrain.corpus import encoding_hint
+
+                    hint = encoding_hint(raw) if line_no == 1 else ""
+                    raise UserError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                    f"{err.start + 1}){hint}") from None
+                yield line.removeprefix("\ufeff") if line_no == 1 else line
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
         raise UserError(f"{path}: cannot read ({err})") from None
 

@@ -35,14 +35,21 @@ class WordTokenizer:
     start_id = cls_id = sep_id = mask_id = None
 
     def __init__(self, words: Sequence[str], *, eos: str = EOS, unk: str = UNK, lowercase: bool = False,
-                 source: str = "word list") -> None:
+                 source: str = "word list", lines: Sequence[int] | None = None) -> None:
+        """`source` names where the words come from in errors; `lines`, the line of `source` each word is on."""
         self.words = list(words)
         self.index: dict[str, int] = {}
+
+        def at(i: int) -> str:
+            return f"{source}: entry {i}" if lines is None else f"{source}:{lines[i]}"
+
         for i, word in enumerate(self.words):
-            if not word or word.split() != [word]:
-                raise UserError(f"{source}: entry {i} ({word!r}) is not one word without spaces")
+            if not isinstance(word, str) or not word or word.split() != [word]:
+                raise UserError(f"{at(i)}: {word!r} is not one word without spaces")
             if self.index.setdefault(word, i) != i:
-                raise UserError(f"{source}: {word!r} appears twice (ids {self.index[word]} and {i})")
+                first = self.index[word]
+                where = f"entry {first}" if lines is None else f"line {lines[first]}"
+                raise UserError(f"{at(i)}: {word!r} appears twice (ids {first} and {i}; first at {where})")
         for role, word in (("end-of-line", eos), ("unknown-word", unk)):
             if word not in self.index:
                 raise UserError(f"{source}: no {role} token {word!r} in the vocabulary")
@@ -111,7 +118,8 @@ class WordTokenizer:
             raise UserError(f"{config_path}: expected an object with \"kind\": \"{cls.kind}\"")
         words = _read_lines(directory / VOCAB_FILE)
         return cls(words, eos=config.get("eos", EOS), unk=config.get("unk", UNK),
-                   lowercase=bool(config.get("lowercase", False)), source=str(directory / VOCAB_FILE))
+                   lowercase=bool(config.get("lowercase", False)), source=str(directory / VOCAB_FILE),
+                   lines=range(1, len(words) + 1))
 
     @classmethod
     def from_vocab_file(cls, path: str | os.PathLike, *, lowercase: bool = False) -> WordTokenizer:
@@ -119,14 +127,17 @@ class WordTokenizer:
         it) or a vocab.json (a list of words in id order, or {word: id} with ids 0..n-1)."""
         path = Path(path)
         if path.suffix != ".json":
-            return cls([line.split()[0] for line in _read_lines(path) if line.strip()], lowercase=lowercase,
-                       source=str(path))
+            kept = [(number, line.split()[0]) for number, line in enumerate(_read_lines(path), 1) if line.split()]
+            return cls([word for _, word in kept], lowercase=lowercase, source=str(path),
+                       lines=[number for number, _ in kept])
+        text = "\n".join(_read_lines(path))
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{path}: not valid JSON ({err})") from None
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        from ctxlm.transfer.data import _check_unicode
+
+        _check_unicode(data, text, path)
         if isinstance(data, dict):
             if sorted(data.values()) != list(range(len(data))):
                 raise UserError(f"{path}: the ids of a {{word: id}} vocabulary must be 0 to {len(data) - 1}, once each")
@@ -184,11 +195,22 @@ class WordTokenizer:
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 file, split on "\\n" alone (so numbers agree with editors; a "\\r\\n" ending loses
+    its "\\r"), a byte-order mark at the start dropped; line n is item n - 1."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err})") from None
-    lines = text.split("\n")
+        from ctxlm.pretrain.corpus import encoding_hint
+
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column})"
+                        f"{encoding_hint(data)}") from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     return lines[:-1] if lines and lines[-1] == "" else lines

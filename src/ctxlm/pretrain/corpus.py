@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -71,19 +72,38 @@ def find_text_files(path: str | Path) -> list[Path]:
     return files
 
 
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),  # UTF-32 before UTF-16:
+               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))  # FF FE 00 00 also starts with FF FE
+
+
+def encoding_hint(head: bytes) -> str:
+    """Advice to append to a "not UTF-8" error, from the first bytes of the file: "" unless they are the byte-order
+    mark of UTF-16 or UTF-32 (what Windows tools often write for "Unicode")."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return f" (it is {name} text, by its byte-order mark: convert it, e.g. iconv -f {name} -t UTF-8)"
+    return ""
+
+
 def _read_lines(file: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
     """The lines of a (gzipped) UTF-8 file, each with its line ending, checked strictly.
 
     Reads bytes and decodes line by line so an error can name the line; a newline byte never occurs inside a
-    multi-byte UTF-8 character, so splitting before decoding is safe. `on_bytes` reports progress in bytes on
-    disk (compressed for .gz), for a progress bar.
+    multi-byte UTF-8 character, so splitting before decoding is safe. Lines end at "\\n" only: a "\\r\\n" ending
+    stays in the text, as does a lone "\\r". A UTF-8 byte-order mark at the start is dropped; a UTF-16 or UTF-32
+    file, a NUL byte in the first 8 KiB (a binary file) or bytes that are not UTF-8 are a UserError naming the
+    file (and the line and column). `on_bytes` reports progress in bytes on disk (compressed for .gz), for a
+    progress bar.
     """
     with open(file, "rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if file.name.endswith(".gz") else raw
         try:
             head = stream.read(_SNIFF_BYTES)
+            if hint := encoding_hint(head):
+                raise UserError(f"{file}: not UTF-8{hint}")
             if b"\0" in head:
-                raise UserError(f"{file}: looks like a binary file, expected UTF-8 text")
+                raise UserError(f"{file}: looks like a binary file, expected UTF-8 text (a NUL byte at offset "
+                                f"{head.index(0)})")
             # Split on b"\n" only, like iterating the stream, so line numbers agree with editors.
             *first, partial = head.split(b"\n")
             head_lines = (line + b"\n" for line in first)
@@ -107,17 +127,41 @@ def _read_lines(file: Path, on_bytes: Callable[[int], None] | None = None) -> It
             raise UserError(f"{file}: not a valid gzip file ({e})") from None
 
 
-def read_documents(path: str | Path) -> Iterator[str]:
-    """The text of each file with some non-whitespace in it: a file is one document."""
-    files = find_text_files(path)
-    found = False
-    for file in files:
-        text = "".join(_read_lines(file))
-        if text.strip():
-            found = True
-            yield text
-    if not found:
-        raise UserError(f"{path}: no text, all {len(files)} file(s) are empty or whitespace")
+def read_documents(path: str | Path) -> Documents:
+    """The text of each file of a corpus with some non-whitespace in it, lazily: a file is one document."""
+    return Documents(path)
+
+
+class Documents:
+    """The text of each file of a corpus (`find_text_files`), read lazily: a file is one document.
+
+    Files that are empty or hold only whitespace are skipped, never silently: after a pass `blank_files` lists
+    them and a warning names how many (a 0-byte file is often a download that failed). No file with text at all
+    is a UserError.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.blank_files: list[Path] = []
+
+    def __iter__(self) -> Iterator[str]:
+        files = find_text_files(self.path)
+        self.blank_files = []
+        for file in files:
+            text = "".join(_read_lines(file))
+            if text.strip():
+                yield text
+            else:
+                self.blank_files.append(file)
+        if len(self.blank_files) == len(files):
+            raise UserError(f"{self.path}: no text, all {len(files)} file(s) are empty or whitespace")
+        _warn_blank(self.path, len(self.blank_files), len(files), [f.name for f in self.blank_files])
+
+
+def _warn_blank(path: str | Path, blank: int, files: int, names: Sequence[str] = ()) -> None:
+    if blank:
+        some = f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else ""
+        warnings.warn(f"{path}: skipped {blank} of {files} files, empty or whitespace only{some}", stacklevel=3)
 
 
 def _chunks(
@@ -139,7 +183,7 @@ def _chunks(
                 lines, size = [], 0
             lines.append(line)
             size += len(line)
-            has_text = has_text or not line.isspace()
+            has_text = has_text or bool(line.strip())  # not isspace(): a BOM-only first line reads as ""
         if has_text:
             yield "".join(lines), True  # never empty: the last line is appended after any cut
 
@@ -200,7 +244,9 @@ class TokenizedCorpus:
         Each file's ids are followed by `end_of_document` (e.g. `[eos_id]`). The key hashes `fingerprint`
         (identify the tokenizer with it), the options and every file's path, size and mtime, so editing a file
         or changing the tokenizer builds a new cache. Ids are written to a temporary file that is renamed into
-        place only when complete, so an interrupted build never leaves a half cache behind.
+        place only when complete, so an interrupted build never leaves a half cache behind. Blank files (empty or
+        whitespace only) give no ids and no `end_of_document`: their count is `meta["blank_files"]`, and a
+        warning says so.
         """
         files = find_text_files(path)
         cache_dir = Path(cache_dir)
@@ -217,7 +263,7 @@ class TokenizedCorpus:
         key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:24]
         bin_path = cache_dir / f"{key}.bin"
         if _is_cached(bin_path, expected):
-            return cls.open(bin_path)
+            return cls._opened(bin_path, path)
 
         cache_dir.mkdir(parents=True, exist_ok=True)
         # Temporary names per process, as several ranks may build the same cache at once.
@@ -238,7 +284,8 @@ class TokenizedCorpus:
                 raise UserError(f"{path}: no text, all {len(files)} file(s) are empty or whitespace")
             if num_tokens == 0:
                 raise UserError(f"{path}: the tokenizer produced no tokens for this corpus")
-            tmp_meta.write_text(json.dumps({**expected, "num_tokens": num_tokens}, indent=1))
+            meta = {**expected, "num_tokens": num_tokens, "blank_files": len(files) - num_documents}
+            tmp_meta.write_text(json.dumps(meta, indent=1))
             # The meta is renamed last: it is what marks the .bin as complete.
             os.replace(tmp_bin, bin_path)
             os.replace(tmp_meta, bin_path.with_suffix(".json"))
@@ -246,7 +293,14 @@ class TokenizedCorpus:
             tmp_bin.unlink(missing_ok=True)
             tmp_meta.unlink(missing_ok=True)
             raise
-        return cls.open(bin_path)
+        return cls._opened(bin_path, path)
+
+    @classmethod
+    def _opened(cls, bin_path: Path, path: str | Path) -> TokenizedCorpus:
+        """`open`, warning about the blank files the build skipped: each has no ids, see meta["blank_files"]."""
+        corpus = cls.open(bin_path)
+        _warn_blank(path, corpus.meta.get("blank_files", 0), len(corpus.meta["files"]))
+        return corpus
 
     @classmethod
     def open(cls, bin_path: str | Path) -> TokenizedCorpus:

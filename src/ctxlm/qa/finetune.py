@@ -24,7 +24,6 @@ from ctxlm.qa.model import SpanModel
 from ctxlm.qa.options import SquadOptions
 from ctxlm.qa.spans import Span, Window, WindowBatches, best_spans, make_windows
 from ctxlm.qa.squad import Question, read_squad, split_by_article, squad_metrics
-from ctxlm.train import TrainConfig
 from ctxlm.transfer.finetune import FinetuneConfig, pick_device, save_run, strategy_trainer, to_device
 from ctxlm.transfer.heads import span_loss
 from ctxlm.transfer.strategies import get_strategy
@@ -122,10 +121,7 @@ def finetune_squad(config: FinetuneConfig, run_dir: str | Path, *, resume: bool 
     batches = WindowBatches(windows["train"], model.tokenizer.pad_id, config.batch_size, seed=config.seed)
     steps = max(1, math.ceil(batches.per_epoch * config.epochs))
     eval_every = max(1, batches.per_epoch // config.evals_per_epoch)
-    train_config = TrainConfig(steps=steps, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
-                               eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
-                               seed=config.seed, max_minutes=config.max_minutes,
-                               precision=config.precision)
+    train_config = config.train_config(steps, config.lr, eval_every)
 
     def loss_of(module: SpanModel, batch):
         batch = to_device(batch, device)
@@ -166,17 +162,29 @@ def answer_questions(model: SpanModel, pairs: list[tuple[str, str]], *, n_best: 
 
 
 def read_pairs(lines, source: str) -> list[tuple[str, str]]:
-    """(question, passage) pairs for `ctxlm predict`: one JSON object {"question": ..., "context": ...} per line."""
+    """(question, passage) pairs for `ctxlm predict`: one JSON object {"question": ..., "context": ...} per line
+    (str lines, e.g. a text file; blank lines are no pairs; a UTF-8 byte-order mark before the first is dropped)."""
+    from ctxlm.transfer.data import _check_unicode
+
     pairs = []
     for number, line in enumerate(lines, 1):
+        if number == 1:
+            line = line.removeprefix("\ufeff")
         if not line.strip():
             continue
         try:
             item = json.loads(line)
-            pairs.append((str(item["question"]), str(item["context"])))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f'{source}:{number}: expected a JSON object {{"question": "...", "context": "..."}}') \
-                from None
+            pair = item["question"], item["context"]
+        except json.JSONDecodeError as err:
+            raise UserError(f'{source}:{number}: not valid JSON ({err.msg} at column {err.colno}); expected an object '
+                            '{"question": "...", "context": "..."}') from None
+        except (KeyError, TypeError):
+            pair = None
+        if pair is None or not all(isinstance(text, str) for text in pair):
+            raise UserError(f'{source}:{number}: expected a JSON object {{"question": "...", "context": "..."}} '
+                            "with two strings")
+        _check_unicode(pair, line, source, number)
+        pairs.append(pair)
     return pairs
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxlm.errors import UserError
-from ctxlm.transfer.data import _read_text
+from ctxlm.transfer.data import _check_unicode, _read_text
 
 
 @dataclass(frozen=True)
@@ -47,27 +47,32 @@ def read_squad(path: str | Path, *, allow_no_answer: bool = False) -> list[Quest
     a question is an error, since a v1 model cannot say "no answer".
     """
     path = Path(path)
+    text = _read_text(path)
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise UserError(f'{path}: expected a SQuAD file, {{"version": ..., "data": [articles]}}')
+    _check_unicode(data, text, path)
     data = data["data"]
     questions: list[Question] = []
     seen: set[str] = set()
     for a, article in enumerate(data):
         title = article.get("title", f"article {a}") if isinstance(article, dict) else ""
-        try:
-            paragraphs = article["paragraphs"]
-        except (KeyError, TypeError):
-            raise UserError(f"{path}: data[{a}] has no 'paragraphs' list") from None
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise UserError(f"{path}: data[{a}] has no 'paragraphs' list")
+        if not isinstance(title, str):  # split_by_article groups questions by it
+            raise UserError(f"{path}: data[{a}] has a 'title' that is not a string: {title!r}")
         for p, paragraph in enumerate(paragraphs):
             where = f"{path}: article {title!r}, paragraph {p}"
             try:
                 context, qas = paragraph["context"], paragraph["qas"]
             except (KeyError, TypeError):
                 raise UserError(f"{where}: expected 'context' and 'qas'") from None
+            if not (isinstance(context, str) and isinstance(qas, list)):
+                raise UserError(f"{where}: expected 'context' to be a string and 'qas' a list of questions")
             for qa in qas:
                 questions.append(_question(qa, context, title, where, allow_no_answer))
                 if questions[-1].id in seen:
@@ -83,9 +88,11 @@ def _question(qa: dict, context: str, title: str, where: str, allow_no_answer: b
         qid, text = str(qa["id"]), qa["question"]
         raw = qa.get("answers") or []
         answers = tuple((answer["text"], int(answer["answer_start"])) for answer in raw)
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f"{where}: a question needs 'id', 'question' and answers with 'text' and "
-                        "'answer_start'") from None
+        if not (isinstance(text, str) and isinstance(raw, list) and all(isinstance(a, str) for a, _ in answers)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        raise UserError(f"{where}: a question needs 'id', 'question' (a string) and a list of answers with 'text' "
+                        "(a string) and 'answer_start' (an integer)") from None
     if qa.get("is_impossible"):
         if not allow_no_answer:
             raise UserError(f"{where}: question {qid!r} has no answer (SQuAD v2); pass --allow-no-answer "
@@ -94,6 +101,11 @@ def _question(qa: dict, context: str, title: str, where: str, allow_no_answer: b
     if not answers:
         raise UserError(f"{where}: question {qid!r} has no answers")
     for answer, start in answers:
+        if not answer:
+            raise UserError(f"{where}: question {qid!r} has an empty answer text")
+        if not 0 <= start <= len(context) - len(answer):
+            raise UserError(f"{where}: question {qid!r}: answer {answer!r} at character {start} does not fit in the "
+                            f"context's {len(context)} characters")
         if context[start:start + len(answer)] != answer:
             raise UserError(f"{where}: question {qid!r}: answer {answer!r} is not the context's text at "
                             f"character {start} (found {context[start:start + len(answer)]!r})")

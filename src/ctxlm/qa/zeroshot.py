@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ctxlm.errors import UserError
 from ctxlm.generate import generate_ids, is_transformer_xl
 from ctxlm.qa.squad import Question, read_squad, squad_metrics
-from ctxlm.transfer.data import _read_text
+from ctxlm.transfer.data import _check_unicode, _read_text
 
 DEFAULT_TEMPLATE = "{document}\n\n{history}Q: {question}\nA:"
 PLACEHOLDERS = ("document", "history", "question")
@@ -365,37 +365,62 @@ def read_coqa(path: str | Path) -> list[Question]:
 
 
 def _json_data(path: Path) -> list:
+    text = _read_text(path)
     try:
-        data = json.loads(_read_text(path))["data"]
+        data = json.loads(text)["data"]
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     except (KeyError, TypeError):
         data = None
     if not isinstance(data, list):
         raise UserError(f'{path}: expected SQuAD or CoQA JSON, {{"data": [...]}}')
+    _check_unicode(data, text, path)
     return data
 
 
 def _coqa_questions(path: Path, data: list) -> list[Question]:
     questions = []
+    stories: set[str] = set()
     for s, story in enumerate(data):
         where = f"{path}: data[{s}]"
         try:
             text, asked, answered = story["story"], story["questions"], story["answers"]
-            answers = {int(a["turn_id"]): a["input_text"] for a in answered}
-            turns = sorted((int(q["turn_id"]), q["input_text"]) for q in asked)
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f'{where}: a CoQA story needs "story", and "questions" and "answers" lists of '
-                            '{"input_text", "turn_id"}') from None
+            answers, turns = _turns(answered, "answers", where), _turns(asked, "questions", where)
+            if not isinstance(text, str):
+                raise TypeError
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise UserError(f'{where}: a CoQA story needs "story" (a string), and "questions" and "answers" lists of '
+                            '{"input_text": string, "turn_id": integer}') from None
         story_id = str(story.get("id", s))
-        for turn, question in turns:
+        if story_id in stories:  # its questions' ids would collide with the first one's
+            raise UserError(f"{where}: story id {story_id!r} appears twice")
+        stories.add(story_id)
+        for turn, question in sorted(turns.items()):
             if turn not in answers:
                 raise UserError(f"{where} (story {story_id!r}): question turn {turn} has no answer")
             # CoQA's answers are free text, not spans of the story: -1 stands for "no position"
             questions.append(Question(f"{story_id}_{turn}", question, text, ((answers[turn], -1),), story_id))
+        unasked = sorted(set(answers) - set(turns))
+        if unasked:  # else that answer would be dropped without a word
+            raise UserError(f"{where} (story {story_id!r}): answer turn {unasked[0]} has no question")
     if not questions:
         raise UserError(f"{path}: no questions")
     return questions
+
+
+def _turns(entries: list, name: str, where: str) -> dict[int, str]:
+    """turn_id -> input_text of a CoQA story's "questions" or "answers" (`name`); TypeError etc. if malformed."""
+    if not isinstance(entries, list):
+        raise TypeError
+    found: dict[int, str] = {}
+    for entry in entries:
+        turn, text = int(entry["turn_id"]), entry["input_text"]
+        if not isinstance(text, str):
+            raise TypeError
+        if turn in found:
+            raise UserError(f"{where}: two {name} for turn {turn}")
+        found[turn] = text
+    return found
 
 
 def conversation_histories(questions: Sequence[Question]) -> dict[str, tuple[Turn, ...]]:

@@ -12,6 +12,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import random
 import re
 import zlib
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import dataset_path
+from ctxlm.pretrain.corpus import dataset_path, encoding_hint
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,36 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}), expected UTF-8 text") from None
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}), expected "
+                        f"UTF-8 text{encoding_hint(data)}") from None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _check_unicode(value: Any, raw: str, path: Path | str, line: int = 1) -> None:
+    """Refuse JSON `value` (decoded from `raw`, which starts on `line` of `path`) if one of its strings holds half of
+    a UTF-16 surrogate pair. JSON's \\u escapes can spell one ("\\ud800"), which is no character: Python keeps it
+    in the string, but UTF-8 and the Rust tokenizers fail on it later, far from the file. Only a `raw` that holds
+    such an escape (a valid pair has two) needs the walk through `value`."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item, *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str) and not item.isascii():
+            bad = next((i for i, c in enumerate(item) if "\ud800" <= c <= "\udfff"), None)
+            if bad is not None:
+                code = f"\\u{ord(item[bad]):04x}"
+                escape = re.compile(re.escape(code), re.IGNORECASE).search(raw)
+                line += 0 if escape is None else raw.count("\n", 0, escape.start())
+                raise UserError(f"{path}:{line}: the text {item[max(bad - 20, 0):bad + 20]!r} holds {code}, half of a "
+                                "UTF-16 surrogate pair, which is no character; expected Unicode text")
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -122,6 +152,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+            _check_unicode(value, line, path, number)
             yield f"{path}:{number}", value
         return
     # Decode the array one element at a time, so each element can be reported by the line where it starts.
@@ -129,12 +160,19 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
     while True:
         pos = _SPACE.match(text, pos).end()
         if text.startswith("]", pos):
+            rest = _SPACE.match(text, pos + 1).end()
+            if rest < len(text):  # e.g. a second array: dropping it silently would lose its examples
+                where = text.count("\n", 0, rest) + 1
+                raise UserError(f"{path}:{where}: text after the end of the JSON array; expected one array per file "
+                                "(or JSON lines: one object per line)")
             return
         line, counted = line + text.count("\n", counted, pos), pos
         try:
-            value, pos = decoder.raw_decode(text, pos)
+            value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        _check_unicode(value, text[pos:end], path, line)
+        pos = end
         yield f"{path}:{line}", value
         pos = _SPACE.match(text, pos).end()
         if text.startswith(",", pos):
@@ -152,9 +190,12 @@ def _nonempty(path: Path, examples: list[Example]) -> list[Example]:
 
 def _number(value: Any, where: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: label {value!r} is not a number, expected a score such as 3.5") from None
+        number = math.nan
+    if not math.isfinite(number):  # "nan" and "inf" parse as floats, but no loss can be learned from them
+        raise UserError(f"{where}: label {value!r} is not a number, expected a score such as 3.5")
+    return number
 
 
 # ---------------------------------------------------------------------------------------------------- built-in tasks
@@ -216,10 +257,12 @@ def _read_copa() -> Splits:
         try:
             question, label, split = _COPA_QUESTIONS[item["question"]], item["label"], int(item["id"])
             texts = (item["premise"] + question, item["choice1"], item["choice2"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f'{where}: expected {{"id": int, "premise", "choice1", "choice2", "question": '
+            if not all(isinstance(t, str) for t in texts):
+                raise TypeError
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise UserError(f'{where}: expected {{"id": int, "premise", "choice1", "choice2" (strings), "question": '
                             f'"cause" or "effect", "label": 0 or 1}}') from None
-        if label not in (0, 1):
+        if isinstance(label, bool) or label not in (0, 1):
             raise UserError(f"{where}: label {label!r} should be 0 or 1")
         (train if split <= _COPA_TRAIN_IDS else dev).append(Example(texts, label, where))
     return _nonempty(path, train), _nonempty(path, dev), None
@@ -233,15 +276,21 @@ def _choice_questions(path: Path) -> list[Example]:
         try:
             question, answers, names, key = (item["question"], item["choices"]["text"], item["choices"]["label"],
                                              item["answerKey"])
+            if not (isinstance(question, str) and _strings(answers) and _strings(names) and isinstance(key, str)):
+                raise TypeError
         except (KeyError, TypeError):
             raise UserError(f'{where}: expected {{"question", "choices": {{"text": [...], "label": [...]}}, '
-                            f'"answerKey"}}') from None
+                            f'"answerKey"}}, with strings and lists of strings') from None
         if len(answers) != len(names):
             raise UserError(f"{where}: {len(answers)} choice texts but {len(names)} choice labels")
         if key not in names:
             raise UserError(f"{where}: answerKey {key!r} is not among the choice labels ({', '.join(names)})")
         examples.append(Example((question, *answers), names.index(key), where))
     return _nonempty(path, examples)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _read_arc() -> Splits:
@@ -285,18 +334,24 @@ _DEV_FRACTION = 10  # without --dev, 1 in 10 training examples is held out
 _DEV_SEED = 0  # the held-out dev set does not change with the training seed, so runs with different seeds compare
 
 
-def _csv_records(path: Path, delimiter: str, columns: list[str]) -> Iterator[tuple[str, dict[str, str]]]:
-    """("path:line", {column: value}) per row of a CSV/TSV file with a header. A TSV is split on tabs alone, as
-    the GLUE files are; a CSV may quote fields (and then a row can span lines)."""
+def _csv_records(path: Path, delimiter: str, columns: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """("path:line", {column: value}) per row of a CSV/TSV file with a header (blank lines are no rows). A TSV is
+    split on tabs alone, as the GLUE files are; a CSV may quote fields (and then a row can span lines)."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter, quoting=quoting)
+    text = _read_text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))  # the default 128 Ki characters would refuse long texts
+    records = []
     try:
-        header = next(reader, None)
+        header = next((row for row in reader if row), None)
         if not header:
             raise UserError(f"{path}: no examples (the file is empty, expected a header row and then examples)")
         for column in columns:
             if column not in header:
                 raise UserError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
+            if header.count(column) > 1:
+                raise UserError(f"{path}: the header names column {column!r} {header.count(column)} times")
         start = reader.line_num + 1
         for row in reader:
             where, start = f"{path}:{start}", reader.line_num + 1
@@ -304,9 +359,12 @@ def _csv_records(path: Path, delimiter: str, columns: list[str]) -> Iterator[tup
                 continue
             if len(row) != len(header):
                 raise UserError(f"{where}: expected {len(header)} fields as in the header, got {len(row)}")
-            yield where, dict(zip(header, row, strict=True))
+            records.append((where, dict(zip(header, row, strict=True))))
     except csv.Error as e:
         raise UserError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
+    return records
 
 
 def _user_examples(path: Path, options: UserTaskOptions) -> list[Example]:
@@ -332,6 +390,8 @@ def _user_examples(path: Path, options: UserTaskOptions) -> list[Example]:
         label = record[options.label_column]
         if label is None or str(label).strip() == "":
             raise UserError(f"{where}: no label in {options.label_column!r}")
+        if not isinstance(label, str | int | float):  # bool is an int
+            raise UserError(f"{where}: label {label!r} in {options.label_column!r} should be a string or a number")
         examples.append(Example(texts, str(label).strip(), where))
     return _nonempty(path, examples)
 
