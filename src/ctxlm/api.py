@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ctxlm.checkpoint import is_checkpoint, load_checkpoint
+from ctxlm.checkpoint import is_checkpoint, load_checkpoint, resolve
 from ctxlm.convert import HUB_MODELS, download, from_hub_folder, is_hub_layout, packaged_model_path
 from ctxlm.convert.allennlp_elmo import ELMO_MODELS, from_allennlp_folder, is_allennlp_layout
 from ctxlm.convert.allennlp_elmo import download as download_elmo
@@ -22,9 +22,9 @@ def load(name_or_path: str | Path, *, device: str | torch.device = "cpu") -> nn.
     (converted on the fly), "minilm" (the packaged all-MiniLM-L6-v2, offline), or a published name such as
     "gpt2" or "elmo-original" (downloaded when online).
     """
-    path = Path(name_or_path)
-    if path.is_dir() and is_checkpoint(path / "checkpoint"):  # a training run folder: its latest checkpoint
-        path = path / "checkpoint"
+    path = resolve(Path(name_or_path))  # while a save swaps folders (or one died doing so): the last good one
+    if path.is_dir() and is_checkpoint(resolve(path / "checkpoint")):  # a training run folder: its latest checkpoint
+        path = resolve(path / "checkpoint")
     if path.is_dir():
         if is_checkpoint(path) and not is_hub_layout(path):
             return load_checkpoint(path, device=device)

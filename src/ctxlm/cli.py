@@ -368,11 +368,13 @@ Examples:
   ctxlm convert gpt2-medium models/gpt2-medium # a published name (downloads; needs network)
   ctxlm convert ~/elmo/small models/elmo-small # AllenNLP ELMo: a folder with *options.json + *weights.hdf5
   ctxlm convert elmo-original models/elmo      # published ELMo names: elmo-small, -medium, -original
+  ctxlm convert bert-base.tar.gz models/bert   # an archive of such a folder (members checked before extraction)
 """)
 @click.argument("source")
 @click.argument("destination", type=click.Path())
 def convert(source, destination) -> None:
-    """Import a published checkpoint into ctxlm's format (config.json + model.safetensors + tokenizer)."""
+    """Import a published checkpoint (a folder, a .tar.gz or .zip of one, or a published name) into ctxlm's format
+    (config.json + model.safetensors + tokenizer)."""
     import ctxlm
 
     click.echo(f"saved {ctxlm.convert(source, destination)}")
