@@ -203,6 +203,38 @@ def rng_states(device: torch.device) -> dict[str, Tensor]:
     return states
 
 
+class LogWindow:
+    """Sums over the steps since the last log line. Checkpoints keep them, so that a resumed run writes the same
+    log lines as an uninterrupted one (tokens/s aside: it times this process's steps only)."""
+
+    def __init__(self, loss: Tensor | None = None, grad_norm: Tensor | None = None, steps: int = 0,
+                 skipped: int = 0) -> None:
+        self.loss, self.grad_norm, self.steps, self.skipped = loss, grad_norm, steps, skipped
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.start, self.timed_steps = time.perf_counter(), 0
+
+    def add(self, loss: Tensor, grad_norm: Tensor) -> None:
+        self.loss = loss if self.loss is None else self.loss + loss  # on the device: no sync
+        self.grad_norm = grad_norm if self.grad_norm is None else self.grad_norm + grad_norm
+        self.steps, self.timed_steps = self.steps + 1, self.timed_steps + 1
+
+    def state(self) -> dict[str, Any]:
+        """Under torchrun every process calls this (the loss is averaged over them); float32 sums are exact in
+        JSON's doubles."""
+        loss = None if self.loss is None else float(distributed.mean(self.loss))
+        grad_norm = None if self.grad_norm is None else float(self.grad_norm)
+        return {"loss": loss, "grad_norm": grad_norm, "steps": self.steps, "skipped": self.skipped}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> LogWindow:
+        if not state:  # a checkpoint from before log windows were kept
+            return cls()
+        tensor = lambda v: None if v is None else torch.tensor(v, dtype=torch.float32, device=device)  # noqa: E731
+        return cls(tensor(state["loss"]), tensor(state["grad_norm"]), state["steps"], state["skipped"])
+
+
 def rank_suffix(rank: int) -> str:
     """Names of a process's RNG states in the checkpoint: "rng.torch" for rank 0 (and single-process runs),
     "rng.torch.rank1" for rank 1, ..."""
@@ -245,6 +277,7 @@ class Trainer:
         self.lr_schedule = lr_schedule or (lambda step: lr_factor(step, config))
         self.optimizer = make_optimizer(param_groups or default_param_groups(model, config.weight_decay), config)
         self.step = 0
+        self.window = LogWindow()
         self.history: list[dict] = []
 
     @property
@@ -293,7 +326,8 @@ class Trainer:
     def _loop(self, bar: tqdm, start: float, interrupted: threading.Event) -> tuple[dict[str, float], bool]:
         """Trains to the last step or a stop; returns the last evaluation and whether a Ctrl-C stopped it."""
         config = self.config
-        window_loss, window_norm, window_start, window_steps, skipped = None, None, time.perf_counter(), 0, 0
+        window = self.window
+        window.restart_clock()
         last: dict[str, float] = {}
         stopped = False
         in_a_row = 0  # non-finite steps
@@ -303,36 +337,33 @@ class Trainer:
             bar.update(1)
             if finite:
                 in_a_row = 0
-                window_loss = loss if window_loss is None else window_loss + loss
-                window_norm = grad_norm if window_norm is None else window_norm + grad_norm
-                window_steps += 1
+                window.add(loss, grad_norm)
             else:
-                in_a_row, skipped = in_a_row + 1, skipped + 1
+                in_a_row, window.skipped = in_a_row + 1, window.skipped + 1
                 self.nonfinite(loss, grad_norm, in_a_row, bar)
             out_of_time = config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes
             # Clocks and Ctrl-Cs differ between processes: a stop anywhere stops all at this step.
             out_of_time, stopped = distributed.any_rank(out_of_time, interrupted.is_set())
             finished = self.step == config.steps or out_of_time or stopped
-            if (self.step % config.log_every == 0 or finished) and window_steps:
-                elapsed = time.perf_counter() - window_start
+            if (self.step % config.log_every == 0 or finished) and window.steps:
                 # the mean over every process's rows; one sync per window
-                record = {"step": self.step, "loss": float(distributed.mean(window_loss)) / window_steps,
-                          "grad_norm": float(window_norm) / window_steps,  # before clipping, the same on all ranks
+                record = {"step": self.step, "loss": float(distributed.mean(window.loss)) / window.steps,
+                          "grad_norm": float(window.grad_norm) / window.steps,  # before clipping, alike on all ranks
                           "lr": self.optimizer.param_groups[0]["lr"]}
                 if self.tokens_per_batch:
                     record["tokens_per_s"] = (self.tokens_per_batch * distributed.world_size() * config.grad_accum
-                                              * window_steps / elapsed)
-                if skipped:
-                    record["skipped_steps"] = skipped
+                                              * window.timed_steps / (time.perf_counter() - window.start))
+                if window.skipped:
+                    record["skipped_steps"] = window.skipped
                 self.log(record)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"})
-                window_loss, window_norm, window_start, window_steps, skipped = None, None, time.perf_counter(), 0, 0
+                window = self.window = LogWindow()
             can_eval = self.eval_batches is not None or self.evaluator is not None
             if can_eval and (self.step % config.eval_every == 0 or finished) and not stopped:
                 last = self.evaluator() if self.evaluator is not None else self.evaluate()
                 self.log({"step": self.step, **last})
                 self.model.train()
-                window_start = time.perf_counter()  # tokens/s counts training time only
+                window.restart_clock()  # tokens/s counts training time only
             if self.step % config.save_every == 0 or finished:
                 self.save_state()
             if out_of_time:
@@ -456,17 +487,18 @@ class Trainer:
         distributed.check_replicas(self.model)
         rng = distributed.gather(rng_states(self.device))
         weights, optimizer = distributed.full_state(self.model, self.optimizer)  # FSDP: gathered to rank 0
+        window = self.window.state()
         if distributed.is_main():
-            self._write_checkpoint(rng, weights, optimizer)
+            self._write_checkpoint(rng, weights, optimizer, window)
         distributed.barrier()  # no process goes on, or exits, before the checkpoint is complete
 
     def _write_checkpoint(self, rng: list[dict[str, Tensor]], weights: dict[str, Tensor],
-                          optimizer: dict[str, Any]) -> None:
+                          optimizer: dict[str, Any], window: dict[str, Any]) -> None:
         tensors = {f"state.{i}.{name}": value.contiguous() for i, state in optimizer["state"].items()
                    for name, value in state.items()}
         for rank, states in enumerate(rng):
             tensors |= {f"rng.{name}{rank_suffix(rank)}": state for name, state in states.items()}
-        state = {"step": self.step, "train_config": asdict(self.config), "world_size": len(rng),
+        state = {"step": self.step, "log_window": window, "train_config": asdict(self.config), "world_size": len(rng),
                  "param_groups": [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
                                   for g in optimizer["param_groups"]]}
 
@@ -523,6 +555,7 @@ class Trainer:
         if f"rng.cuda{suffix}" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors[f"rng.cuda{suffix}"], self.device)
         self.step = state["step"]
+        self.window = LogWindow.from_state(state.get("log_window"), self.device)
         if distributed.is_main():
             self._drop_metrics_after(self.step)
 
