@@ -262,7 +262,8 @@ def test_training_file_that_is_not_utf8_names_its_line(tmp_path, data, rows, end
     raw = data.draw(corrupted(ending.join(rows)))
     path.write_bytes(raw)
     line, column, byte = first_bad_utf8(raw)
-    with pytest.raises(UserError, match=rf"train\.txt:{line}: not UTF-8 text \(byte 0x{byte:02x} at column {column}\)"):
+    with pytest.raises(UserError, match=rf"train\.txt:{line}: not valid UTF-8 \(byte 0x{byte:02x} at column "
+                                        rf"{column}\)"):
         Tokenizer.train([path], "gpt2", 300)
 
 
@@ -433,7 +434,7 @@ def test_word_lists_not_utf8_name_line_and_column(tmp_path, data, name):
     load = {"vocab.txt": lambda: WordTokenizer.from_vocab_file(folder / name),
             "word_vocab.txt": lambda: WordTokenizer.from_files(folder),
             "words.txt": lambda: CharTokenizer.from_files(folder)}[name]
-    with pytest.raises(UserError, match=rf"{name}:{line}: not UTF-8 text \(byte 0x{byte:02x} at column {column}\)"):
+    with pytest.raises(UserError, match=rf"{name}:{line}: not valid UTF-8 \(byte 0x{byte:02x} at column {column}\)"):
         load()
 
 
@@ -936,7 +937,8 @@ def test_embed_input_not_utf8_names_line_and_column(tmp_path, data, rows, fmt):
     path = fresh(tmp_path) / "texts.txt"
     path.write_bytes(raw)
     line, column, byte = first_bad_utf8(raw)
-    with pytest.raises(UserError, match=rf"texts\.txt:{line}: not UTF-8 text \(byte 0x{byte:02x} at column {column}\)"):
+    with pytest.raises(UserError, match=rf"texts\.txt:{line}: not valid UTF-8 \(byte 0x{byte:02x} at column "
+                                        rf"{column}\)"):
         read_texts(str(path), fmt)
 
 

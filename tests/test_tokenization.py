@@ -135,7 +135,7 @@ def test_training_from_txt_and_gz_files_equals_in_memory(tmp_path: Path, gpt2: T
 def test_training_file_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(b"fine line\ncaf\xe9\n")
-    with pytest.raises(UserError, match=r"latin1\.txt:2: not UTF-8"):
+    with pytest.raises(UserError, match=r"latin1\.txt:2: not valid UTF-8"):
         Tokenizer.train([bad], "gpt2", 300)
     broken_gz = tmp_path / "broken.txt.gz"
     broken_gz.write_bytes(b"not gzip at all")
@@ -278,7 +278,7 @@ def test_from_files_errors_name_the_file(tmp_path: Path, gpt2: Tokenizer) -> Non
     with pytest.raises(UserError, match=r"tokenizer\.json: not a valid tokenizers JSON"):
         Tokenizer.from_files(tmp_path)
     (tmp_path / "tokenizer.json").write_bytes(b'{"a": "\xff\xfe"}')
-    with pytest.raises(UserError, match=r"tokenizer\.json:1: not UTF-8"):
+    with pytest.raises(UserError, match=r"tokenizer\.json:1: not valid UTF-8"):
         Tokenizer.from_files(tmp_path)
     (tmp_path / "tokenizer.json").unlink()
 
@@ -288,7 +288,7 @@ def test_from_files_errors_name_the_file(tmp_path: Path, gpt2: Tokenizer) -> Non
     with pytest.raises(UserError, match=r"merges\.txt: missing"):
         Tokenizer.from_files(published)
     (published / "merges.txt").write_bytes(merges + b"\xc3\x28 x\n")
-    with pytest.raises(UserError, match=r"merges\.txt:\d+: not UTF-8"):
+    with pytest.raises(UserError, match=r"merges\.txt:\d+: not valid UTF-8"):
         Tokenizer.from_files(published)
     (published / "merges.txt").write_bytes(merges + b"onlyone\n")
     with pytest.raises(UserError, match=r"merges\.txt:\d+: expected two symbols"):

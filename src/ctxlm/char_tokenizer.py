@@ -144,16 +144,9 @@ class CharTokenizer:
         for path in (words_path, config_path):
             if not path.is_file():
                 raise UserError(f"{path}: missing (an ELMo tokenizer is {WORDS_FILE} + {CONFIG_FILE})")
-        data = words_path.read_bytes()
-        try:
-            words = [w.removesuffix("\r") for w in data.decode("utf-8").removeprefix("\ufeff").split("\n")]
-        except UnicodeDecodeError as err:
-            from ctxlm.pretrain.corpus import encoding_hint
+        from ctxlm.textfiles import read_text
 
-            line = data.count(b"\n", 0, err.start) + 1
-            column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-            raise UserError(f"{words_path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column})"
-                            f"{encoding_hint(data)}") from None
+        words = [w.removesuffix("\r") for w in read_text(words_path).split("\n")]
         if words and words[-1] == "":
             words.pop()
         try:

@@ -108,27 +108,19 @@ def read_texts(path: str, input_format: str | None) -> list[str]:
 
 def _parse_texts(lines, name: str, input_format: str) -> list[str]:
     """Bytes are decoded line by line, so that bad UTF-8 is reported with its line number."""
-    from ctxlm.pretrain.corpus import encoding_hint
-    from ctxlm.transfer.data import _check_unicode
+    from ctxlm.textfiles import check_json_unicode, decode_line
 
     texts = []
     for number, raw in enumerate(lines, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            hint = encoding_hint(raw) if number == 1 else ""
-            raise UserError(f"{name}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
-                            f"{hint}") from None
-        if number == 1:
-            line = line.removeprefix("\ufeff")
-            if not line:  # the file is a byte-order mark and nothing else: no line at all
-                continue
+        line = decode_line(raw, name, number)
+        if number == 1 and not line:  # the file is a byte-order mark and nothing else: no line at all
+            continue
         line = line.removesuffix("\n").removesuffix("\r")
         if input_format == "lines":
             texts.append(line)
         elif line.strip():  # JSON lines: blank lines separate nothing and are skipped
             text = _json_text(line, f"{name}:{number}")
-            _check_unicode(text, line, name, number)
+            check_json_unicode(text, line, name, number)
             texts.append(text)
     if not texts:
         raise UserError(f"{name}: no texts to embed")

@@ -40,6 +40,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ctxlm.errors import UserError
+from ctxlm.textfiles import decode_line, read_text
 
 EOS, UNK = "<|endoftext|>", "<unk>"
 TASK_TOKENS = {"start": "<|start|>", "delimiter": "<|delimiter|>", "extract": "<|extract|>"}
@@ -338,7 +339,7 @@ class Tokenizer:
         if (directory / "tokenizer.json").is_file():
             path = directory / "tokenizer.json"
             try:
-                backend = Backend.from_str(_read_text(path))
+                backend = Backend.from_str(read_text(path))
             except UserError:
                 raise
             except Exception as err:  # noqa: BLE001 - the Rust parser's errors all mean "this file is bad"
@@ -684,7 +685,7 @@ def _require_bert_specials(backend: Backend, path: Path) -> None:
 def _from_vocab_txt(path: Path, options: dict) -> Backend:
     """A published BERT vocab.txt: one token per line, its id the line number from 0 (as HF `load_vocab`). A token
     on several lines keeps the last line's id, as in HF, and a warning counts such lines (their ids go unused)."""
-    lines = _read_text(path).split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     vocab: dict[str, int] = {}
@@ -750,7 +751,7 @@ def _from_vocab_merges(directory: Path, kind: str | None) -> tuple[Backend, str]
     if not (isinstance(vocab, dict) and all(isinstance(i, int) for i in vocab.values())):
         raise UserError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
     merges = []
-    for line_no, line in enumerate(_read_text(merges_path).split("\n"), 1):
+    for line_no, line in enumerate(read_text(merges_path).split("\n"), 1):
         line = line.rstrip("\r")
         if not line or (line_no == 1 and line.startswith("#version")):
             continue
@@ -770,24 +771,9 @@ def _from_vocab_merges(directory: Path, kind: str | None) -> tuple[Backend, str]
     return spec.pipeline(model), kind
 
 
-def _read_text(path: Path) -> str:
-    """The file as UTF-8 text, a byte-order mark at the start dropped (it would be part of the first token)."""
-    try:
-        data = path.read_bytes()
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as err:
-        from ctxlm.pretrain.corpus import encoding_hint
-
-        line = data.count(b"\n", 0, err.start) + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (bad byte 0x{data[err.start]:02x} at offset {err.start})"
-                        f"{encoding_hint(data)}") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-
-
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
 
@@ -821,15 +807,7 @@ def _file_lines(path: Path) -> Iterator[str]:
     try:
         with opener(path, "rb") as fh:
             for line_no, raw in enumerate(fh, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    from ctxlm.pretrain.corpus import encoding_hint
-
-                    hint = encoding_hint(raw) if line_no == 1 else ""
-                    raise UserError(f"{path}:{line_no}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
-                                    f"{err.start + 1}){hint}") from None
-                yield line.removeprefix("\ufeff") if line_no == 1 else line
+                yield decode_line(raw, path, line_no)
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
         raise UserError(f"{path}: cannot read ({err})") from None
 

@@ -135,9 +135,9 @@ class WordTokenizer:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        from ctxlm.transfer.data import _check_unicode
+        from ctxlm.textfiles import check_json_unicode
 
-        _check_unicode(data, text, path)
+        check_json_unicode(data, text, path)
         if isinstance(data, dict):
             if sorted(data.values()) != list(range(len(data))):
                 raise UserError(f"{path}: the ids of a {{word: id}} vocabulary must be 0 to {len(data) - 1}, once each")
@@ -197,20 +197,7 @@ class WordTokenizer:
 def _read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 file, split on "\\n" alone (so numbers agree with editors; a "\\r\\n" ending loses
     its "\\r"), a byte-order mark at the start dropped; line n is item n - 1."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        text = data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as err:
-        from ctxlm.pretrain.corpus import encoding_hint
+    from ctxlm.textfiles import read_text
 
-        line = data.count(b"\n", 0, err.start) + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column})"
-                        f"{encoding_hint(data)}") from None
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    lines = [line.removesuffix("\r") for line in read_text(path).split("\n")]
     return lines[:-1] if lines and lines[-1] == "" else lines

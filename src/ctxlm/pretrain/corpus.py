@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ctxlm.errors import UserError
+from ctxlm.textfiles import decode_line, encoding_hint
 
 # encode(texts) -> one list of ids per text, adding no special tokens; e.g. for a `tokenizers.Tokenizer`:
 # lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
@@ -72,19 +73,6 @@ def find_text_files(path: str | Path) -> list[Path]:
     return files
 
 
-_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),  # UTF-32 before UTF-16:
-               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))  # FF FE 00 00 also starts with FF FE
-
-
-def encoding_hint(head: bytes) -> str:
-    """Advice to append to a "not UTF-8" error, from the first bytes of the file: "" unless they are the byte-order
-    mark of UTF-16 or UTF-32 (what Windows tools often write for "Unicode")."""
-    for bom, name in _WIDE_BOMS:
-        if head.startswith(bom):
-            return f" (it is {name} text, by its byte-order mark: convert it, e.g. iconv -f {name} -t UTF-8)"
-    return ""
-
-
 def _read_lines(file: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
     """The lines of a (gzipped) UTF-8 file, each with its line ending, checked strictly.
 
@@ -112,12 +100,7 @@ def _read_lines(file: Path, on_bytes: Callable[[int], None] | None = None) -> It
             for lineno, line in enumerate(raw_lines, start=1):
                 if not line:
                     continue  # the sniffed head ended exactly at the end of the file
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    where = f"byte 0x{line[e.start]:02x} at column {e.start + 1}"
-                    raise UserError(f"{file}:{lineno}: not valid UTF-8 ({where})") from None
-                yield text.removeprefix("\ufeff") if lineno == 1 else text  # a BOM is not text
+                yield decode_line(line, file, lineno)  # a BOM is not text
                 if on_bytes is not None and lineno % 1024 == 0:
                     on_bytes(raw.tell() - done)
                     done = raw.tell()

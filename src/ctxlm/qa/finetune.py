@@ -164,7 +164,7 @@ def answer_questions(model: SpanModel, pairs: list[tuple[str, str]], *, n_best: 
 def read_pairs(lines, source: str) -> list[tuple[str, str]]:
     """(question, passage) pairs for `ctxlm predict`: one JSON object {"question": ..., "context": ...} per line
     (str lines, e.g. a text file; blank lines are no pairs; a UTF-8 byte-order mark before the first is dropped)."""
-    from ctxlm.transfer.data import _check_unicode
+    from ctxlm.textfiles import check_json_unicode
 
     pairs = []
     for number, line in enumerate(lines, 1):
@@ -183,7 +183,7 @@ def read_pairs(lines, source: str) -> list[tuple[str, str]]:
         if pair is None or not all(isinstance(text, str) for text in pair):
             raise UserError(f'{source}:{number}: expected a JSON object {{"question": "...", "context": "..."}} '
                             "with two strings")
-        _check_unicode(pair, line, source, number)
+        check_json_unicode(pair, line, source, number)
         pairs.append(pair)
     return pairs
 

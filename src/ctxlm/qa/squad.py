@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxlm.errors import UserError
-from ctxlm.transfer.data import _check_unicode, _read_text
+from ctxlm.textfiles import check_json_unicode, read_text
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,14 @@ def read_squad(path: str | Path, *, allow_no_answer: bool = False) -> list[Quest
     a question is an error, since a v1 model cannot say "no answer".
     """
     path = Path(path)
-    text = _read_text(path)
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise UserError(f'{path}: expected a SQuAD file, {{"version": ..., "data": [articles]}}')
-    _check_unicode(data, text, path)
+    check_json_unicode(data, text, path)
     data = data["data"]
     questions: list[Question] = []
     seen: set[str] = set()

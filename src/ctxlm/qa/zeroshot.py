@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ctxlm.errors import UserError
 from ctxlm.generate import generate_ids, is_transformer_xl
 from ctxlm.qa.squad import Question, read_squad, squad_metrics
-from ctxlm.transfer.data import _check_unicode, _read_text
+from ctxlm.textfiles import check_json_unicode, read_text
 
 DEFAULT_TEMPLATE = "{document}\n\n{history}Q: {question}\nA:"
 PLACEHOLDERS = ("document", "history", "question")
@@ -365,7 +365,7 @@ def read_coqa(path: str | Path) -> list[Question]:
 
 
 def _json_data(path: Path) -> list:
-    text = _read_text(path)
+    text = read_text(path)
     try:
         data = json.loads(text)["data"]
     except json.JSONDecodeError as err:
@@ -374,7 +374,7 @@ def _json_data(path: Path) -> list:
         data = None
     if not isinstance(data, list):
         raise UserError(f'{path}: expected SQuAD or CoQA JSON, {{"data": [...]}}')
-    _check_unicode(data, text, path)
+    check_json_unicode(data, text, path)
     return data
 
 

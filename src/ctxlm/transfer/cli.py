@@ -219,12 +219,15 @@ def predict(model, input_file, question, context, context_file, n_best, batch_si
     task_model = load_finetuned(model, device=pick_device(device))
     name = getattr(input_file, "name", "<stdin>")
     if not isinstance(task_model, TaskModel):
+        from pathlib import Path
+
         from ctxlm.qa.finetune import answer_questions, read_pairs
+        from ctxlm.textfiles import read_text
 
         if question is not None:
             if (context is None) == (context_file is None):
                 raise UserError("--question needs the passage: --context TEXT or --context-file FILE (one of them)")
-            pairs = [(question, context if context is not None else _read_utf8(context_file))]
+            pairs = [(question, context if context is not None else read_text(Path(context_file)))]
         else:
             pairs = _decoded(lambda: read_pairs(input_file, name), name)
         for (q, _), answers in zip(pairs, answer_questions(task_model, pairs, n_best=n_best, batch_size=batch_size),
@@ -246,12 +249,6 @@ def _decoded(read, name: str):
         return read()
     except UnicodeDecodeError as err:
         raise UserError(f"{name}: not UTF-8 text ({err})") from None
-
-
-def _read_utf8(path: str) -> str:
-    from pathlib import Path
-
-    return _decoded(lambda: Path(path).read_text(encoding="utf-8"), path)
 
 
 @click.command(epilog="""\b

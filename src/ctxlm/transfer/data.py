@@ -9,20 +9,19 @@ task gets the same label order (the training split's names, sorted) and the same
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import math
 import random
 import re
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import dataset_path, encoding_hint
+from ctxlm.pretrain.corpus import dataset_path
+from ctxlm.textfiles import check_json_unicode, read_text
 
 
 @dataclass(frozen=True)
@@ -72,54 +71,6 @@ Splits = tuple[list[Example], list[Example], list[Example] | None]  # train, dev
 # ---------------------------------------------------------------------------------------------------- file access
 
 
-def _read_text(path: Path) -> str:
-    """The whole file (gunzipped if it ends in .gz) as UTF-8 text without a BOM: the task files are small."""
-    try:
-        data = path.read_bytes()
-        if path.name.endswith(".gz"):
-            data = gzip.decompress(data)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: not a valid gzip file ({e})") from None
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}), expected "
-                        f"UTF-8 text{encoding_hint(data)}") from None
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-
-
-def _check_unicode(value: Any, raw: str, path: Path | str, line: int = 1) -> None:
-    """Refuse JSON `value` (decoded from `raw`, which starts on `line` of `path`) if one of its strings holds half of
-    a UTF-16 surrogate pair. JSON's \\u escapes can spell one ("\\ud800"), which is no character: Python keeps it
-    in the string, but UTF-8 and the Rust tokenizers fail on it later, far from the file. Only a `raw` that holds
-    such an escape (a valid pair has two) needs the walk through `value`."""
-    if not _SURROGATE_ESCAPE.search(raw):
-        return
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack += [*item, *item.values()]
-        elif isinstance(item, list):
-            stack += item
-        elif isinstance(item, str) and not item.isascii():
-            bad = next((i for i, c in enumerate(item) if "\ud800" <= c <= "\udfff"), None)
-            if bad is not None:
-                code = f"\\u{ord(item[bad]):04x}"
-                escape = re.compile(re.escape(code), re.IGNORECASE).search(raw)
-                line += 0 if escape is None else raw.count("\n", 0, escape.start())
-                raise UserError(f"{path}:{line}: the text {item[max(bad - 20, 0):bad + 20]!r} holds {code}, half of a "
-                                "UTF-16 surrogate pair, which is no character; expected Unicode text")
-
-
 def _lines(text: str) -> Iterator[tuple[int, str]]:
     """(line number, line) for each line with some text; split on "\\n" only so numbers agree with editors."""
     for number, line in enumerate(text.split("\n"), 1):
@@ -130,7 +81,7 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
 
 def _tsv_rows(path: Path, fields: int, header: bool) -> Iterator[tuple[str, list[str]]]:
     """("path:line", fields) per row. Fields are split on tabs alone: MRPC has unbalanced quotes inside them."""
-    lines = _lines(_read_text(path))
+    lines = _lines(read_text(path))
     if header:
         next(lines, None)
     for number, line in lines:
@@ -145,14 +96,14 @@ _SPACE = re.compile(r"\s*")
 
 def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
     """("path:line", value) for each element of a JSON array file, or for each line of a JSON-lines file."""
-    text = _read_text(path)
+    text = read_text(path)
     if not text.lstrip().startswith("["):
         for number, line in _lines(text):
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            _check_unicode(value, line, path, number)
+            check_json_unicode(value, line, path, number)
             yield f"{path}:{number}", value
         return
     # Decode the array one element at a time, so each element can be reported by the line where it starts.
@@ -171,7 +122,7 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-        _check_unicode(value, text[pos:end], path, line)
+        check_json_unicode(value, text[pos:end], path, line)
         pos = end
         yield f"{path}:{line}", value
         pos = _SPACE.match(text, pos).end()
@@ -225,7 +176,7 @@ def _glue(name: str, layout: _Glue, train: str = "train.tsv") -> Callable[[], Sp
 def _conll(path: Path) -> list[Example]:
     """Sentences of `word POS chunk NER` lines; blank lines end a sentence and -DOCSTART- lines are skipped."""
     sentences, words, tags, start = [], [], [], 0
-    for number, line in enumerate([*_read_text(path).split("\n"), ""], 1):  # "": the last sentence ends too
+    for number, line in enumerate([*read_text(path).split("\n"), ""], 1):  # "": the last sentence ends too
         parts = line.split()
         if parts and parts[0] != "-DOCSTART-":
             if len(parts) != 4:
@@ -338,7 +289,7 @@ def _csv_records(path: Path, delimiter: str, columns: list[str]) -> list[tuple[s
     """("path:line", {column: value}) per row of a CSV/TSV file with a header (blank lines are no rows). A TSV is
     split on tabs alone, as the GLUE files are; a CSV may quote fields (and then a row can span lines)."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    text = _read_text(path)
+    text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     limit = csv.field_size_limit()
     csv.field_size_limit(max(limit, len(text) + 1))  # the default 128 Ki characters would refuse long texts
