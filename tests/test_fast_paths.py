@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from test_gpt_parity import CONFIGS, reference_pair
 
@@ -34,3 +35,19 @@ def test_last_only_logits_equal_the_last_position():
         last = model(ids, mask=mask, last_only=True).logits
     assert last.shape == (2, 1, full.shape[-1])
     torch.testing.assert_close(last, full[:, -1:], atol=1e-5, rtol=0)
+
+
+def test_the_transposed_copy_gives_the_linear_product_and_follows_weight_updates():
+    from ctxlm.nn.attention import TransposedCopy
+
+    torch.manual_seed(0)
+    weight, bias = torch.randn(96, 16), torch.randn(96)
+    head = TransposedCopy()
+    with torch.no_grad():
+        for rows in (1, TransposedCopy.MAX_ROWS, TransposedCopy.MAX_ROWS + 1):
+            x = torch.randn(rows, 1, 16)
+            torch.testing.assert_close(head.linear(x, weight, bias), F.linear(x, weight, bias))
+        assert head._copy is not None  # the copy was used
+        weight.mul_(2.0)  # as an optimizer step or load_state_dict would: the version moves, the copy is remade
+        x = torch.randn(2, 16)
+        torch.testing.assert_close(head.linear(x, weight), F.linear(x, weight))
