@@ -13,29 +13,34 @@ from test_cli import ctxlm
 from test_train import synthetic_batches, tiny_model
 
 
-def poisoned_objective(bad_steps: set[int], counter: list[int]):
+def poisoned_objective(bad_steps: set[int], counter: list[int], poison: str = "nan"):
     """The causal LM loss, made NaN on the micro-batches numbered in `bad_steps` (as a bad batch or an overflow
-    would): the NaN reaches every gradient through backward."""
+    would: the NaN reaches every gradient through backward), or infinite with finite gradients ("inf")."""
     def objective(model, batch):
         loss, metrics = causal_lm_objective(model, batch)
         index = counter[0]
         counter[0] += 1
-        return (loss * math.nan if index in bad_steps else loss), metrics
+        if index in bad_steps:
+            loss = loss * math.nan if poison == "nan" else loss + math.inf
+        return loss, metrics
 
     return objective
 
 
-def train(run_dir, bad_steps=(), steps=12, **options):
+def train(run_dir, bad_steps=(), steps=12, poison="nan", **options):
     model = tiny_model()
     config = TrainConfig(steps=steps, lr=1e-2, warmup_steps=2, save_every=4, eval_every=100, log_every=1, **options)
-    trainer = Trainer(model, poisoned_objective(set(bad_steps), [0]), synthetic_batches().batch, config, run_dir)
+    trainer = Trainer(model, poisoned_objective(set(bad_steps), [0], poison), synthetic_batches().batch, config,
+                      run_dir)
     trainer.fit()
     return model
 
 
-def test_a_nan_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
-    with pytest.raises(NonFiniteLoss, match=r"step 6: loss nan, gradient norm nan: not finite, training stopped"):
-        train(tmp_path, bad_steps={5})
+@pytest.mark.parametrize("poison, says", [("nan", "loss nan, gradient norm nan"),
+                                          ("inf", r"loss inf, gradient norm \d")])  # gradients finite
+def test_a_nan_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, poison, says):
+    with pytest.raises(NonFiniteLoss, match=rf"step 6: {says}.*: not finite, training stopped"):
+        train(tmp_path, bad_steps={5}, poison=poison)
     state = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 4  # the checkpoint before the NaN, untouched
     weights = tiny_model().state_dict()

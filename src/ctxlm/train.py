@@ -394,9 +394,10 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf)
         if hasattr(grad_norm, "full_tensor"):  # sharded gradients: the norm is a distributed tensor
             grad_norm = grad_norm.full_tensor()
-        # The gradient norm is the same in every process (DDP averages, FSDP reduces it), so all decide alike;
-        # a NaN in any process's loss reaches every gradient through that average.
-        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
+        # Every process must decide alike. The gradient norm is the same in all (DDP averages, FSDP reduces it),
+        # but an infinite loss can come with finite gradients (a target of probability 0), so its flag is OR-ed.
+        (bad_loss,) = distributed.any_rank(not bool(torch.isfinite(total)))
+        finite = bool(torch.isfinite(grad_norm)) and not bad_loss
         if finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

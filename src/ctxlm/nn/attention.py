@@ -20,10 +20,11 @@ class TransposedCopy:
     longer side: an 8192x256 LM head laid out (in, out) takes 0.39 ms, laid out (out, in) as nn.Linear keeps
     it 0.96 ms; 256->1024 0.05 vs 0.12 ms (x86, fp32). It still wins at a few rows: greedy decoding of 8 prompts
     with a 4x256 GPT-2 ran at 1,690 new tokens/s through the copy against 1,431 without (medians of 5 alternating
-    rounds; 16 rows: 1.07x; at 32 no gain). So weights with more outputs than inputs get a copy for such products. The parameter itself keeps its layout (optimizer
-    states, checkpoints and fused optimizers see nothing new); the copy costs that weight's memory once more,
-    is made on first use and again whenever the weight changes (its version counter moves: optimizer steps,
-    load_state_dict). Training and products over more rows go through F.linear unchanged.
+    rounds; 16 rows: 1.07x; at 32 no gain). So weights with more outputs than inputs get a copy for such
+    products. The parameter itself keeps its layout (optimizer states, checkpoints and fused optimizers see
+    nothing new); the copy costs that weight's memory once more, is made on first use and again whenever the
+    weight changes (its version counter moves: optimizer steps, load_state_dict). Training and products over
+    more rows go through F.linear unchanged.
     """
 
     MAX_ROWS = 16
