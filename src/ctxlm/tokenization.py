@@ -117,16 +117,22 @@ def _bert_pipeline(model: models.Model, lowercase: bool = True, strip_accents: b
     return backend
 
 
+def _not_special(backend: Backend, tokens: list[str]) -> Backend:
+    """The tokenizer with `tokens` kept in its vocabulary as ordinary symbols, no longer special tokens."""
+    data = json.loads(backend.to_str())
+    unmark = set(tokens)
+    data["added_tokens"] = [token for token in data["added_tokens"] if token["content"] not in unmark]
+    return Backend.from_str(json.dumps(data))
+
+
 def _canonical_numbering(backend: Backend) -> Backend:
     """The trained tokenizer with its symbols numbered the same way for the same corpus.
 
-    The trainers number the initial alphabet in hash-map order, which Rust seeds at random, and break ties between
-    equally frequent merges by those numbers: the same corpus gave differently numbered vocabularies from run to
-    run (gpt and bert kinds; gpt2's byte alphabet is fixed). Here the single-character symbols (with their "</w>"
-    or "##" forms) take their block of numbers in sorted order; BPE's merged symbols keep the merges' order;
-    WordPiece, which matches by membership alone, numbers its merged symbols sorted too. What this cannot undo:
-    ties between merges broken differently can change the symbols themselves, seen with WordPiece on small
-    corpora (huggingface/tokenizers#1794); a saved tokenizer (`--tokenizer`) is the repeatable choice."""
+    The trainers number the initial alphabet in hash-map order, which Rust seeds at random: the same corpus gave
+    differently numbered vocabularies from run to run (gpt and bert kinds; gpt2's byte alphabet is fixed). Here
+    the single-character symbols (with their "</w>" or "##" forms) take their block of numbers in sorted order;
+    BPE's merged symbols keep the merges' order; WordPiece, which matches by membership alone, numbers its merged
+    symbols sorted too. (The merges themselves are made repeatable in `Tokenizer.train`.)"""
     data = json.loads(backend.to_str())
     vocab = data["model"]["vocab"]
     special = {token["content"] for token in data["added_tokens"]}
@@ -271,8 +277,10 @@ class Tokenizer:
         (e.g. a generator, `iter(lines)`) of text strings. The vocabulary starts with the special tokens:
         gpt2: <|endoftext|> and the three task tokens; gpt: <unk>, <|endoftext|> and the three task tokens;
         bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4). A corpus too small to supply enough merges gives a
-        smaller vocabulary. `lowercase` (bert only, default True): lower-case and strip accents first, as
-        "uncased" BERT; False keeps case and accents, as "cased" BERT.
+        smaller vocabulary. The same files give the same tokenizer (gpt and bert read them twice for that; a
+        one-shot iterator of texts is read once, and its gpt or bert vocabulary may then vary between runs).
+        `lowercase` (bert only, default True): lower-case and strip accents first, as "uncased" BERT; False keeps
+        case and accents, as "cased" BERT.
         """
         spec = _kind_spec(kind, "Tokenizer.train")
         options = _pipeline_options(kind, lowercase, "Tokenizer.train")
@@ -284,12 +292,25 @@ class Tokenizer:
                             "tokens + at least one merge)")
         if not isinstance(min_frequency, int) or min_frequency < 1:
             raise UserError(f"min_frequency={min_frequency!r}: expected an integer >= 1")
-        backend = spec.pipeline(spec.model(**spec.model_options), **options)
-        trainer = spec.trainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                               show_progress=show_progress, special_tokens=list(specials.values()))
-        texts = _training_texts(files)
-        # Everything goes through the iterator path so that gzip and UTF-8 errors name the file and line.
-        backend.train_from_iterator(_batches(texts), trainer)
+
+        def train_once(registered: list[str]) -> Backend:
+            backend = spec.pipeline(spec.model(**spec.model_options), **options)
+            trainer = spec.trainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
+                                   special_tokens=[*specials.values(), *registered])
+            # Everything goes through the iterator path so that gzip and UTF-8 errors name the file and line.
+            backend.train_from_iterator(_batches(_training_texts(files)), trainer)
+            return backend
+
+        backend = train_once([])
+        affixed = {"gpt": lambda c: c + "</w>", "bert": lambda c: "##" + c}.get(kind)
+        if affixed is not None and not isinstance(files, Iterator):
+            # HF's trainers number each character's "##" / "</w>" form in randomly seeded hash-map order and break
+            # ties between equally frequent merges by those numbers, so the same corpus gave different
+            # vocabularies from run to run (huggingface/tokenizers#1794). Given up front, in sorted order, those
+            # forms have fixed numbers, and a second pass over the corpus makes the same merges every time.
+            alphabet = sorted(t for t in backend.get_vocab() if len(t) == 1 and t not in specials.values())
+            registered = [affixed(c) for c in alphabet]
+            backend = _not_special(train_once(registered), registered)
         made = backend.get_vocab_size(with_added_tokens=True)
         # "gpt" keeps every character seen (and its "</w>" twin) whatever the budget, "bert" too (and "##" twins)
         if made > vocab_size:

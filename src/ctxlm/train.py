@@ -53,7 +53,7 @@ MAX_SKIPPED_IN_A_ROW = 10  # more non-finite steps than this in a row is a diver
 NONFINITE_HELP = ("a step with a NaN or infinite loss or gradient: stop (an error; the last checkpoint is kept) or "
                   f"skip its update (stopping after {MAX_SKIPPED_IN_A_ROW} in a row)")
 DETERMINISTIC_HELP = ("PyTorch's deterministic algorithms (bitwise-repeatable runs on one machine; some GPU ops slower "
-                      "or refused). Pass --tokenizer as well: training a tokenizer may order tied pieces differently")
+                      "or refused)")
 
 
 class NonFiniteLoss(UserError):
