@@ -81,9 +81,11 @@ def test_two_processes_train_as_one_with_twice_the_batch(family, monkeypatch, ca
     assert state["world_size"] == 2 and sorted(rng) == ["rng.torch", "rng.torch.rank1"]
 
 
-def test_a_stopped_run_resumes_exactly(monkeypatch, capsys, tmp_path, cache, corpus_dir, tiny_model_dir):
+def assert_stop_and_resume_exact(cache, tmp_path, corpus_dir, tiny_model_dir, *extra) -> list:
+    """Two processes stopped after step 1 and resumed end as two that ran through: the same weights and last log
+    line. Returns the arguments, for more runs of the same training."""
     args = ["--model", "gpt2", "--data", corpus_dir, "--tokenizer", tiny_model_dir, *TINY["gpt2"], "--steps", 12,
-            "--eval-every", 5, "--save-every", 5, "--batch-size", 2]  # dropout 0.1: the random states matter
+            "--eval-every", 5, "--save-every", 5, "--batch-size", 2, *extra]  # dropout 0.1: random states matter
     pretrain_ddp(cache, *args, "--out", tmp_path / "whole")
     pretrain_ddp(cache, *args, "--out", tmp_path / "parts", "--max-minutes", 0)  # stops after step 1
     assert json.loads((tmp_path / "parts" / "checkpoint" / "trainer_state.json").read_text())["step"] == 1
@@ -91,6 +93,11 @@ def test_a_stopped_run_resumes_exactly(monkeypatch, capsys, tmp_path, cache, cor
     whole, parts = weights(tmp_path / "whole"), weights(tmp_path / "parts")
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
     assert metrics_records(tmp_path / "whole")[-1] == metrics_records(tmp_path / "parts")[-1]
+    return args
+
+
+def test_a_stopped_run_resumes_exactly(monkeypatch, capsys, tmp_path, cache, corpus_dir, tiny_model_dir):
+    args = assert_stop_and_resume_exact(cache, tmp_path, corpus_dir, tiny_model_dir)
 
     # One process cannot resume it: the global batch and the random states to restore are those of two.
     monkeypatch.setenv("CTXLM_CACHE", str(cache))
@@ -173,15 +180,7 @@ def test_fsdp_trains_bert_as_ddp(tmp_path, cache, corpus_dir):
 
 
 def test_a_stopped_fsdp_run_resumes_exactly(tmp_path, cache, corpus_dir, tiny_model_dir):
-    args = ["--model", "gpt2", "--data", corpus_dir, "--tokenizer", tiny_model_dir, *TINY["gpt2"], "--steps", 12,
-            "--eval-every", 5, "--save-every", 5, "--batch-size", 2, "--fsdp"]  # dropout 0.1: random states matter
-    pretrain_ddp(cache, *args, "--out", tmp_path / "whole")
-    pretrain_ddp(cache, *args, "--out", tmp_path / "parts", "--max-minutes", 0)  # stops after step 1
-    assert json.loads((tmp_path / "parts" / "checkpoint" / "trainer_state.json").read_text())["step"] == 1
-    pretrain_ddp(cache, *args, "--out", tmp_path / "parts", "--resume")
-    whole, parts = weights(tmp_path / "whole"), weights(tmp_path / "parts")
-    assert all(torch.equal(whole[k], parts[k]) for k in whole)
-    assert metrics_records(tmp_path / "whole")[-1] == metrics_records(tmp_path / "parts")[-1]
+    assert_stop_and_resume_exact(cache, tmp_path, corpus_dir, tiny_model_dir, "--fsdp")
 
 
 def test_fsdp_needs_torchrun_and_transformer_blocks(monkeypatch, capsys, tmp_path, corpus_dir):
