@@ -46,6 +46,11 @@ class TransformerConfig(ModelConfig):
     attn_dropout: float = 0.1  # attention probabilities
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
+    # Parameter-efficient transfer (ctxlm.nn.peft), built into the blocks so that a saved adapted model loads back.
+    adapter_dim: int = 0  # Houlsby adapters' bottleneck (two per block); 0: none
+    lora_rank: int = 0  # LoRA's r on the attention projections in `lora_targets`; 0: none
+    lora_alpha: float = 0.0  # LoRA's α, the update scaled by α / r; 0: α = r (Hu et al. 2021 §4.1)
+    lora_targets: str = "qv"  # which of the query, key, value, output projections LoRA updates
 
     def __post_init__(self) -> None:
         if self.mlp_dim is None:
@@ -67,6 +72,13 @@ class TransformerConfig(ModelConfig):
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("adapter_dim", "lora_rank", "lora_alpha"):
+            if getattr(self, name) < 0:
+                raise UserError(f"config: {name} must be 0 or positive, got {getattr(self, name)}")
+        targets = self.lora_targets
+        if not targets or set(targets) - set("qkvo") or len(set(targets)) != len(targets):
+            raise UserError(f"config: lora_targets must be one or more of the letters q, k, v, o (each once), "
+                            f"got {targets!r}")
 
 
 @dataclass
@@ -282,7 +294,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> ModelConfi
         wrong_float = expected.startswith("float") and not isinstance(value, int | float)
         wrong_bool = expected == "bool" and not isinstance(value, bool)
         wrong_list = expected.startswith("list") and not isinstance(value, list)
-        if wrong_int or wrong_float or wrong_bool or wrong_list:
+        wrong_str = expected == "str" and not isinstance(value, str)
+        if wrong_int or wrong_float or wrong_bool or wrong_list or wrong_str:
             raise UserError(f"{source}: {key} should be {expected}, got {value!r}")
     config = cls(**data)
     try:

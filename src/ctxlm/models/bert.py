@@ -17,6 +17,7 @@ from ctxlm.config import BertConfig
 from ctxlm.errors import UserError
 from ctxlm.nn.attention import build_attention_mask
 from ctxlm.nn.blocks import Embeddings, TransformerBlock, init_transformer_weights
+from ctxlm.nn.peft import build_peft, reset_peft_parameters
 from ctxlm.outputs import EncoderOutput, Hidden
 
 
@@ -36,6 +37,7 @@ class BERT(nn.Module):
             )
             for _ in range(config.n_layers)
         )
+        build_peft(self.blocks, config)  # adapters / LoRA, when the config has them
 
     def forward(self, ids: Tensor, *, mask: Tensor | None = None, segments: Tensor | None = None,
                 memory: list[Tensor] | None = None, n_blocks: int | None = None) -> Hidden:
@@ -89,6 +91,7 @@ class BertModel(nn.Module):
         self.nsp = nn.Linear(config.dim, 2) if config.nsp_head else None
         self.tokenizer = None
         init_transformer_weights(self, config.init_std, n_layers=None)
+        reset_peft_parameters(self)  # adapters and LoRA start at (or near) the identity, not as pretrained weights
 
     def forward(self, ids: Tensor, *, mask: Tensor | None = None, segments: Tensor | None = None,
                 masked_positions: Tensor | None = None) -> EncoderOutput:

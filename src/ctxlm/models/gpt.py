@@ -16,6 +16,7 @@ from ctxlm.errors import UserError
 from ctxlm.nn.attention import KVCache, TransposedCopy, build_attention_mask
 from ctxlm.nn.blocks import Embeddings, TransformerBlock, init_transformer_weights, positions_from_mask
 from ctxlm.nn.losses import linear_cross_entropy
+from ctxlm.nn.peft import build_peft, reset_peft_parameters
 from ctxlm.outputs import Hidden, LMOutput
 
 
@@ -34,6 +35,7 @@ class GPT(nn.Module):
             )
             for _ in range(config.n_layers)
         )
+        build_peft(self.blocks, config)  # adapters / LoRA, when the config has them
         self.final_norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps) if config.pre_norm else None
 
     def forward(self, ids: Tensor, *, mask: Tensor | None = None, segments: Tensor | None = None,
@@ -94,6 +96,7 @@ class GPTLanguageModel(nn.Module):
         self.backbone = GPT(config)
         self.tokenizer = None  # set by ctxlm.load / the trainer; saved beside the weights
         init_transformer_weights(self, config.init_std, config.n_layers)
+        reset_peft_parameters(self)  # adapters and LoRA start at (or near) the identity, not as pretrained weights
         self.head_copy = TransposedCopy()  # the tied LM head, read transposed when decoding
 
     def forward(self, ids: Tensor, *, mask: Tensor | None = None, cache: KVCache | None = None,

@@ -49,8 +49,9 @@ class TransposedCopy:
 class DecodingLinear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose decoding-sized products use a TransposedCopy."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.decoding_copy = TransposedCopy()
 
     def forward(self, x: Tensor) -> Tensor:

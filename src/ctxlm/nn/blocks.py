@@ -71,6 +71,9 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(dim, mlp_dim, activation)
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
+        # Houlsby adapters of the two sub-layers (ctxlm.nn.peft); a plain block has none, and no extra work
+        self.attn_adapter: nn.Module | None = None
+        self.mlp_adapter: nn.Module | None = None
         self.checkpointing = False  # see `use_gradient_checkpointing`
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
@@ -84,10 +87,16 @@ class TransformerBlock(nn.Module):
     def _forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
                  layer: int = 0) -> Tensor:
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), mask, cache, layer))
-            return x + self.dropout(self.mlp(self.mlp_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask, cache, layer)))
-        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+            x = x + self._branch(self.attn(self.attn_norm(x), mask, cache, layer), self.attn_adapter)
+            return x + self._branch(self.mlp(self.mlp_norm(x)), self.mlp_adapter)
+        x = self.attn_norm(x + self._branch(self.attn(x, mask, cache, layer), self.attn_adapter))
+        return self.mlp_norm(x + self._branch(self.mlp(x), self.mlp_adapter))
+
+    def _branch(self, h: Tensor, adapter: nn.Module | None) -> Tensor:
+        """A sub-layer's output as it joins the residual stream: dropout, then the adapter if there is one
+        (Houlsby et al. 2019, §2.1: before the residual addition; after the dropout, as AdapterHub places it)."""
+        h = self.dropout(h)
+        return h if adapter is None else adapter(h)
 
 
 def use_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
