@@ -33,6 +33,16 @@ class TaskSpec:
     labels: tuple[str, ...]  # class names in index order (tag names for "tag"); () for regression and choice
     metrics: tuple[str, ...]  # names understood by metrics.compute_metrics; the FIRST is the main one
     regression: bool = False  # STS-B: one float per example
+    # pair tasks: whether (a, b) and (b, a) may differ. Entailment has an order (GPT §3.3: premise, delimiter,
+    # hypothesis); similarity and paraphrase do not, and decoders then read both orderings (GPT §3.3).
+    order_matters: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TaskSpec:
+        """The spec saved in a task.json. Pair models saved before `order_matters` existed read both orderings."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        values.setdefault("order_matters", values.get("kind") != "pair")
+        return cls(**values)
 
     @property
     def num_labels(self) -> int:
@@ -64,6 +74,7 @@ class UserTaskOptions:
     text_pair_column: str | None = None  # pair task when set
     dev_path: str | None = None  # else the last 10% of the train file (after a seeded shuffle) is held out as dev
     regression: bool = False  # float labels
+    symmetric: bool = False  # pair task: the order of the two texts carries no meaning (similarity, paraphrase)
 
 
 Splits = tuple[list[Example], list[Example], list[Example] | None]  # train, dev, test; labels as in the files
@@ -265,12 +276,14 @@ class BuiltinTask:
     metrics: tuple[str, ...]
     read: Callable[[], Splits]
     regression: bool = False
+    order_matters: bool = True  # pair tasks: see TaskSpec
 
 
 TASKS: dict[str, BuiltinTask] = {
     "sst2": BuiltinTask("single", ("accuracy",), _glue("sst2", _Glue(2, (0,), 1), train="train.tsv.gz")),
-    "mrpc": BuiltinTask("pair", ("f1", "accuracy"), _glue("mrpc", _Glue(5, (3, 4), 0))),
-    "stsb": BuiltinTask("pair", ("spearman", "pearson"), _glue("stsb", _Glue(10, (7, 8), 9)), True),
+    "mrpc": BuiltinTask("pair", ("f1", "accuracy"), _glue("mrpc", _Glue(5, (3, 4), 0)), order_matters=False),
+    "stsb": BuiltinTask("pair", ("spearman", "pearson"), _glue("stsb", _Glue(10, (7, 8), 9)), True,
+                        order_matters=False),
     "rte": BuiltinTask("pair", ("accuracy",), _glue("rte", _Glue(4, (1, 2), 3))),
     "cola": BuiltinTask("single", ("mcc", "accuracy"), _glue("cola", _Glue(4, (3,), 1, header=False))),
     "conll2003": BuiltinTask("tag", ("entity_f1", "accuracy"), _read_conll),
@@ -387,17 +400,18 @@ def _indexed(examples: list[Example], labels: tuple[str, ...], kind: str) -> lis
     return [Example(e.texts, lookup(e.label, e), e.source) for e in examples]
 
 
-def _task_data(name: str, kind: str, metrics: tuple[str, ...], regression: bool, splits: Splits) -> TaskData:
+def _task_data(name: str, kind: str, metrics: tuple[str, ...], regression: bool, splits: Splits,
+               order_matters: bool = True) -> TaskData:
     """The spec and the examples with final labels: class indices, scores as floats, choice indices as read."""
     if kind == "choice":
         return TaskData(TaskSpec(name, kind, (), metrics), *splits)
     if regression:
         scores = [None if split is None else [Example(e.texts, _number(e.label, e.source), e.source) for e in split]
                   for split in splits]
-        return TaskData(TaskSpec(name, kind, (), metrics, regression=True), *scores)
+        return TaskData(TaskSpec(name, kind, (), metrics, regression=True, order_matters=order_matters), *scores)
     labels = _label_names(splits[0], kind)
     indexed = [None if split is None else _indexed(split, labels, kind) for split in splits]
-    return TaskData(TaskSpec(name, kind, labels, metrics), *indexed)
+    return TaskData(TaskSpec(name, kind, labels, metrics, order_matters=order_matters), *indexed)
 
 
 def load_task(name: str, *, train_size: int | None = None, seed: int = 0,
@@ -413,10 +427,13 @@ def load_task(name: str, *, train_size: int | None = None, seed: int = 0,
         options = csv_options or UserTaskOptions()
         kind = "pair" if options.text_pair_column else "single"
         metrics = ("spearman", "pearson") if options.regression else ("accuracy", "macro_f1")
-        data = _task_data("csv", kind, metrics, options.regression, _read_user(Path(name[4:]), options))
+        if options.symmetric and kind != "pair":
+            raise UserError("--symmetric says the two texts of a pair have no order: it needs --pair-column")
+        data = _task_data("csv", kind, metrics, options.regression, _read_user(Path(name[4:]), options),
+                          order_matters=not options.symmetric)
     elif name in TASKS:
         task = TASKS[name]
-        data = _task_data(name, task.kind, task.metrics, task.regression, task.read())
+        data = _task_data(name, task.kind, task.metrics, task.regression, task.read(), task.order_matters)
     else:
         raise UserError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}, or csv:PATH for your own "
                         f".csv, .tsv or .jsonl file")

@@ -3,9 +3,10 @@
 Every task is read the same way. The backbone's states become *slot features* (batch, slots, dim) with a
 slot mask, and a linear layer scores them:
 
-- single text, encoder pair: one slot per example, the pooled sequence ([CLS], mean, or last token);
-- decoder pair (GPT §3.3, similarity): two slots, the pooled states of (a, b) and of (b, a), added, so the
-  prediction cannot depend on the order of the texts;
+- single text, encoder pair, decoder pair whose order matters (entailment): one slot per example, the pooled
+  sequence ([CLS], mean, or last token);
+- decoder pair without an order (GPT §3.3, similarity): two slots, the pooled states of (a, b) and of (b, a),
+  added, so the prediction cannot depend on the order of the texts;
 - multiple choice: one slot per choice (context + answer), each scored, softmax over the real ones;
 - token tagging: one slot per word, the state of the word's first sub-token.
 
@@ -58,7 +59,7 @@ def extract_features(states: Tensor, batch: dict[str, Tensor], pooling: str) -> 
 class TaskHead(nn.Module):
     """Dropout → linear over slot features. `kind` says how slots become predictions:
 
-    "single"/"pair": slots are added (one slot, or the two orderings) → (examples, outputs);
+    "single"/"pair": slots are added (one slot, or a similarity pair's two orderings) → (examples, outputs);
     "choice": one score per slot, padded slots at -inf → (examples, slots);
     "tag": one prediction per slot → (examples, slots, outputs).
     """

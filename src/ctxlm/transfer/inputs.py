@@ -2,8 +2,10 @@
 
 Encoders (BERT) read `[CLS] a [SEP] b [SEP]` with segment ids; a choice is `[CLS] context [SEP] answer [SEP]`;
 a tagged sentence is `[CLS] words [SEP]`, labelled on each word's first sub-token.
-Decoders (GPT, GPT-2) read GPT's §3.3 input transformations: `<|start|> text <|extract|>`; a pair twice, as
-(a, b) and (b, a) with `<|delimiter|>` between; a choice as (context, answer). A tagged sentence is
+Decoders (GPT, GPT-2) read GPT's §3.3 input transformations: `<|start|> text <|extract|>`; a pair as
+`<|start|> a <|delimiter|> b <|extract|>`, first text first (entailment: premise, then hypothesis), or for a
+task whose texts have no order (similarity, paraphrase: `TaskSpec.order_matters` False) twice, as (a, b) and
+(b, a); a choice as (context, answer). A tagged sentence is
 `<|start|> words`, each word labelled on its first sub-token (a decoder's state has seen only the left context).
 
 Every example is tokenised once, up front, on the tokenizer's Rust threads. A batch flattens all sequences of
@@ -45,7 +47,7 @@ def encode_examples(tokenizer: Tokenizer, spec: TaskSpec, examples: Sequence[Exa
     if spec.kind == "tag":
         return _encode_tagged(tokenizer, examples, decoder, max_length)
     if decoder:
-        return _encode_for_decoder(tokenizer, spec.kind, examples, max_length)
+        return _encode_for_decoder(tokenizer, spec.kind, examples, max_length, both_orders=not spec.order_matters)
     return _encode_for_encoder(tokenizer, spec.kind, examples, max_length)
 
 
@@ -68,12 +70,15 @@ def _encode_for_encoder(tokenizer: Tokenizer, kind: str, examples: Sequence[Exam
     return out
 
 
-def _encode_for_decoder(tokenizer: Tokenizer, kind: str, examples: Sequence[Example], max_length: int):
+def _encode_for_decoder(tokenizer: Tokenizer, kind: str, examples: Sequence[Example], max_length: int,
+                        both_orders: bool):
     if kind == "single":
         return [Encoded([tokenizer.encode_single(e.texts[0], max_length)], [0]) for e in examples]
-    if kind == "pair":  # both orderings: two slots whose features the head adds
+    if kind == "pair" and both_orders:  # two slots whose features the head adds: the order cannot matter
         return [Encoded([tokenizer.encode_pair(a, b, max_length), tokenizer.encode_pair(b, a, max_length)], [0, 1])
                 for a, b in (e.texts for e in examples)]
+    if kind == "pair":
+        return [Encoded([tokenizer.encode_pair(a, b, max_length)], [0]) for a, b in (e.texts for e in examples)]
     out = []
     for e in examples:
         sequences = tokenizer.encode_choices(e.texts[0], e.texts[1:], max_length)

@@ -155,7 +155,7 @@ class TaskModel(HeadedModel):
         path, config = finetuned_folder(path)
         if config["spec"]["kind"] == "span":
             raise UserError(f"{path}: a question-answering model; load it with load_finetuned (or SpanModel.load)")
-        spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["spec"].items()})
+        spec = TaskSpec.from_dict(config["spec"])
         model = cls(load(path), spec, pooling=config["pooling"], dropout=config["dropout"],
                     max_length=config["max_length"])
         load_weights(model.head, path / HEAD_FILE)
