@@ -248,13 +248,17 @@ class Trainer:
                  param_groups: list[dict] | None = None, tokens_per_batch: int | None = None,
                  evaluator: Callable[[], dict[str, float]] | None = None,
                  lr_schedule: Callable[[int], float] | None = None,
-                 before_step: Callable[[int], None] | None = None, find_unused_parameters: bool = False) -> None:
+                 before_step: Callable[[int], object] | None = None,
+                 after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+                 find_unused_parameters: bool = False) -> None:
         """`evaluator()`: replaces the mean-of-objective evaluation (metrics over a whole split, such as F1 or
         Spearman, are not means over batches); it returns names starting with "valid_"; under torchrun every
         process calls it.
         `lr_schedule(step)`: the learning-rate multiplier, instead of the config's warm-up + decay.
         `before_step(step)`: called before each optimizer step, e.g. to unfreeze layers on a schedule; it must
         depend on the step alone, so that a resumed run behaves as an uninterrupted one.
+        `after_step(optimizer)`: called after each applied optimizer step, e.g. a decoupled pull of the weights
+        (L2-SP) at each group's current rate.
         `tokens_per_batch`: of one process's micro-batch; tokens/s counts every process's.
         `find_unused_parameters`: under torchrun, some parameters may get no gradient in a step."""
         config.validate()
@@ -273,12 +277,18 @@ class Trainer:
         if config.compile:  # after DDP's wrapper, as PyTorch recommends: its hooks then see the compiled graph
             self.replicated = torch.compile(self.replicated)
         self.config, self.run_dir, self.eval_batches = config, Path(run_dir), eval_batches
-        self.tokens_per_batch, self.evaluator, self.before_step = tokens_per_batch, evaluator, before_step
+        self.tokens_per_batch, self.evaluator = tokens_per_batch, evaluator
+        self.before_step, self.after_step = before_step, after_step
         self.lr_schedule = lr_schedule or (lambda step: lr_factor(step, config))
         self.optimizer = make_optimizer(param_groups or default_param_groups(model, config.weight_decay), config)
         self.step = 0
         self.window = LogWindow()
         self.history: list[dict] = []
+
+    @property
+    def trainable_parameters(self) -> int:
+        """Parameters the optimizer holds: those that train at some point of the run."""
+        return sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -400,6 +410,8 @@ class Trainer:
         finite = bool(torch.isfinite(grad_norm)) and not bad_loss
         if finite:
             self.optimizer.step()
+            if self.after_step is not None:
+                self.after_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return total, grad_norm.detach(), finite
 

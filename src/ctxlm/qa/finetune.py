@@ -24,7 +24,14 @@ from ctxlm.qa.model import SpanModel
 from ctxlm.qa.options import SquadOptions
 from ctxlm.qa.spans import Span, Window, WindowBatches, best_spans, make_windows
 from ctxlm.qa.squad import Question, read_squad, split_by_article, squad_metrics
-from ctxlm.transfer.finetune import FinetuneConfig, pick_device, save_run, strategy_trainer, to_device
+from ctxlm.transfer.finetune import (
+    FinetuneConfig,
+    pick_device,
+    report_trainable,
+    save_run,
+    strategy_trainer,
+    to_device,
+)
 from ctxlm.transfer.heads import span_loss
 from ctxlm.transfer.strategies import get_strategy
 
@@ -134,6 +141,7 @@ def finetune_squad(config: FinetuneConfig, run_dir: str | Path, *, resume: bool 
 
     trainer = strategy_trainer(model, strategy, batches.per_epoch, loss_of, batches.train_batch, train_config,
                                config, run_dir, evaluate)
+    share = report_trainable(trainer, model)
     start = time.perf_counter()
     last = trainer.fit(resume=resume)
     minutes = (time.perf_counter() - start) / 60
@@ -141,7 +149,8 @@ def finetune_squad(config: FinetuneConfig, run_dir: str | Path, *, resume: bool 
         {k.removeprefix("valid_"): v for k, v in evaluate().items()}
     result = {"task": "squad", "strategy": strategy.name, "train_questions": len(train),
               "train_windows": len(windows["train"]), "dev_questions": len(dev), "steps": trainer.step,
-              "minutes": round(minutes, 2), "device": str(device), **{f"dev_{k}": v for k, v in dev_metrics.items()}}
+              "minutes": round(minutes, 2), "device": str(device), "trainable_share": share,
+              **{f"dev_{k}": v for k, v in dev_metrics.items()}}
     return save_run(model, result, trainer.step == train_config.steps, config, strategy, run_dir)
 
 

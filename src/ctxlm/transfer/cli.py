@@ -14,11 +14,15 @@ from ctxlm.train import DETERMINISTIC_HELP, NONFINITE_HELP, NONFINITE_POLICIES
 TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa (under $CTXLM_DATA), squad "
              "(question answering: BERT-family span extraction, see --train-file), or csv:PATH for your own "
              ".csv/.tsv/.jsonl file (see --text-column, --label-column)")
-STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, gradual (unfreeze one layer group per "
-                 "epoch, top first), discriminative (rates / 2.6 per group going down), slanted (ULMFiT triangular "
-                 "schedule), l2sp (penalty toward the pretrained weights), ulmfit (gradual + discriminative + "
-                 "slanted), gpt (full + auxiliary LM loss 0.5; decoders). Override a field: "
-                 "'discriminative:lr_decay=2.0', 'l2sp:sp_alpha=0.1,sp_norm=l1'")
+STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, gradual (ULMFiT: the head alone, "
+                 "then one more layer group per epoch, top first), discriminative (head at --lr, each group below "
+                 "/ 2.6), slanted (ULMFiT triangular schedule), l2sp (pull toward the pretrained weights after "
+                 "each step, sp_mode=coupled for the penalty in the loss), ulmfit (gradual + discriminative + "
+                 "slanted), chain-thaw (the head, then each group alone bottom up, then all), gpt (full + "
+                 "auxiliary LM loss 0.5; decoders), adapters (Houlsby bottlenecks, adapter_dim=64, rate 1e-3), "
+                 "lora (rank 8 on q and v, rate 5e-4, merged into the saved weights); adapters and lora need a "
+                 "GPT, GPT-2 or BERT backbone (not ELMo or Transformer-XL). Override a field: "
+                 "'discriminative:lr_decay=2.0', 'l2sp:sp_alpha=10,sp_norm=l1', 'lora:lora_rank=16,lora_targets=qkvo'")
 
 
 def user_task_options(f):
@@ -30,6 +34,9 @@ def user_task_options(f):
         click.option("--dev", "dev_path", type=click.Path(exists=True, dir_okay=False),
                      help="csv: validation file (default: 10% of the training file held out)"),
         click.option("--regression", is_flag=True, help="csv: the labels are numbers to predict"),
+        click.option("--symmetric", is_flag=True,
+                     help="csv pair task: the two texts have no order (similarity, paraphrase); decoders then read "
+                          "both orderings and add them (GPT §3.3). Default: first text first, as entailment"),
     ]):
         f = decorator(f)
     return f
@@ -63,11 +70,11 @@ def _squad(train_file=None, dev_file=None, holdout_articles=8, doc_stride=128, m
                         doc_stride=doc_stride, max_answer_tokens=max_answer_tokens, no_answer=no_answer)
 
 
-def _user_task(text_column, label_column, pair_column, dev_path, regression):
+def _user_task(text_column, label_column, pair_column, dev_path, regression, symmetric=False):
     from ctxlm.transfer.data import UserTaskOptions
 
     return UserTaskOptions(text_column=text_column, label_column=label_column, text_pair_column=pair_column,
-                           dev_path=dev_path, regression=regression)
+                           dev_path=dev_path, regression=regression, symmetric=symmetric)
 
 
 def training_options(f, *, strategy: bool = True):
@@ -77,8 +84,10 @@ def training_options(f, *, strategy: bool = True):
         click.option("--train-size", type=int, help="train on a random subset of this many examples"),
         click.option("--epochs", type=float, help="[default: 3; 20 for features]"),
         click.option("--batch-size", default=32, show_default=True),
-        click.option("--lr", type=float, help="peak rate of the backbone's top layer group [default: 5e-5 "
-                                               "encoders, 6.25e-5 GPT]"),
+        click.option("--lr", type=float, help="peak rate: the head's, and the backbone's unless discriminative "
+                                               "rates divide it going down; adapters and lora train at their own "
+                                               "(1e-3, 5e-4; set it as 'lora:lr=1e-3') [default: 5e-5 encoders, "
+                                               "6.25e-5 GPT]"),
         click.option("--head-lr", type=float, help="rate of the new head [default: --lr; 1e-3 for features]"),
         click.option("--max-length", type=int, help="tokens per input sequence [default: 128; squad: 384]"),
         click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),

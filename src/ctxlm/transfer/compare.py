@@ -54,21 +54,31 @@ def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seed
 def summarize(rows: list[dict], metric: str) -> list[dict]:
     groups: dict[tuple[str, str], list[float]] = {}
     minutes: dict[tuple[str, str], list[float]] = {}
+    trainable: dict[tuple[str, str], float | None] = {}
     for row in rows:
         key = (row["model"], row["strategy"])
         groups.setdefault(key, []).append(row[metric])
         minutes.setdefault(key, []).append(row.get("minutes", 0.0))
+        trainable[key] = row.get("trainable_share")  # runs finished before the figure was recorded lack it
     return [{"model": m, "strategy": s, "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
-             "runs": len(v), "minutes": statistics.fmean(minutes[m, s])} for (m, s), v in groups.items()]
+             "runs": len(v), "minutes": statistics.fmean(minutes[m, s]), "trainable_share": trainable[m, s]}
+            for (m, s), v in groups.items()]
 
 
 def markdown_table(summary: list[dict], metric: str) -> str:
-    """Strategies as rows, models as columns, cells "mean ± std" in percent."""
+    """Strategies as rows, models as columns, cells "mean ± std" in percent, with the share of the model's
+    parameters that the strategy trained."""
     models = list(dict.fromkeys(r["model"] for r in summary))
     strategies = list(dict.fromkeys(r["strategy"] for r in summary))
-    cell = {(r["model"], r["strategy"]): f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" for r in summary}
+
+    def text(r: dict) -> str:
+        share = r.get("trainable_share")
+        return f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" + ("" if share is None else f" ({100 * share:.2g} %)")
+
+    cell = {(r["model"], r["strategy"]): text(r) for r in summary}
     runs = max(r["runs"] for r in summary)
-    lines = [f"| {metric} ×100, mean ± std over {runs} seeds | " + " | ".join(models) + " |",
+    title = f"{metric} ×100, mean ± std over {runs} seeds (share of parameters trained)"
+    lines = [f"| {title} | " + " | ".join(models) + " |",
              "|---|" + "---|" * len(models)]
     lines += [f"| {s} | " + " | ".join(cell.get((m, s), "") for m in models) + " |" for s in strategies]
     return "\n".join(lines)

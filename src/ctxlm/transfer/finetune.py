@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
+from ctxlm.nn.peft import merge_lora
 from ctxlm.qa.options import SquadOptions
 from ctxlm.train import TrainConfig, Trainer, pick_device
 from ctxlm.transfer.data import Example, TaskData, TaskSpec, UserTaskOptions, load_task
@@ -31,15 +32,7 @@ from ctxlm.transfer.inputs import TaskBatches, encode_examples, is_decoder, labe
 from ctxlm.transfer.metrics import compute_metrics
 from ctxlm.transfer.model import HeadedModel, TaskModel
 from ctxlm.transfer.predict import gather_predictions
-from ctxlm.transfer.strategies import (
-    GradualUnfreezing,
-    SPPenalty,
-    Strategy,
-    get_strategy,
-    lr_multiplier,
-    param_groups,
-    resolve,
-)
+from ctxlm.transfer.strategies import Strategy, get_strategy, lr_multiplier, param_groups, plan, prepare_model
 
 
 @dataclass
@@ -51,7 +44,7 @@ class FinetuneConfig:
     seed: int = 0
     epochs: float | None = None  # None: 3 when fine-tuning, 20 for feature extraction (an epoch of a head is cheap)
     batch_size: int = 32
-    lr: float | None = None  # the backbone's; None: 5e-5 (encoders) / 6.25e-5 (GPT, §4.1)
+    lr: float | None = None  # the peak rate; None: the strategy's own, else 5e-5 (encoders) / 6.25e-5 (GPT, §4.1)
     head_lr: float | None = None  # None: the same as lr, or 1e-3 on a frozen backbone
     weight_decay: float = 0.01
     max_length: int | None = None  # tokens per input; None: 128, or 384 for SQuAD windows (BERT's)
@@ -68,13 +61,15 @@ class FinetuneConfig:
     squad: SquadOptions = field(default_factory=SquadOptions)
 
     def resolved(self, strategy: Strategy, decoder: bool) -> FinetuneConfig:
-        """Defaults that depend on the strategy and the backbone: `lr` is the backbone's (top group's) rate, the
-        head trains at `head_lr`, which a frozen backbone raises to 1e-3 (a linear layer alone tolerates it)."""
+        """Defaults that depend on the strategy and the backbone: `lr` is the peak rate (the head's, and every
+        backbone group's unless discriminative rates divide it going down); a strategy with a rate of its own
+        (adapters, LoRA) uses it over `lr`. The head trains at `head_lr`, which a frozen backbone raises to 1e-3
+        (a linear layer alone tolerates it)."""
         features = strategy.freeze_backbone
         out = FinetuneConfig(**{**asdict(self), "user_task": self.user_task, "squad": self.squad})
         out.max_length = self.max_length or (384 if self.task == "squad" else 128)
         out.epochs = self.epochs or (20 if features else 3)
-        out.lr = self.lr or (6.25e-5 if decoder else 5e-5)
+        out.lr = strategy.lr or self.lr or (6.25e-5 if decoder else 5e-5)
         out.head_lr = self.head_lr or (1e-3 if features else out.lr)
         if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0 or out.head_lr <= 0:
             raise UserError("epochs, batch size and learning rates must be positive")
@@ -135,12 +130,13 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     else:
         trainer, evaluate = _backbone_trainer(model, strategy, batches, data.spec, train_config, config, run_dir,
                                               device)
+    share = report_trainable(trainer, model)
     last = trainer.fit(resume=resume)  # the trainer evaluates dev after its last step: no need to repeat it
     minutes = (time.perf_counter() - start) / 60
     dev = {k.removeprefix("valid_"): v for k, v in last.items()} or evaluate("dev")
     result = {"task": data.spec.name, "strategy": strategy.name, "train_examples": len(data.train),
               "steps": trainer.step, "minutes": round(minutes, 2), "device": str(device),
-              **{f"dev_{k}": v for k, v in dev.items()}}
+              "trainable_share": share, **{f"dev_{k}": v for k, v in dev.items()}}
     if "test" in batches:
         result |= {f"test_{k}": v for k, v in evaluate("test").items()}
     return save_run(model, result, trainer.step == train_config.steps, config, strategy, run_dir)
@@ -150,6 +146,8 @@ def save_run(model: HeadedModel, result: dict, finished: bool, config: FinetuneC
              run_dir: Path) -> dict:
     """model/ and metrics.json in the run folder; checkpoint/ goes once the run has finished."""
     result["finished"] = finished
+    if strategy.peft == "lora":  # model/ holds the merged weights: a plain model that loads without LoRA
+        merge_lora(model.lm)
     model.save_checkpoint(run_dir / "model")
     if finished:  # model/ is the result; the optimizer state is only needed to resume
         shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
@@ -173,26 +171,30 @@ def _evaluator(spec: TaskSpec, batches: dict[str, TaskBatches], logits_of, devic
 
 def strategy_trainer(model: HeadedModel, strategy: Strategy, per_epoch: int, loss_of, train_batch,
                      train_config: TrainConfig, config: FinetuneConfig, run_dir: Path, evaluator) -> Trainer:
-    """A Trainer that adapts `model` (a backbone + `head`) by `strategy`: its parameter groups and rates, its
-    schedule, gradual unfreezing and L2-SP penalty. `loss_of(model, batch)` is the task's loss."""
-    groups = model.layer_groups()
+    """A Trainer that adapts `model` (a backbone + `head`) by `strategy`'s plan: its parameter groups and rates,
+    schedule, thawing stages and L2-SP terms. `loss_of(model, batch)` is the task's loss."""
+    only = prepare_model(strategy, model.lm)
     head = list(model.head.parameters())
-    optimizer_groups = param_groups(groups, head, strategy, config.lr, weight_decay=config.weight_decay,
-                                    head_lr=config.head_lr)
-    penalty = None
-    if strategy.sp_alpha or strategy.sp_beta:
-        penalty = SPPenalty([p for g in groups for p in g], head, strategy.sp_alpha, strategy.sp_beta,
-                            strategy.sp_norm)
-    strategy = resolve(strategy, per_epoch)
-    unfreezing = GradualUnfreezing(groups, strategy.unfreeze_every) if strategy.unfreeze_every else None
+    steps = plan(strategy, model.layer_groups(), head, lr=config.lr, head_lr=config.head_lr,
+                 weight_decay=config.weight_decay, steps_per_epoch=per_epoch, total_steps=train_config.steps,
+                 only=only)
+    penalty = steps.penalty
 
     def objective(module: HeadedModel, batch: dict[str, Tensor]):
         loss = loss_of(module, batch)
         return (loss + penalty() if penalty is not None else loss), {}
 
-    return Trainer(model, objective, train_batch, train_config, run_dir, param_groups=optimizer_groups,
-                   evaluator=evaluator, lr_schedule=lambda step: lr_multiplier(strategy, step, train_config.steps),
-                   before_step=unfreezing.update if unfreezing is not None else None)
+    return Trainer(model, objective, train_batch, train_config, run_dir, param_groups=steps.param_groups,
+                   evaluator=evaluator, lr_schedule=steps.lr_schedule, before_step=steps.before_step,
+                   after_step=steps.after_step)
+
+
+def report_trainable(trainer: Trainer, model: nn.Module) -> float:
+    """Print how many of the model's parameters the run trains; return the share."""
+    total = sum(p.numel() for p in model.parameters())
+    share = trainer.trainable_parameters / total
+    print(f"trainable parameters: {trainer.trainable_parameters:,} of {total:,} ({100 * share:.2f} %)", flush=True)
+    return share
 
 
 def _backbone_trainer(model: TaskModel, strategy: Strategy, batches, spec: TaskSpec, train_config: TrainConfig,
