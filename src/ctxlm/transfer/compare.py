@@ -73,7 +73,7 @@ def markdown_table(summary: list[dict], metric: str) -> str:
 
     def text(r: dict) -> str:
         share = r.get("trainable_share")
-        return f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" + ("" if share is None else f" ({100 * share:.2g} %)")
+        return f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" + ("" if share is None else f" ({100 * share:.3g} %)")
 
     cell = {(r["model"], r["strategy"]): text(r) for r in summary}
     runs = max(r["runs"] for r in summary)
