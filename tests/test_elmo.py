@@ -10,8 +10,13 @@ from ctxlm.config import ElmoConfig, config_from_dict
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.nn.recurrent import ProjectedLSTM, reverse_padded
+from tolerances import assert_fp_close, fp_close
 
 TINY = dict(dim=8, cell_dim=12, char_dim=4, n_highway=1, filters=[[1, 4], [2, 6], [3, 6]], dropout=0.0)
+# tiny_model's float32 rounding (tests/tolerances.py): sums of up to 16 terms (16 filters; 8 + 8 inputs to the
+# gates), through 24 chained stages: the character CNN's 3, 2 products per LSTM step along the longest path (at
+# most 9 steps + 1 layer), the softmax.
+FP32 = dict(terms=16, depth=24)
 
 
 def reference_lstmp(x, w_ih, w_hh, b, w_hr, cell_clip, proj_clip):
@@ -31,6 +36,7 @@ def reference_lstmp(x, w_ih, w_hh, b, w_hr, cell_clip, proj_clip):
     return out
 
 
+@pytest.mark.numeric
 def test_projected_lstm_with_clipping_matches_a_step_by_step_reference():
     torch.manual_seed(0)
     layer = ProjectedLSTM(5, 7, 3, cell_clip=0.5, proj_clip=0.3).double()
@@ -42,18 +48,20 @@ def test_projected_lstm_with_clipping_matches_a_step_by_step_reference():
     expected = reference_lstmp(x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0,
                                lstm.weight_hr_l0, 0.5, 0.3)
     got = layer(x)
-    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    # both in float64: gate sums of 5 + 3 terms, 2 products per step over 6 steps
+    assert_fp_close(got, expected, terms=8, depth=12)
     assert got.abs().max().item() == pytest.approx(0.3)  # the projection clip was reached
     unclipped = ProjectedLSTM(5, 7, 3).double()
     unclipped.load_state_dict(layer.state_dict())
-    assert not torch.allclose(unclipped(x), got)  # and clipping changed the result
+    assert not fp_close(unclipped(x), got, terms=8, depth=12)  # and clipping changed the result
 
 
+@pytest.mark.numeric
 def test_stepwise_recurrence_equals_the_fused_nn_lstm_without_clipping():
     torch.manual_seed(0)
     layer = ProjectedLSTM(6, 10, 4)
     x = torch.randn(3, 9, 6)
-    torch.testing.assert_close(layer.stepwise(x), layer(x), atol=1e-6, rtol=1e-5)
+    assert_fp_close(layer.stepwise(x), layer(x), terms=10, depth=18)  # gate sums of 6 + 4, 2 products x 9 steps
 
 
 def test_reverse_padded_reverses_only_the_real_steps():
@@ -104,6 +112,7 @@ def test_neither_direction_sees_the_tokens_it_predicts(clip):
                 assert forward_grad[other].abs().sum() == 0 and backward_grad[other].abs().sum() == 0
 
 
+@pytest.mark.numeric
 def test_changing_a_word_moves_only_the_losses_that_may_see_it():
     model, tokenizer = tiny_model()
     ids, _ = batch_of(tokenizer, ["the cat sat on the mat ."])
@@ -118,12 +127,13 @@ def test_changing_a_word_moves_only_the_losses_that_may_see_it():
 
     (f0, b0), (f1, b1) = per_position(ids), per_position(changed)
     # forward position t predicts t + 1: positions < k never read token k
-    torch.testing.assert_close(f0[:k], f1[:k])
-    assert not torch.allclose(f0[k:], f1[k:])
-    torch.testing.assert_close(b0[k + 1:], b1[k + 1:])
-    assert not torch.allclose(b0[:k + 1], b1[:k + 1])
+    assert_fp_close(f0[:k], f1[:k], **FP32)
+    assert not fp_close(f0[k:], f1[k:], **FP32)
+    assert_fp_close(b0[k + 1:], b1[k + 1:], **FP32)
+    assert not fp_close(b0[:k + 1], b1[:k + 1], **FP32)
 
 
+@pytest.mark.numeric
 def test_a_padded_row_equals_the_same_text_alone():
     model, tokenizer = tiny_model(cell_clip=3.0, proj_clip=3.0)
     ids, mask = batch_of(tokenizer, ["the cat sat on the mat .", "the cat ."])
@@ -131,25 +141,27 @@ def test_a_padded_row_equals_the_same_text_alone():
     alone_ids, _ = batch_of(tokenizer, ["the cat ."])
     alone = model(alone_ids).hidden
     for a, b in zip(together.states, alone.states, strict=True):
-        torch.testing.assert_close(a[1, :5], b[0], atol=1e-6, rtol=1e-5)
+        assert_fp_close(a[1, :5], b[0], **FP32)
 
 
+@pytest.mark.numeric
 def test_hidden_states_and_layer_groups_follow_the_contract():
     model, tokenizer = tiny_model()
     ids, mask = batch_of(tokenizer, ["the cat sat ."])
     hidden = model(ids, mask=mask).hidden
     assert len(hidden.states) == 3 and all(s.shape == (1, 6, 16) for s in hidden.states)
     token_layer = hidden.states[0]
-    torch.testing.assert_close(token_layer[..., :8], token_layer[..., 8:])
+    assert torch.equal(token_layer[..., :8], token_layer[..., 8:])  # one tensor, twice
     groups = model.layer_groups()
     assert len(groups) == 3
     assert sum(p.numel() for g in groups for p in g) == sum(p.numel() for p in model.parameters())
     # word ids and character ids give the same states
     chars = tokenizer.char_ids(ids)
-    torch.testing.assert_close(model(chars, mask=mask).hidden.last, hidden.last)
+    assert_fp_close(model(chars, mask=mask).hidden.last, hidden.last, **FP32)
     assert len(model.backbone(ids, mask=mask, n_blocks=1).states) == 2
 
 
+@pytest.mark.numeric
 def test_the_loss_is_the_mean_of_both_directions_and_a_save_round_trips(tmp_path):
     model, tokenizer = tiny_model()
     ids, mask = batch_of(tokenizer, ["the cat sat on the mat .", "the dog sat ."])  # "dog": outside the softmax
@@ -160,13 +172,16 @@ def test_the_loss_is_the_mean_of_both_directions_and_a_save_round_trips(tmp_path
     top = model(ids, mask=mask).hidden.last
     forward_lp = model.log_probs(top[..., :8])[:, :-1]
     expected = torch.nn.functional.nll_loss(forward_lp.reshape(-1, forward_lp.shape[-1]), targets[:, 1:].reshape(-1))
-    assert out.forward_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the same states; a log-softmax over 10 words, then a mean over 16 positions
+    assert_fp_close(out.forward_loss, expected, terms=16, depth=2)
     ctxlm.save(model, tmp_path / "elmo")
     loaded = ctxlm.load(tmp_path / "elmo")
     assert loaded.tokenizer.words.words == tokenizer.words.words
-    torch.testing.assert_close(loaded(ids, mask=mask).hidden.last, model(ids, mask=mask).hidden.last)
+    # the same weights and shapes in one process: the same kernels, the same bits
+    torch.testing.assert_close(loaded(ids, mask=mask).hidden.last, model(ids, mask=mask).hidden.last, atol=0, rtol=0)
 
 
+@pytest.mark.numeric
 def test_adaptive_softmax_scores_a_loss():
     model, tokenizer = tiny_model()
     config = ElmoConfig(vocab_size=10, softmax="adaptive", adaptive_cutoffs=[5], **TINY)
@@ -175,7 +190,8 @@ def test_adaptive_softmax_scores_a_loss():
     ids, mask = batch_of(tokenizer, ["the cat sat on the mat ."])
     out = adaptive(ids, mask=mask, targets=tokenizer.softmax_targets(ids))
     assert out.loss.item() > 0
-    assert adaptive.log_probs(out.hidden.last[..., :8]).exp().sum(-1).allclose(torch.ones(1, 9))
+    total = adaptive.log_probs(out.hidden.last[..., :8]).exp().sum(-1)
+    assert_fp_close(total, torch.ones(1, 9), terms=10, depth=3)  # logits, log-softmaxes, a sum over 10 words
     with pytest.raises(UserError, match="adaptive_cutoffs"):
         ElmoConfig(vocab_size=10, softmax="adaptive", adaptive_cutoffs=[12]).validate()
 
@@ -232,6 +248,7 @@ def test_word_ids_need_a_tokenizer():
         model(torch.tensor([[1, 2]]))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("layers, manual", [
     ("last", lambda s: s[2]),
     ("second-to-last", lambda s: s[1]),
@@ -245,14 +262,15 @@ def test_embed_layer_modes_on_elmo(layers, manual):
     ids, _ = batch_of(tokenizer, ["the cat sat on the mat ."])
     with torch.no_grad():
         states = [s[0] for s in model(ids).hidden.states]
-    torch.testing.assert_close(ctxlm.embed("the cat sat on the mat .", model, layers=layers, pool="none"),
-                               manual(states), atol=1e-6, rtol=0)
+    assert_fp_close(ctxlm.embed("the cat sat on the mat .", model, layers=layers, pool="none"), manual(states),
+                    **FP32)
     words = ctxlm.embed(["the cat sat", "unseen words here ."], model, layers=layers, pool="words")
     assert [len(w) for w in words] == [3, 4]  # one vector per word, the <S> and </S> markers left out
     with pytest.raises(UserError, match="at least 4 layers"):
         ctxlm.embed("the cat", model, layers="concat-last-4")
 
 
+@pytest.mark.numeric
 def test_scalar_mix_over_elmo_layers_is_equation_1():
     from ctxlm.nn.scalar_mix import ScalarMix
 
@@ -262,5 +280,6 @@ def test_scalar_mix_over_elmo_layers_is_equation_1():
     with torch.no_grad():
         mix.s.copy_(torch.tensor([0.5, -1.0, 2.0]))
         mix.gamma.fill_(1.7)
-    weights = torch.softmax(torch.tensor([0.5, -1.0, 2.0]), 0)
-    torch.testing.assert_close(mix(states), 1.7 * (weights[:, None] * states).sum(-2))
+    weights = torch.softmax(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), 0)  # the reference in float64
+    expected = 1.7 * (weights[:, None] * states.double()).sum(-2)
+    assert_fp_close(mix(states), expected, terms=3, depth=2)  # a softmax of 3 scalars, a weighted sum of 3 layers

@@ -4,9 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_gpt_parity import CONFIGS, reference_pair
+from test_gpt_parity import CONFIGS, fp32, reference_pair
+from tolerances import assert_fp_close
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.numeric
 
 
 def test_decoding_copies_equal_plain_products_and_follow_weight_changes():
@@ -16,13 +18,13 @@ def test_decoding_copies_equal_plain_products_and_follow_weight_changes():
         fast = model(ids).logits
         with torch.enable_grad():  # the plain F.linear path
             plain = model(ids).logits.detach()
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+        assert_fp_close(fast, plain, **fp32(*CONFIGS[1]))
         assert all(p.is_contiguous() for p in model.parameters())  # parameters keep nn.Linear's layout
         for p in model.parameters():  # an in-place update (as an optimizer step) must reach the copies
             p.mul_(0.5)
         with torch.enable_grad():
             plain = model(ids).logits.detach()
-        torch.testing.assert_close(model(ids).logits, plain, atol=1e-5, rtol=0)
+        assert_fp_close(model(ids).logits, plain, **fp32(*CONFIGS[1]))
     assert set(model.state_dict()) == {k for k, _ in model.named_parameters()}  # copies are not saved
 
 
@@ -34,7 +36,7 @@ def test_last_only_logits_equal_the_last_position():
         full = model(ids, mask=mask).logits
         last = model(ids, mask=mask, last_only=True).logits
     assert last.shape == (2, 1, full.shape[-1])
-    torch.testing.assert_close(last, full[:, -1:], atol=1e-5, rtol=0)
+    assert_fp_close(last, full[:, -1:], **fp32(*CONFIGS[3]))
 
 
 def test_the_transposed_copy_gives_the_linear_product_and_follows_weight_updates():
@@ -46,8 +48,8 @@ def test_the_transposed_copy_gives_the_linear_product_and_follows_weight_updates
     with torch.no_grad():
         for rows in (1, TransposedCopy.MAX_ROWS, TransposedCopy.MAX_ROWS + 1):
             x = torch.randn(rows, 1, 16)
-            torch.testing.assert_close(head.linear(x, weight, bias), F.linear(x, weight, bias))
+            assert_fp_close(head.linear(x, weight, bias), F.linear(x, weight, bias), terms=17)  # 16 products + bias
         assert head._copy is not None  # the copy was used
         weight.mul_(2.0)  # as an optimizer step or load_state_dict would: the version moves, the copy is remade
         x = torch.randn(2, 16)
-        torch.testing.assert_close(head.linear(x, weight), F.linear(x, weight))
+        assert_fp_close(head.linear(x, weight), F.linear(x, weight), terms=16)

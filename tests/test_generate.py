@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from ctxlm.generate import filter_logits, generate_ids
-from test_gpt_parity import CONFIGS, reference_pair
+from test_gpt_parity import CONFIGS, fp32, reference_pair
+from tolerances import assert_fp_close
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("spec", [CONFIGS[1], CONFIGS[3]], ids=["gpt2", "gpt"])
 def test_cached_generation_equals_uncached(spec):
     _, model = reference_pair(*spec)
@@ -14,9 +16,10 @@ def test_cached_generation_equals_uncached(spec):
     cached = generate_ids(model, prompts, max_new_tokens=12, return_scores=True)
     uncached = generate_ids(model, prompts, max_new_tokens=12, return_scores=True, use_cache=False)
     assert cached.tokens == uncached.tokens
-    torch.testing.assert_close(cached.scores, uncached.scores, atol=1e-5, rtol=0)
+    assert_fp_close(cached.scores, uncached.scores, **fp32(*spec))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("spec", [CONFIGS[1], CONFIGS[3]], ids=["gpt2", "gpt"])
 def test_batched_rows_equal_single_prompts(spec):
     _, model = reference_pair(*spec)
@@ -25,9 +28,10 @@ def test_batched_rows_equal_single_prompts(spec):
     for i, prompt in enumerate(prompts):
         alone = generate_ids(model, [prompt], max_new_tokens=8, return_scores=True)
         assert batch.tokens[i] == alone.tokens[0]
-        torch.testing.assert_close(batch.scores[i], alone.scores[0], atol=1e-4, rtol=0)
+        assert_fp_close(batch.scores[i], alone.scores[0], **fp32(*spec))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("spec", [CONFIGS[0], CONFIGS[2]], ids=["gpt2", "gpt"])
 def test_greedy_continuation_equals_reference_generate(spec):
     ref, model = reference_pair(*spec)

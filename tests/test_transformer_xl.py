@@ -19,10 +19,14 @@ from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.nn.attention import memory_attention_mask, relative_shift, sinusoidal_relative_positions
 from ctxlm.word_tokenizer import WordTokenizer
+from tolerances import assert_fp_close
 
 TINY = dict(vocab_size=40, dim=16, n_layers=2, n_heads=2, head_dim=8, mlp_dim=32, mem_len=8, clamp_len=0,
             same_length=False, dropout=0.0)
 ADAPTIVE = dict(adaptive_cutoffs=[10, 20], div_val=2)
+# TINY's float32 rounding (tests/tolerances.py): sums of up to 40 terms (a log-softmax over the 40 words; the MLP's
+# 32, at most 20 keys), through the embedding, 2 blocks, the head and the log-softmax.
+FP32 = dict(terms=40, depth=5)
 
 
 def tiny_model(**overrides):
@@ -70,11 +74,12 @@ def test_memory_is_the_detached_layer_inputs_of_the_previous_segment():
     second = model.backbone(ids[:, 5:], memory=first.memory, mem_len=8)
     for k, memory in enumerate(second.memory):  # [old memory ‖ this segment's inputs], the last 8 positions
         assert memory.shape == (2, 8, 16)
-        torch.testing.assert_close(memory, torch.cat([first.states[k], second.states[k]], 1)[:, -8:].detach())
+        assert torch.equal(memory, torch.cat([first.states[k], second.states[k]], 1)[:, -8:])  # copies, exact
     assert [m.shape[1] for m in model.backbone(ids, mem_len=3).memory] == [3, 3]
     assert [m.shape[1] for m in model.backbone(ids, mem_len=0).memory] == [0, 0]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("overrides", [{}, ADAPTIVE, dict(untie_r=False, pre_norm=True, clamp_len=3)],
                          ids=["plain", "adaptive", "shared-biases-pre-ln-clamped"])
 @pytest.mark.parametrize("mem_len", [5, 8, 12])
@@ -101,7 +106,7 @@ def test_segments_with_memory_equal_one_pass_with_the_equivalent_mask(monkeypatc
     monkeypatch.setattr(xl, "memory_attention_mask", lambda *args, **kwargs: window[None, None])
     with torch.no_grad():
         whole = model(ids, mem_len=mem_len).logits
-    torch.testing.assert_close(torch.cat(pieces, 1), whole, atol=1e-5, rtol=0)
+    assert_fp_close(torch.cat(pieces, 1), whole, **FP32)
 
 
 def test_no_future_leakage_and_no_gradient_through_memory():
@@ -118,6 +123,7 @@ def test_no_future_leakage_and_no_gradient_through_memory():
     assert all(not m.requires_grad for m in memory)
 
 
+@pytest.mark.numeric
 def test_right_padding_leaves_the_real_tokens_alone():
     model = tiny_model()
     ids = torch.randint(1, 40, (2, 7))
@@ -126,9 +132,10 @@ def test_right_padding_leaves_the_real_tokens_alone():
     with torch.no_grad():
         padded = model(ids, mask=mask).logits
         alone = model(ids[1:, :4]).logits
-    torch.testing.assert_close(padded[1, :4], alone[0], atol=1e-5, rtol=0)
+    assert_fp_close(padded[1, :4], alone[0], **FP32)
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("overrides", [{}, ADAPTIVE, dict(adaptive_cutoffs=[10, 20], embed_dim=8)],
                          ids=["full", "adaptive", "adaptive-div1-projected"])
 def test_loss_is_the_mean_nll_of_the_log_probabilities(overrides):
@@ -137,10 +144,10 @@ def test_loss_is_the_mean_nll_of_the_log_probabilities(overrides):
     targets = torch.randint(0, 40, (2, 6))
     targets[0, :2] = -100
     log_probs = F.log_softmax(model(ids).logits, dim=-1)
-    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 6), atol=1e-5)
+    assert_fp_close(log_probs.exp().sum(-1), torch.ones(2, 6), **FP32)
     expected = F.nll_loss(log_probs.reshape(-1, 40), targets.reshape(-1))
     loss = model(ids, targets=targets).loss
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    assert_fp_close(loss, expected, **FP32)
     loss.backward()
     assert model.backbone.embed.tables[0].weight.grad is not None
 
@@ -223,6 +230,7 @@ def write_hub_folder(folder, hf=HF_CONFIG, state=None, vocab=True):
     return folder
 
 
+@pytest.mark.numeric
 def test_hub_layout_converts_with_the_reference_formulas(tmp_path):
     folder = write_hub_folder(tmp_path / "hub")
     hf = hf_layout_state(HF_CONFIG)
@@ -232,12 +240,13 @@ def test_hub_layout_converts_with_the_reference_formulas(tmp_path):
     state = model.state_dict()
     assert torch.equal(state["backbone.blocks.1.attn.position_bias"], hf["transformer.layers.1.dec_attn.r_r_bias"])
     assert torch.equal(state["backbone.blocks.0.mlp.proj.weight"], hf["transformer.layers.0.pos_ff.CoreNet.3.weight"])
-    # Adaptive input: the reference's emb_layers[i](id - lo) @ emb_projs[i].T * sqrt(d_model).
+    # Adaptive input: the reference's emb_layers[i](id - lo) @ emb_projs[i].T * sqrt(d_model), in float64.
+    hf = {name: t.double() for name, t in hf.items()}
     ids = torch.tensor([[3, 15, 33]])
     expected = torch.stack([F.linear(hf[f"transformer.word_emb.emb_layers.{i}.weight"][t - lo],
                                      hf[f"transformer.word_emb.emb_projs.{i}"])
                             for t, i, lo in ((3, 0, 0), (15, 1, 10), (33, 2, 20))])[None] * 4.0
-    torch.testing.assert_close(model.backbone.embed(ids), expected)
+    assert_fp_close(model.backbone.embed(ids), expected, terms=16)  # one product of up to 16 terms
     # Adaptive softmax: head log-softmax over [shortlist ‖ cluster logits] of hidden @ out_projs[0], plus a
     # tail's log-softmax of hidden @ out_projs[i] (ProjectedAdaptiveLogSoftmax._compute_logit).
     h = torch.randn(16)
@@ -246,11 +255,12 @@ def test_hub_layout_converts_with_the_reference_formulas(tmp_path):
         w, b = hf[f"crit.out_layers.{i}.weight"], hf[f"crit.out_layers.{i}.bias"]
         if extra_w is not None:
             w, b = torch.cat([w, extra_w]), torch.cat([b, extra_b])
-        return F.log_softmax(F.linear(h @ hf[f"crit.out_projs.{i}"], w, b), -1)
+        return F.log_softmax(F.linear(h.double() @ hf[f"crit.out_projs.{i}"], w, b), -1)
 
     head = logits(0, hf["crit.cluster_weight"], hf["crit.cluster_bias"])
     expected = torch.cat([head[:10], head[10] + logits(1), head[11] + logits(2)])
-    torch.testing.assert_close(model.head.log_probs(h, model.backbone.embed), expected)
+    # float32 against float64: 2 products of up to 16 terms, a log-softmax over up to 20, the head's log-prob added
+    assert_fp_close(model.head.log_probs(h, model.backbone.embed), expected, terms=20, depth=4)
     native = ctxlm.convert(folder, tmp_path / "native")
     assert (native / "word_vocab.txt").is_file()
     torch.testing.assert_close(ctxlm.load(native)(ids).logits, model(ids).logits, atol=0, rtol=0)
