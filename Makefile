@@ -29,9 +29,11 @@ pretrain: install
 	$(BIN)/ctxlm pretrain --model gpt2 --data $(DATA) --out runs/gpt2-wikitext2 --layers 4 --dim 256 --heads 4 \
 		--vocab-size 8192 --block-size 128 --batch-size 16 --steps 600 --warmup 60 --lr 2e-3 --max-minutes 8
 
+# ruff, the suite, then the numeric tests again on another instruction set's kernels (test-isa, below).
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-isa
 
 # The numeric checks (pytest -m numeric: parity with reference implementations and float64 references) once more,
 # on PyTorch's kernels for another instruction set, as another machine runs them: AVX2 where this machine's best are
