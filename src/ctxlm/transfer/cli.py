@@ -20,7 +20,7 @@ STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, 
                  "each step, sp_mode=coupled for the penalty in the loss), ulmfit (gradual + discriminative + "
                  "slanted), chain-thaw (the head, then each group alone bottom up, then all), gpt (full + "
                  "auxiliary LM loss 0.5; decoders), adapters (Houlsby bottlenecks, adapter_dim=64, rate 1e-3), "
-                 "lora (rank 8 on q and v, rate 5e-4, merged into the saved weights); adapters and lora need a "
+                 "lora (rank 8 on q and v, rate 2e-3, merged into the saved weights); adapters and lora need a "
                  "GPT, GPT-2 or BERT backbone (not ELMo or Transformer-XL). Override a field: "
                  "'discriminative:lr_decay=2.0', 'l2sp:sp_alpha=10,sp_norm=l1', 'lora:lora_rank=16,lora_targets=qkvo'")
 
@@ -86,7 +86,7 @@ def training_options(f, *, strategy: bool = True):
         click.option("--batch-size", default=32, show_default=True),
         click.option("--lr", type=float, help="peak rate: the head's, and the backbone's unless discriminative "
                                                "rates divide it going down; adapters and lora train at their own "
-                                               "(1e-3, 5e-4; set it as 'lora:lr=1e-3') [default: 5e-5 encoders, "
+                                               "(1e-3, 2e-3; set it as 'lora:lr=1e-3') [default: 5e-5 encoders, "
                                                "6.25e-5 GPT]"),
         click.option("--head-lr", type=float, help="rate of the new head [default: --lr; 1e-3 for features]"),
         click.option("--max-length", type=int, help="tokens per input sequence [default: 128; squad: 384]"),

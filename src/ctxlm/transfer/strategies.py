@@ -116,9 +116,11 @@ STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("ulmfit", thaw="gradual", lr_decay=2.6, schedule="slanted"),
     Strategy("chain-thaw", thaw="chain"),
     Strategy("gpt", aux_lm_weight=0.5, warmup=0.002),  # GPT §4.1: warm-up over 0.2% of training
-    # Houlsby et al. §3.1 searched rates in {3e-5, ..., 1e-3}; Hu et al. Table 9: 4e-4 to 5e-4 for RoBERTa.
+    # Houlsby et al. §3.1 searched rates in {3e-5, ..., 1e-3}. Hu et al. (Table 9) trained RoBERTa's LoRA at 4e-4 to
+    # 5e-4 for 30-80 epochs; on a short run that is too slow: MiniLM on 1,000 SST-2 sentences (96 steps) reached
+    # 70.8 at 5e-4 and 81.4 at 2e-3, level with full fine-tuning (README, strategy table).
     Strategy("adapters", peft="adapters", lr=1e-3),
-    Strategy("lora", peft="lora", lr=5e-4),
+    Strategy("lora", peft="lora", lr=2e-3),
 ]}
 
 
