@@ -354,11 +354,6 @@ class Plan:
     after_step: Callable[[torch.optim.Optimizer], None] | None = None  # the decoupled SP pull
     penalty: Callable[[], Tensor] | None = None  # added to the loss: the coupled SP penalty
 
-    @property
-    def trainable_parameters(self) -> int:
-        """Parameters that train at some point of the run."""
-        return sum(p.numel() for g in self.param_groups for p in g["params"])
-
 
 def plan(strategy: Strategy, groups: list[list[nn.Parameter]], head: list[nn.Parameter], *, lr: float,
          head_lr: float | None, weight_decay: float, steps_per_epoch: int, total_steps: int,
