@@ -93,7 +93,7 @@ def check_requirements(sections: tuple[str, ...]) -> None:
                         "pip install -e '.[test]'")
     readers = [name for name in ("embed", "finetune", "memory") if name in sections]
     if readers:
-        from ctxlm.pretrain.corpus import dataset_path
+        from ctxlm.paths import dataset_path
 
         try:
             dataset_path("sst2", "dev.tsv")

@@ -26,7 +26,7 @@ from sentence_transformers import SentenceTransformer
 
 import ctxlm
 from ctxlm.convert import packaged_model_path
-from ctxlm.pretrain.corpus import dataset_path
+from ctxlm.paths import dataset_path
 from ctxlm.transfer.data import load_task
 
 MAX_TOKENS = 256

@@ -21,8 +21,9 @@ import torch
 from common import add_model_arguments
 
 from ctxlm.config import GPTConfig
+from ctxlm.paths import dataset_path
 from ctxlm.pretrain.causal_lm import LMData, causal_lm_objective, pretrain_causal_lm, tokenize
-from ctxlm.pretrain.corpus import BlockBatches, TokenSpan, dataset_path
+from ctxlm.pretrain.corpus import BlockBatches, TokenSpan
 from ctxlm.train import TrainConfig
 
 

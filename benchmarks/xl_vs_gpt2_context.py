@@ -40,8 +40,9 @@ from common import machine_line
 
 from ctxlm.checkpoint import load_checkpoint
 from ctxlm.config import GPTConfig, TransformerXLConfig
+from ctxlm.paths import dataset_path
 from ctxlm.pretrain.causal_lm import LMData, pretrain_causal_lm, tokenize
-from ctxlm.pretrain.corpus import TokenSpan, dataset_path
+from ctxlm.pretrain.corpus import TokenSpan
 from ctxlm.pretrain.xl import evaluate_xl, pretrain_xl
 from ctxlm.train import TrainConfig
 

@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import (
-    BlockBatches,
-    TokenizedCorpus,
-    TokenSpan,
-    data_root,
-    dataset_path,
-    find_text_files,
-    read_documents,
-)
+from ctxlm.paths import data_root, dataset_path
+from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan
+from ctxlm.textfiles import find_text_files, read_documents
 
 EOD = 256  # the byte encoder's end-of-document id
 

@@ -30,10 +30,11 @@ from hypothesis import strategies as st
 from ctxlm.char_tokenizer import BOW_CHAR, EOW_CHAR, PAD_CHAR, SPECIALS, CharTokenizer, split_words, word_characters
 from ctxlm.embed_cli import read_texts
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import TokenizedCorpus, read_documents
+from ctxlm.pretrain.corpus import TokenizedCorpus
 from ctxlm.qa.finetune import read_pairs
 from ctxlm.qa.squad import read_squad
 from ctxlm.qa.zeroshot import read_coqa, read_questions
+from ctxlm.textfiles import read_documents
 from ctxlm.tokenization import BERT_SPECIALS, Tokenizer, _file_lines
 from ctxlm.transfer.data import (
     Example,

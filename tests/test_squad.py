@@ -13,7 +13,7 @@ import ctxlm
 from ctxlm.config import BertConfig
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
-from ctxlm.pretrain.corpus import data_root
+from ctxlm.paths import data_root
 from ctxlm.qa.finetune import answer_questions, evaluate_squad, squad_splits
 from ctxlm.qa.model import SpanModel
 from ctxlm.qa.options import SquadOptions

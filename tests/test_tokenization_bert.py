@@ -16,7 +16,7 @@ import pytest
 from tokenizers import Tokenizer as Backend
 
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import data_root
+from ctxlm.paths import data_root
 from ctxlm.tokenization import BERT_SPECIALS, Encoding, Tokenizer
 from test_tokenization import CORPUS, SENTENCES
 

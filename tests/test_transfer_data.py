@@ -7,7 +7,7 @@ import time
 import pytest
 
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import data_root
+from ctxlm.paths import data_root
 from ctxlm.transfer.data import TASKS, Example, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.metrics import compute_metrics
 

@@ -117,7 +117,7 @@ class CharTokenizer:
         """Words of `files` by frequency; the softmax keeps the `vocab_size` - 4 most frequent that occur at least
         `min_count` times. Every word of `files` and `extra_files` (e.g. the validation text) gets an id, so that
         encoding them later adds nothing."""
-        from ctxlm.pretrain.corpus import read_documents
+        from ctxlm.textfiles import read_documents
 
         counts: Counter[str] = Counter()
         for file in files:

@@ -51,7 +51,7 @@ def cli(ctx: click.Context) -> None:
 
 def resolve_corpus(data: str) -> Path:
     """A path, or the name of a data set folder under CTXLM_DATA (e.g. `wikitext2`)."""
-    from ctxlm.pretrain.corpus import dataset_path
+    from ctxlm.paths import dataset_path
 
     path = Path(data)
     return path if path.exists() or "/" in data else dataset_path(data)

@@ -20,6 +20,11 @@ class ModelConfig:
     """Fields every family shares; subclasses add their own."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
+    # What the family can do. Code outside models/, convert/ and this registry asks these, never the family's name.
+    causal: ClassVar[bool] = False  # each state has seen only the tokens before it (a decoder: GPT, GPT-2, XL)
+    has_segments: ClassVar[bool] = False  # reads segment ids: [CLS] a [SEP] b [SEP] pairs (BERT)
+    word_level: ClassVar[bool] = False  # one input id per word, no sub-word pieces (ELMo, Transformer-XL)
+    has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +95,7 @@ class GPTConfig(TransformerConfig):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("gpt", "gpt2")
+    causal: ClassVar[bool] = True
     model_type: str = "gpt2"
 
     @property
@@ -106,6 +112,7 @@ class BertConfig(TransformerConfig):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
+    has_segments: ClassVar[bool] = True
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
@@ -138,6 +145,7 @@ class ElmoConfig(ModelConfig):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("elmo",)
+    word_level: ClassVar[bool] = True
     model_type: str = "elmo"
     vocab_size: int = 0
     n_characters: int = 262  # 256 bytes + 5 markers (bos, eos, bow, eow, pad) + 1: id 0 pads the tensor
@@ -204,6 +212,9 @@ class TransformerXLConfig(ModelConfig):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("transformer-xl",)
+    causal: ClassVar[bool] = True
+    word_level: ClassVar[bool] = True
+    has_memory: ClassVar[bool] = True
     model_type: str = "transformer-xl"
     vocab_size: int = 267735
     dim: int = 1024

@@ -115,7 +115,7 @@ def _packages() -> dict[str, Any]:
 
 
 def _data() -> dict[str, Any]:
-    from ctxlm.pretrain.corpus import data_root
+    from ctxlm.paths import data_root
 
     root = data_root()
     if os.environ.get("CTXLM_DATA"):
@@ -133,7 +133,7 @@ def _data() -> dict[str, Any]:
 
 
 def _caches() -> dict[str, Any]:
-    from ctxlm.pretrain.causal_lm import cache_root
+    from ctxlm.paths import cache_root
 
     ctxlm_cache = cache_root()
     caches = {"ctxlm": {"path": str(ctxlm_cache), "exists": ctxlm_cache.is_dir(),

@@ -40,7 +40,6 @@ __all__ = ["LAYER_NAMES", "POOLS", "WORD_POOLS", "ScalarMix", "embed"]
 LAYER_NAMES = ("last", "second-to-last", "sum", "sum-last-4", "concat-last-4", "all")
 POOLS = ("cls", "mean", "last", "words", "none")
 WORD_POOLS = ("first", "mean")
-_DECODERS = ("gpt", "gpt2", "transformer-xl")
 
 _loaded: dict[str, nn.Module] = {}  # models loaded by name: repeated calls must not reload them
 
@@ -84,7 +83,7 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     items, presplit = _check_texts([texts] if single else texts, pool)
     _check_option("pool", pool, POOLS)
     _check_option("word_pool", word_pool, WORD_POOLS)
-    encoder = config.model_type not in _DECODERS
+    encoder = not config.causal
     if pool == "cls" and not encoder:
         raise UserError(f"pool='cls' needs an encoder; a {config.model_type} decoder's first state has seen only "
                         "the first token (use pool='last' or 'mean')")

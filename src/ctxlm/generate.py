@@ -51,7 +51,7 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: 
 
     Transformer-XL: `mem_len` positions of memory (default the model's); `use_cache=False` recomputes the
     whole text at every step instead (slow; equal to the memory path while the text fits in the memory)."""
-    if is_transformer_xl(model):
+    if has_memory(model):
         return generate_xl_ids(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                top_p=top_p, eos_id=eos_id, pad_id=pad_id, seed=seed, use_memory=use_cache,
                                return_scores=return_scores, mem_len=mem_len)
@@ -105,8 +105,9 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: 
     return Generated(tokens, torch.stack(scores, 1) if return_scores and scores else None)
 
 
-def is_transformer_xl(model: nn.Module) -> bool:
-    return getattr(getattr(model, "config", None), "model_type", None) == "transformer-xl"
+def has_memory(model: nn.Module) -> bool:
+    """A model that carries states across segments (Transformer-XL) generates through its memory, not a cache."""
+    return getattr(getattr(model, "config", None), "has_memory", False)
 
 
 @torch.inference_mode()

@@ -8,8 +8,11 @@ UTF-8 text`, with advice when the file is UTF-16 or UTF-32 by its byte-order mar
 from __future__ import annotations
 
 import gzip
+import itertools
 import re
+import warnings
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from ctxlm.errors import UserError
 
 _WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),  # UTF-32 before UTF-16:
               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))  # FF FE 00 00 also starts with FF FE
+_SNIFF_BYTES = 8192  # NUL bytes this early mean a binary file, not text
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
@@ -87,3 +91,96 @@ def check_json_unicode(value: Any, raw: str, path: Path | str, line: int = 1) ->
                 line += 0 if escape is None else raw.count("\n", 0, escape.start())
                 raise UserError(f"{path}:{line}: the text {item[max(bad - 20, 0):bad + 20]!r} holds {code}, half of a "
                                 "UTF-16 surrogate pair, which is no character; expected Unicode text")
+
+
+# ---------------------------------------------------------------------------------------------------- corpora
+
+
+def find_text_files(path: str | Path) -> list[Path]:
+    """The file itself, or every *.txt and *.txt.gz under a folder, sorted so token order is reproducible."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: corpus not found, expected a text file or a folder of .txt/.txt.gz files")
+    if path.is_file():
+        return [path]
+    files = sorted(
+        (p for p in path.rglob("*") if p.is_file() and p.name.endswith((".txt", ".txt.gz"))),
+        key=lambda p: p.relative_to(path).as_posix(),
+    )
+    if not files:
+        raise UserError(f"{path}: no .txt or .txt.gz files in this folder")
+    return files
+
+
+def read_lines(file: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
+    """The lines of a (gzipped) UTF-8 file, each with its line ending, checked strictly.
+
+    Reads bytes and decodes line by line so an error can name the line; a newline byte never occurs inside a
+    multi-byte UTF-8 character, so splitting before decoding is safe. Lines end at "\\n" only: a "\\r\\n" ending
+    stays in the text, as does a lone "\\r". A UTF-8 byte-order mark at the start is dropped; a UTF-16 or UTF-32
+    file, a NUL byte in the first 8 KiB (a binary file) or bytes that are not UTF-8 are a UserError naming the
+    file (and the line and column). `on_bytes` reports progress in bytes on disk (compressed for .gz), for a
+    progress bar.
+    """
+    with open(file, "rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if file.name.endswith(".gz") else raw
+        try:
+            head = stream.read(_SNIFF_BYTES)
+            if hint := encoding_hint(head):
+                raise UserError(f"{file}: not UTF-8{hint}")
+            if b"\0" in head:
+                raise UserError(f"{file}: looks like a binary file, expected UTF-8 text (a NUL byte at offset "
+                                f"{head.index(0)})")
+            # Split on b"\n" only, like iterating the stream, so line numbers agree with editors.
+            *first, partial = head.split(b"\n")
+            head_lines = (line + b"\n" for line in first)
+            raw_lines = itertools.chain(head_lines, [partial + stream.readline()], stream)
+            done = 0
+            for lineno, line in enumerate(raw_lines, start=1):
+                if not line:
+                    continue  # the sniffed head ended exactly at the end of the file
+                yield decode_line(line, file, lineno)  # a BOM is not text
+                if on_bytes is not None and lineno % 1024 == 0:
+                    on_bytes(raw.tell() - done)
+                    done = raw.tell()
+            if on_bytes is not None:
+                on_bytes(raw.tell() - done)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise UserError(f"{file}: not a valid gzip file ({e})") from None
+
+
+def read_documents(path: str | Path) -> Documents:
+    """The text of each file of a corpus with some non-whitespace in it, lazily: a file is one document."""
+    return Documents(path)
+
+
+class Documents:
+    """The text of each file of a corpus (`find_text_files`), read lazily: a file is one document.
+
+    Files that are empty or hold only whitespace are skipped, never silently: after a pass `blank_files` lists
+    them and a warning names how many (a 0-byte file is often a download that failed). No file with text at all
+    is a UserError.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.blank_files: list[Path] = []
+
+    def __iter__(self) -> Iterator[str]:
+        files = find_text_files(self.path)
+        self.blank_files = []
+        for file in files:
+            text = "".join(read_lines(file))
+            if text.strip():
+                yield text
+            else:
+                self.blank_files.append(file)
+        if len(self.blank_files) == len(files):
+            raise UserError(f"{self.path}: no text, all {len(files)} file(s) are empty or whitespace")
+        warn_blank(self.path, len(self.blank_files), len(files), [f.name for f in self.blank_files])
+
+
+def warn_blank(path: str | Path, blank: int, files: int, names: Sequence[str] = ()) -> None:
+    if blank:
+        some = f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else ""
+        warnings.warn(f"{path}: skipped {blank} of {files} files, empty or whitespace only{some}", stacklevel=3)

@@ -86,7 +86,7 @@ class WordTokenizer:
               min_count: int = 1, *, lowercase: bool = False) -> WordTokenizer:
         """<eos>, <unk>, then the words of `files` (text files or folders of them, .gz too) by decreasing count,
         those seen at least `min_count` times, at most `vocab_size` entries in all (None: every such word)."""
-        from ctxlm.pretrain.corpus import read_documents
+        from ctxlm.textfiles import read_documents
 
         if vocab_size is not None and vocab_size < 2:
             raise UserError(f"WordTokenizer.train: vocab_size={vocab_size}; it needs at least 2 (<eos>, <unk>)")

@@ -279,7 +279,7 @@ def published_urls(name: str) -> tuple[str, str]:
 
 def download(name: str) -> Path:
     """The cache folder holding a published ELMo's options and weights, fetched from AllenNLP's S3 if needed."""
-    from ctxlm.pretrain.causal_lm import cache_root
+    from ctxlm.paths import cache_root
 
     folder = cache_root() / "elmo" / name
     folder.mkdir(parents=True, exist_ok=True)

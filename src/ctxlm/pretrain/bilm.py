@@ -26,8 +26,10 @@ from ctxlm.char_tokenizer import WORDS_FILE, CharTokenizer
 from ctxlm.config import ElmoConfig
 from ctxlm.errors import UserError
 from ctxlm.models.elmo import ElmoLanguageModel
-from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model, write_data_json
-from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, find_text_files, read_documents
+from ctxlm.paths import cache_root
+from ctxlm.pretrain.causal_lm import LMData, corpus_spans, seeded_model, write_data_json
+from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus
+from ctxlm.textfiles import find_text_files, read_documents
 from ctxlm.train import TrainConfig, Trainer
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,9 @@ from ctxlm import distributed
 from ctxlm.config import GPTConfig
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
-from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan, find_text_files
+from ctxlm.paths import cache_root
+from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan
+from ctxlm.textfiles import find_text_files
 from ctxlm.tokenization import Tokenizer
 from ctxlm.train import TrainConfig, Trainer
 
@@ -54,10 +55,6 @@ class LMData:
             if splits["train"] and splits["valid"]:
                 return cls(splits["train"][0], splits["valid"][0])
         return cls(path, Path(valid) if valid is not None else None)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CTXLM_CACHE", Path.home() / ".cache" / "ctxlm"))
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:

@@ -7,13 +7,10 @@ JSON meta beside it, then memory-mapped: a corpus of any size costs no RAM and a
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import itertools
 import json
 import os
-import warnings
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,128 +20,14 @@ import torch
 from tqdm import tqdm
 
 from ctxlm.errors import UserError
-from ctxlm.textfiles import decode_line, encoding_hint
+from ctxlm.textfiles import find_text_files, read_lines, warn_blank
 
 # encode(texts) -> one list of ids per text, adding no special tokens; e.g. for a `tokenizers.Tokenizer`:
 # lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 Encoder = Callable[[list[str]], list[list[int]]]
 
-_SNIFF_BYTES = 8192  # NUL bytes this early mean a binary file, not text
 _TEXTS_PER_CALL = 64  # chunks per encode() call: lets batch encoders use their threads
 _CACHE_VERSION = 1  # bump when the file format or the chunking changes
-
-
-def data_root() -> Path:
-    """The data sets folder: $CTXLM_DATA, else `shared/data` beside the repository, else ./data."""
-    if os.environ.get("CTXLM_DATA"):
-        return Path(os.environ["CTXLM_DATA"])
-    shared = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # src/ctxlm/pretrain/corpus.py
-    return shared if shared.is_dir() else Path("data")
-
-
-def dataset_path(name: str, *parts: str) -> Path:
-    """`data_root()/name/parts...`, or a UserError saying where it was looked for and how to fix it."""
-    root = data_root()
-    folder = root / name
-    if not folder.is_dir():
-        raise UserError(
-            f"data set '{name}' not found under {root}: set CTXLM_DATA to the folder that holds it, "
-            f"or download it (into {folder})"
-        )
-    path = folder.joinpath(*parts)
-    if not path.exists():
-        raise UserError(f"data set '{name}' has no {'/'.join(parts)} (looked for {path})")
-    return path
-
-
-def find_text_files(path: str | Path) -> list[Path]:
-    """The file itself, or every *.txt and *.txt.gz under a folder, sorted so token order is reproducible."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: corpus not found, expected a text file or a folder of .txt/.txt.gz files")
-    if path.is_file():
-        return [path]
-    files = sorted(
-        (p for p in path.rglob("*") if p.is_file() and p.name.endswith((".txt", ".txt.gz"))),
-        key=lambda p: p.relative_to(path).as_posix(),
-    )
-    if not files:
-        raise UserError(f"{path}: no .txt or .txt.gz files in this folder")
-    return files
-
-
-def _read_lines(file: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
-    """The lines of a (gzipped) UTF-8 file, each with its line ending, checked strictly.
-
-    Reads bytes and decodes line by line so an error can name the line; a newline byte never occurs inside a
-    multi-byte UTF-8 character, so splitting before decoding is safe. Lines end at "\\n" only: a "\\r\\n" ending
-    stays in the text, as does a lone "\\r". A UTF-8 byte-order mark at the start is dropped; a UTF-16 or UTF-32
-    file, a NUL byte in the first 8 KiB (a binary file) or bytes that are not UTF-8 are a UserError naming the
-    file (and the line and column). `on_bytes` reports progress in bytes on disk (compressed for .gz), for a
-    progress bar.
-    """
-    with open(file, "rb") as raw:
-        stream = gzip.GzipFile(fileobj=raw) if file.name.endswith(".gz") else raw
-        try:
-            head = stream.read(_SNIFF_BYTES)
-            if hint := encoding_hint(head):
-                raise UserError(f"{file}: not UTF-8{hint}")
-            if b"\0" in head:
-                raise UserError(f"{file}: looks like a binary file, expected UTF-8 text (a NUL byte at offset "
-                                f"{head.index(0)})")
-            # Split on b"\n" only, like iterating the stream, so line numbers agree with editors.
-            *first, partial = head.split(b"\n")
-            head_lines = (line + b"\n" for line in first)
-            raw_lines = itertools.chain(head_lines, [partial + stream.readline()], stream)
-            done = 0
-            for lineno, line in enumerate(raw_lines, start=1):
-                if not line:
-                    continue  # the sniffed head ended exactly at the end of the file
-                yield decode_line(line, file, lineno)  # a BOM is not text
-                if on_bytes is not None and lineno % 1024 == 0:
-                    on_bytes(raw.tell() - done)
-                    done = raw.tell()
-            if on_bytes is not None:
-                on_bytes(raw.tell() - done)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise UserError(f"{file}: not a valid gzip file ({e})") from None
-
-
-def read_documents(path: str | Path) -> Documents:
-    """The text of each file of a corpus with some non-whitespace in it, lazily: a file is one document."""
-    return Documents(path)
-
-
-class Documents:
-    """The text of each file of a corpus (`find_text_files`), read lazily: a file is one document.
-
-    Files that are empty or hold only whitespace are skipped, never silently: after a pass `blank_files` lists
-    them and a warning names how many (a 0-byte file is often a download that failed). No file with text at all
-    is a UserError.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = path
-        self.blank_files: list[Path] = []
-
-    def __iter__(self) -> Iterator[str]:
-        files = find_text_files(self.path)
-        self.blank_files = []
-        for file in files:
-            text = "".join(_read_lines(file))
-            if text.strip():
-                yield text
-            else:
-                self.blank_files.append(file)
-        if len(self.blank_files) == len(files):
-            raise UserError(f"{self.path}: no text, all {len(files)} file(s) are empty or whitespace")
-        _warn_blank(self.path, len(self.blank_files), len(files), [f.name for f in self.blank_files])
-
-
-def _warn_blank(path: str | Path, blank: int, files: int, names: Sequence[str] = ()) -> None:
-    if blank:
-        some = f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else ""
-        warnings.warn(f"{path}: skipped {blank} of {files} files, empty or whitespace only{some}", stacklevel=3)
 
 
 def _chunks(
@@ -160,7 +43,7 @@ def _chunks(
         lines: list[str] = []
         size = 0
         has_text = False  # leading blank lines are held back until we know the file is not blank
-        for line in _read_lines(file, on_bytes):
+        for line in read_lines(file, on_bytes):
             if size >= chunk_chars and has_text:
                 yield "".join(lines), False
                 lines, size = [], 0
@@ -282,7 +165,7 @@ class TokenizedCorpus:
     def _opened(cls, bin_path: Path, path: str | Path) -> TokenizedCorpus:
         """`open`, warning about the blank files the build skipped: each has no ids, see meta["blank_files"]."""
         corpus = cls.open(bin_path)
-        _warn_blank(path, corpus.meta.get("blank_files", 0), len(corpus.meta["files"]))
+        warn_blank(path, corpus.meta.get("blank_files", 0), len(corpus.meta["files"]))
         return corpus
 
     @classmethod

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ctxlm import distributed
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import read_documents
+from ctxlm.textfiles import read_documents
 
 IGNORE = -100  # the label of positions the masked-LM loss skips (PyTorch's default ignore_index)
 IS_NEXT, NOT_NEXT = 0, 1

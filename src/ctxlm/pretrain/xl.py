@@ -40,8 +40,10 @@ from tqdm.auto import tqdm
 from ctxlm import distributed
 from ctxlm.checkpoint import read_safetensors_header
 from ctxlm.errors import UserError
-from ctxlm.pretrain.causal_lm import LMData, cache_root, corpus_spans, seeded_model, tokenize, write_data_json
-from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan, find_text_files
+from ctxlm.paths import cache_root
+from ctxlm.pretrain.causal_lm import LMData, corpus_spans, seeded_model, tokenize, write_data_json
+from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan
+from ctxlm.textfiles import find_text_files
 from ctxlm.train import TrainConfig, Trainer
 
 MEMORY_DIR = "memory"

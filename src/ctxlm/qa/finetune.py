@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import dataset_path
+from ctxlm.paths import dataset_path
 from ctxlm.qa.model import SpanModel
 from ctxlm.qa.options import SquadOptions
 from ctxlm.qa.spans import Span, Window, WindowBatches, best_spans, make_windows

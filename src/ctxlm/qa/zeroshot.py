@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
-from ctxlm.generate import generate_ids, is_transformer_xl
+from ctxlm.generate import generate_ids, has_memory
 from ctxlm.qa.squad import Question, read_squad, squad_metrics
 from ctxlm.textfiles import check_json_unicode, read_text
 
@@ -127,7 +127,7 @@ def check_decoder(model: nn.Module):
         raise UserError("zero-shot answering generates the answer, which needs a decoder (gpt, gpt2, "
                         "transformer-xl); this is a BERT encoder: fine-tune it to extract answer spans with "
                         "`ctxlm finetune --model ... --task squad`")
-    if not (hasattr(model, "new_cache") or is_transformer_xl(model)):
+    if not (hasattr(model, "new_cache") or has_memory(model)):
         raise UserError(f"zero-shot answering needs a decoder that generates text (gpt, gpt2, transformer-xl); "
                         f"this is a {kind} model")
     if getattr(model, "tokenizer", None) is None:
@@ -153,7 +153,7 @@ def zero_shot(model: nn.Module, questions: Sequence[Question], *, template: str 
     if limit < 1:
         raise UserError(f"max_answer_tokens={max_answer_tokens} leaves no room for a prompt in the model's "
                         f"context of {model.config.max_positions} positions")
-    if not is_transformer_xl(model) and "\n" not in tokenizer.decode(encode(tokenizer, "a\nb")):
+    if not has_memory(model) and "\n" not in tokenizer.decode(encode(tokenizer, "a\nb")):
         warnings.warn("this tokenizer drops line breaks (GPT's BPE): the prompt's lines run together and an "
                       "answer ends only at the end of text or max_answer_tokens", stacklevel=2)
     prompts, truncated = [], []
@@ -451,7 +451,7 @@ def load_questions(task: str, data: str | Path | None = None, *, limit: int | No
                    seed: int = 0) -> tuple[list[Question], dict[str, tuple[Turn, ...]] | None]:
     """(questions, conversation histories or None for "squad") from `data`, by default SQuAD v1.1 dev under
     $CTXLM_DATA. The histories come from the whole file, so that a sampled question keeps all its earlier turns."""
-    from ctxlm.pretrain.corpus import dataset_path
+    from ctxlm.paths import dataset_path
 
     if task not in TASKS:
         raise UserError(f"task {task!r}: expected one of {', '.join(TASKS)}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxlm.errors import UserError
-from ctxlm.pretrain.corpus import dataset_path
+from ctxlm.paths import dataset_path
 from ctxlm.textfiles import check_json_unicode, read_text
 
 

@@ -28,7 +28,7 @@ from ctxlm.qa.options import SquadOptions
 from ctxlm.train import TrainConfig, Trainer, pick_device
 from ctxlm.transfer.data import Example, TaskData, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.heads import task_loss
-from ctxlm.transfer.inputs import TaskBatches, encode_examples, is_decoder, label_tensor
+from ctxlm.transfer.inputs import TaskBatches, encode_examples, label_tensor
 from ctxlm.transfer.metrics import compute_metrics
 from ctxlm.transfer.model import HeadedModel, TaskModel
 from ctxlm.transfer.predict import gather_predictions
@@ -107,7 +107,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     lm = load(config.model)
-    config = config.resolved(strategy, is_decoder(lm))
+    config = config.resolved(strategy, lm.config.causal)
     model = TaskModel(lm, data.spec, pooling=config.pooling, dropout=config.dropout, max_length=config.max_length)
     if strategy.aux_lm_weight and not model.decoder:
         raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder (GPT, GPT-2)")

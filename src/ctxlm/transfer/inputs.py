@@ -36,10 +36,6 @@ class Encoded:
     word_positions: list[int] | None = None
 
 
-def is_decoder(model) -> bool:
-    return model.config.model_type in ("gpt", "gpt2")
-
-
 def encode_examples(tokenizer: Tokenizer, spec: TaskSpec, examples: Sequence[Example], *, decoder: bool,
                     max_length: int) -> list[Encoded]:
     if not examples:

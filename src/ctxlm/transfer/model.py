@@ -19,7 +19,6 @@ from ctxlm.checkpoint import load_weights, save
 from ctxlm.errors import UserError
 from ctxlm.transfer.data import TaskSpec
 from ctxlm.transfer.heads import POOLINGS, TaskHead, extract_features
-from ctxlm.transfer.inputs import is_decoder
 
 TASK_FILE = "task.json"
 HEAD_FILE = "head.safetensors"
@@ -28,7 +27,7 @@ HEAD_FILE = "head.safetensors"
 def default_pooling(model: nn.Module) -> str:
     """Decoders: the last token (<|extract|>), the only one that has seen the whole input. Encoders: the mean
     of the tokens, which suits sentence-embedding encoders (MiniLM) and fine-tunes as well as [CLS]."""
-    return "last" if is_decoder(model) else "mean"
+    return "last" if model.config.causal else "mean"
 
 
 def add_task_tokens(model: nn.Module) -> None:
@@ -113,13 +112,13 @@ class TaskModel(HeadedModel):
         pooling = pooling or default_pooling(lm)
         if pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        if lm.config.model_type == "transformer-xl":
-            raise UserError("transfer heads do not take Transformer-XL yet (its word vocabulary has no task tokens); "
-                            "use ctxlm.embed for its features")
-        if is_decoder(lm) and lm.tokenizer.start_id is None:
+        if lm.config.causal and lm.config.word_level:
+            raise UserError("transfer heads do not take a word-level decoder (Transformer-XL) yet: its word "
+                            "vocabulary has no task tokens; use ctxlm.embed for its features")
+        if lm.config.causal and lm.tokenizer.start_id is None:
             add_task_tokens(lm)
         self.lm, self.spec, self.pooling, self.max_length = lm, spec, pooling, max_length
-        self.decoder = is_decoder(lm)
+        self.decoder = lm.config.causal
         self.head = TaskHead(lm.config.hidden_dim, spec.num_labels, spec.kind, dropout)
 
     def features(self, batch: dict[str, Tensor], lm_loss: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
