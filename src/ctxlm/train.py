@@ -41,6 +41,7 @@ from ctxlm import distributed
 from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_safetensors_header, read_weights, recover, save
 from ctxlm.errors import UserError
 from ctxlm.nn.blocks import use_gradient_checkpointing
+from ctxlm.schedules import SHAPES, warmup_decay
 
 Objective = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]
 STATE_FILE = "trainer_state.json"
@@ -92,8 +93,8 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs, some ops slower
 
     def validate(self) -> None:
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise UserError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.schedule not in SHAPES:
+            raise UserError(f"schedule must be one of {', '.join(SHAPES)}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "grad_accum", "eval_every", "save_every", "log_every"):
@@ -123,23 +124,20 @@ def pick_device(name: str) -> torch.device:
 
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Multiplier of the base learning rate at optimizer step `step` (0-based): linear warm-up, then decay."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-    floor = config.min_lr_ratio
-    if config.schedule == "linear":
-        return 1.0 - (1.0 - floor) * progress
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warmup_decay(step, config.steps, warmup_steps=config.warmup_steps, shape=config.schedule,
+                        floor=config.min_lr_ratio)
+
+
+def split_decay(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(matrices, vectors): weight decay applies to matrices only; biases and LayerNorm gains are not shrunk
+    toward zero."""
+    params = list(params)
+    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: biases and LayerNorm gains are not shrunk toward zero."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+    """Every trainable parameter in one of two groups: matrices decay, vectors do not."""
+    decay, no_decay = split_decay(p for p in model.parameters() if p.requires_grad)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

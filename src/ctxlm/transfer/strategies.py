@@ -39,6 +39,8 @@ from torch import Tensor, nn
 
 from ctxlm.errors import UserError
 from ctxlm.nn.peft import add_adapters, add_lora, peft_parameters
+from ctxlm.schedules import slanted_triangular, warmup_decay
+from ctxlm.train import split_decay
 
 SCHEDULES = ("linear", "cosine", "constant", "slanted")
 SP_NORMS = ("l2", "l1")
@@ -160,21 +162,10 @@ def get_strategy(spec: str) -> Strategy:
 
 def lr_multiplier(strategy: Strategy, step: int, total_steps: int) -> float:
     """Multiplier of the base learning rate at optimizer step `step` (0-based) of `total_steps`."""
-    total = max(1, total_steps)
-    if strategy.schedule == "constant":
-        return 1.0
-    if strategy.schedule == "slanted":  # ULMFiT eq. 3: a short steep rise, then a long linear decay
-        cut = max(1, math.floor(total * strategy.cut_frac))
-        decayed = (step - cut) / (cut * (1 / strategy.cut_frac - 1))
-        p = step / cut if step < cut else max(0.0, 1 - decayed)  # with cut rounded down, p can reach 0 before T
-        return (1 + p * (strategy.ratio - 1)) / strategy.ratio
-    warm = math.ceil(strategy.warmup * total)
-    if step < warm:
-        return (step + 1) / warm  # the first step already moves the weights
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    if strategy.schedule == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if strategy.schedule == "slanted":
+        return slanted_triangular(step, total_steps, cut_frac=strategy.cut_frac, ratio=strategy.ratio)
+    warm = 0 if strategy.schedule == "constant" else math.ceil(strategy.warmup * max(1, total_steps))
+    return warmup_decay(step, total_steps, warmup_steps=warm, shape=strategy.schedule)
 
 
 def _unique(params: Iterable[nn.Parameter], seen: set[int]) -> list[nn.Parameter]:
@@ -209,8 +200,7 @@ def param_groups(groups: list[list[nn.Parameter]], head: list[nn.Parameter], str
     out = []
     for name, params, rate, decay in named:
         unique = _unique(params, seen)
-        matrices = [p for p in unique if p.dim() >= 2]
-        vectors = [p for p in unique if p.dim() < 2]
+        matrices, vectors = split_decay(unique)
         for suffix, part, wd in (("decay", matrices, decay), ("no_decay", vectors, 0.0)):
             if part:
                 out.append({"params": part, "lr": rate, "weight_decay": wd, "name": f"{name}.{suffix}"})
