@@ -16,22 +16,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ctxlm
-import ctxlm.checkpoint as checkpoint
 from ctxlm.archive import extract
-from ctxlm.checkpoint import load_checkpoint, read_safetensors_header
-from ctxlm.config import GPTConfig
+from ctxlm.checkpoint import load_checkpoint, read_safetensors_header, safetensors_checks
 from ctxlm.errors import UserError
-from ctxlm.models.gpt import GPTLanguageModel
-
-
-def tiny_model(seed: int = 0) -> GPTLanguageModel:
-    torch.manual_seed(seed)
-    return GPTLanguageModel(GPTConfig(vocab_size=64, max_positions=16, dim=32, n_layers=2, n_heads=2))
+from helpers import tiny
 
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    return ctxlm.save(tiny_model(), tmp_path / "model")
+    return tiny("gpt2", save_to=tmp_path / "model")
 
 
 # -- pickles ----------------------------------------------------------------------------------------------------
@@ -210,7 +203,7 @@ def test_a_malformed_safetensors_file_is_refused_before_any_tensor_is_read(folde
     def never(*args, **kwargs):
         raise AssertionError("safe_open reached: tensors would be read from an unchecked file")
 
-    monkeypatch.setattr(checkpoint, "safe_open", never)
+    monkeypatch.setattr(safetensors_checks, "safe_open", never)
     with pytest.raises(UserError, match=expected) as info:
         load_checkpoint(folder)
     message = str(info.value)
@@ -224,7 +217,7 @@ def test_a_tensor_of_another_dtype_is_refused_naming_it(folder, monkeypatch):
     name = sorted(weights)[0]
     weights[name] = weights[name].to(torch.int64)
     save_file(weights, folder / "model.safetensors")
-    monkeypatch.setattr(checkpoint, "safe_open", lambda *a, **k: pytest.fail("read before the dtype check"))
+    monkeypatch.setattr(safetensors_checks, "safe_open", lambda *a, **k: pytest.fail("read before the dtype check"))
     with pytest.raises(UserError) as info:
         load_checkpoint(folder)
     assert str(info.value) == (f"{folder / 'model.safetensors'}: tensor {name!r} is int64 in the file, the model "
