@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import ctxlm
-from ctxlm.char_tokenizer import SPECIALS, CharTokenizer, word_characters
 from ctxlm.config import ElmoConfig, config_from_dict
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.nn.recurrent import ProjectedLSTM, reverse_padded
+from ctxlm.tokenizers.characters import SPECIALS, CharTokenizer, word_characters
 from tolerances import assert_fp_close, fp_close
 
 TINY = dict(dim=8, cell_dim=12, char_dim=4, n_highway=1, filters=[[1, 4], [2, 6], [3, 6]], dropout=0.0)
@@ -81,7 +81,7 @@ def tiny_model(**overrides):
 
 
 def batch_of(tokenizer, texts):
-    encodings = tokenizer.encode_bert_batch(texts)
+    encodings = tokenizer.encode_text_batch(texts)
     width = max(len(e.ids) for e in encodings)
     ids = torch.tensor([e.ids + [0] * (width - len(e.ids)) for e in encodings])
     return ids, ids != 0
@@ -208,14 +208,14 @@ def test_word_characters_follow_allennlp():
 
 def test_char_tokenizer_encodes_opens_and_round_trips(tmp_path):
     tokenizer = CharTokenizer([*SPECIALS, "the", "cat"], vocab_size=5)
-    enc = tokenizer.encode_bert("The cat, <unk>!", "the zebra")
+    enc = tokenizer.encode_pair("The cat, <unk>!", "the zebra")
     words = [tokenizer.words.words[i] for i in enc.ids]
     assert words == ["<S>", "The", "cat", ",", "<unk>", "!", "</S>", "the", "zebra", "</S>"]
     assert enc.word_ids == [None, 0, 1, 2, 3, 4, None, 0, 1, None] and enc.segments[-1] == 1
     assert enc.offsets[1] == (0, 3) and enc.word_starts() == [1, 2, 3, 4, 5, 7, 8]
     assert tokenizer.softmax_targets(torch.tensor(enc.ids)).tolist()[:3] == [1, 3, 3]  # "The": not in the softmax
-    assert len(tokenizer.encode_bert("a b c d e f", max_length=4).ids) == 4
-    cut = tokenizer.encode_bert("a b c d", "e", max_length=5)
+    assert len(tokenizer.encode_text("a b c d e f", max_length=4).ids) == 4
+    cut = tokenizer.encode_pair("a b c d", "e", max_length=5)
     assert [tokenizer.words.words[i] for i in cut.ids] == ["<S>", "a", "</S>", "e", "</S>"]
     tokenizer.save(tmp_path)
     again = CharTokenizer.from_files(tmp_path)

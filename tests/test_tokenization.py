@@ -20,7 +20,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import models, trainers
 
 from ctxlm.errors import UserError
-from ctxlm.tokenization import EOS, TASK_TOKENS, UNK, Tokenizer, _longest_first
+from ctxlm.tokenizers import EOS, TASK_TOKENS, UNK, Tokenizer
+from ctxlm.tokenizers.protocol import longest_first
 
 WORDS = [
     "the", "a", "of", "and", "to", "in", "is", "was", "for", "on", "with", "as", "by", "at", "from",
@@ -70,7 +71,7 @@ def gpt() -> Tokenizer:
 
 def _published(directory: Path, kind: str) -> Path:
     """vocab.json + merges.txt as OpenAI published them: special tokens (<|endoftext|>, or <unk> for GPT) but
-    no task tokens. Trained with raw `tokenizers`, independently of ctxlm.tokenization."""
+    no task tokens. Trained with raw `tokenizers`, independently of ctxlm.tokenizers."""
     from tokenizers import decoders, normalizers, pre_tokenizers
 
     if kind == "gpt2":
@@ -179,10 +180,11 @@ def test_task_formats_are_exact(gpt: Tokenizer, gpt2: Tokenizer) -> None:
     for tok in (gpt, gpt2):
         s, d, x = tok.start_id, tok.delimiter_id, tok.extract_id
         a, b, c = "The cat sat on the mat.", "A dog ran.", "It was the river bank"
-        assert tok.encode_single(a) == [s, *tok.encode(a), x]
-        assert tok.encode_pair(a, b) == [s, *tok.encode(a), d, *tok.encode(b), x]
-        assert tok.encode_choices(c, [a, b]) == [[s, *tok.encode(c), d, *tok.encode(a), x],
-                                                 [s, *tok.encode(c), d, *tok.encode(b), x]]
+        assert tok.encode_text(a).ids == [s, *tok.encode(a), x]
+        assert tok.encode_pair(a, b).ids == [s, *tok.encode(a), d, *tok.encode(b), x]
+        assert [e.ids for e in tok.encode_choices(c, [a, b])] == [[s, *tok.encode(c), d, *tok.encode(a), x],
+                                                                  [s, *tok.encode(c), d, *tok.encode(b), x]]
+        assert tok.encode_text(a).segments is None  # GPT has no segment embeddings
         # Task tokens written in the text stay whole, as the special tokens they are.
         assert tok.encode(TASK_TOKENS["delimiter"]) == [d]
 
@@ -190,10 +192,10 @@ def test_task_formats_are_exact(gpt: Tokenizer, gpt2: Tokenizer) -> None:
 def test_truncation_keeps_special_tokens(gpt2: Tokenizer) -> None:
     s, d, x = gpt2.start_id, gpt2.delimiter_id, gpt2.extract_id
     long, short = gpt2.encode(CORPUS[0] * 3), gpt2.encode("a dog")
-    assert gpt2.encode_single(CORPUS[0] * 3, max_length=10) == [s, *long[:8], x]
-    pair = gpt2.encode_pair(CORPUS[0] * 3, "a dog", max_length=12)
+    assert gpt2.encode_text(CORPUS[0] * 3, max_length=10).ids == [s, *long[:8], x]
+    pair = gpt2.encode_pair(CORPUS[0] * 3, "a dog", max_length=12).ids
     assert pair == [s, *long[:12 - 3 - len(short)], d, *short, x]
-    for row in gpt2.encode_choices(CORPUS[0] * 3, ["a dog", CORPUS[1] * 5], max_length=16):
+    for row in (e.ids for e in gpt2.encode_choices(CORPUS[0] * 3, ["a dog", CORPUS[1] * 5], max_length=16)):
         assert len(row) == 16 and row[0] == s and row[-1] == x and row.count(d) == 1
     with pytest.raises(UserError, match="max_length"):
         gpt2.encode_pair("a", "b", max_length=2)
@@ -209,7 +211,96 @@ def test_longest_first_matches_one_token_at_a_time() -> None:
                         a -= 1
                     else:
                         b -= 1
-                assert _longest_first(a_len, b_len, budget) == (a, b)
+                assert longest_first(a_len, b_len, budget) == (a, b)
+
+
+def test_gpt_tagging_input_is_start_then_each_words_pieces(gpt: Tokenizer, gpt2: Tokenizer) -> None:
+    """`encode_words` for a decoder: <|start|>, then each word's pieces as inside running text (after a space for
+    byte-level BPE), <unk> (else <|start|>) for a word without any. max_length drops words from the end: a shorter
+    word after one that does not fit must not take its place (its label would land on the wrong word)."""
+    words = ["The", "cat", "", "sat", "unhappiness", "!"]
+    for tok in (gpt, gpt2):
+        space = " " if tok.kind == "gpt2" else ""
+        stand_in = tok.unk_id if tok.unk_id is not None else tok.start_id
+        pieces = [tok.encode((space if j else "") + w) or [stand_in] for j, w in enumerate(words)]
+        enc = tok.encode_words(words)
+        assert enc.ids == [tok.start_id, *[i for piece in pieces for i in piece]] and enc.segments is None
+        assert enc.word_ids == [None, *[j for j, piece in enumerate(pieces) for _ in piece]]
+        assert len(enc.word_starts()) == len(words)
+        assert tok.encode_words_batch([words, ["a"]]) == [enc, tok.encode_words(["a"])]
+        for max_length in range(1, len(enc) + 1):
+            ids, kept = [tok.start_id], []
+            for j, piece in enumerate(pieces):
+                if len(ids) + len(piece) > max_length:
+                    break
+                ids += piece
+                kept.append(j)
+            cut = tok.encode_words(words, max_length=max_length)
+            assert cut.ids == ids and [cut.word_ids[i] for i in cut.word_starts()] == kept == list(range(len(kept)))
+        long_then_short = tok.encode_words(["a", "unhappiness" * 4, "b"], max_length=4)
+        assert [long_then_short.word_ids[i] for i in long_then_short.word_starts()] == [0]
+
+
+@pytest.mark.filterwarnings("ignore:.*their last words are not tagged")
+@pytest.mark.parametrize("kind", ["gpt", "gpt2", "bert"])
+def test_transfer_inputs_keep_each_familys_layout(kind: str, gpt: Tokenizer, gpt2: Tokenizer) -> None:
+    """`transfer.inputs.encode_examples` asks the tokenizer for roles; the ids are those of each family's layout
+    (BERT: [CLS] a [SEP] b [SEP] with segments; GPT §3.3 for a decoder, an unordered pair read both ways)."""
+    from ctxlm.transfer.data import Example, TaskSpec
+    from ctxlm.transfer.inputs import encode_examples
+
+    tok = {"gpt": gpt, "gpt2": gpt2}.get(kind) or Tokenizer.train(iter(CORPUS), "bert", 300)
+    decoder = kind != "bert"
+    first, middle, last = ((tok.start_id, tok.delimiter_id, tok.extract_id) if decoder else
+                           (tok.cls_id, tok.sep_id, tok.sep_id))
+
+    def pair(a: str, b: str, max_length: int) -> list[int]:
+        a_ids, b_ids = tok.encode(a), tok.encode(b)
+        n, m = longest_first(len(a_ids), len(b_ids), max_length - 3) if len(a_ids) + len(b_ids) > max_length - 3 \
+            else (len(a_ids), len(b_ids))
+        return [first, *a_ids[:n], middle, *b_ids[:m], last]
+
+    def encode(task: str, texts: tuple[str, ...], max_length: int, order_matters: bool = True) -> object:
+        spec = TaskSpec("t", task, ("x", "y"), ("accuracy",), order_matters=order_matters)
+        return encode_examples(tok, spec, [Example(texts, 0)], decoder=decoder, max_length=max_length)[0]
+
+    a, b, c = CORPUS[0].strip(), CORPUS[1].strip() * 2, "The river bank"
+    for max_length in (6, 12, 64):
+        for order_matters in (True, False):
+            single = encode("single", (a,), max_length, order_matters)
+            assert single.sequences == [[first, *tok.encode(a)[:max_length - 2], last]]
+            assert (single.segments is None) == decoder
+            both = decoder and not order_matters
+            assert encode("pair", (a, b), max_length, order_matters).sequences == \
+                [pair(a, b, max_length), *([pair(b, a, max_length)] * both)]
+            choices = encode("choice", (c, a, b), max_length, order_matters)
+            assert choices.sequences == [pair(c, a, max_length), pair(c, b, max_length)] and choices.slots == [0, 1]
+        words = a.split()
+        tagged = encode("tag", tuple(words), max_length)
+        assert tagged.sequences == [tok.encode_words(words, max_length).ids]
+        assert tagged.word_positions == tok.encode_words(words, max_length).word_starts()
+        if not decoder:
+            encodings = [tok.encode(w) or [tok.unk_id] for w in words]
+            assert tok.encode_words(words).ids == [first, *[i for e in encodings for i in e], last]
+
+
+def test_every_family_implements_the_role_protocol(gpt2: Tokenizer) -> None:
+    from ctxlm.tokenizers import CharTokenizer, TokenizerProtocol, WordTokenizer
+    from ctxlm.tokenizers.characters import SPECIALS
+
+    elmo = CharTokenizer(list(SPECIALS))
+    xl = WordTokenizer(["<eos>", "<unk>", "the", "cat"])
+    for tok in (gpt2, elmo, xl):
+        assert isinstance(tok, TokenizerProtocol)
+    assert [e.ids for e in elmo.encode_choices("the cat", ["a", "b c"])] == \
+        [e.ids for e in elmo.encode_pair_batch(["the cat"] * 2, ["a", "b c"])]
+    assert elmo.encode_words(["the", "cat"]).word_starts() == [1, 2]
+    enc = xl.encode_text("the  dog cat", max_length=2)
+    assert (enc.ids, enc.segments, enc.word_ids, enc.offsets) == ([2, 1], None, [0, 1], [(0, 3), (5, 8)])
+    assert xl.encode_words_batch([["cat", "the"]]) == [xl.encode_words(["cat", "the"])]
+    assert xl.encode_words(["cat", "the"]).ids == [3, 2]
+    with pytest.raises(UserError, match="no special tokens to join two texts"):
+        xl.encode_choices("the", ["cat"])
 
 
 # ---- saving, loading, published files ----------------------------------------------------------------
@@ -244,14 +335,14 @@ def test_published_files_lack_task_tokens_until_added(tmp_path: Path, kind: str)
     assert tok.kind == kind
     assert tok.eos_id == (None if kind == "gpt" else 0)
     assert tok.pad_id == 0  # <unk> for gpt, <|endoftext|> for gpt2: both id 0 in these files
-    for call in (lambda: tok.encode_single("a"), lambda: tok.encode_pair("a", "b"),
+    for call in (lambda: tok.encode_text("a"), lambda: tok.encode_pair("a", "b"),
                  lambda: tok.encode_choices("a", ["b"])):
         with pytest.raises(UserError, match=r"add_task_tokens\(\).*resize the model's token embeddings"):
             call()
     size = tok.vocab_size
     assert tok.add_task_tokens() == 3 and tok.vocab_size == size + 3
     assert tok.add_task_tokens() == 0 and tok.vocab_size == size + 3
-    assert tok.encode_pair("a", "b") == [size, *tok.encode("a"), size + 1, *tok.encode("b"), size + 2]
+    assert tok.encode_pair("a", "b").ids == [size, *tok.encode("a"), size + 1, *tok.encode("b"), size + 2]
     tok.save(tmp_path / "tuned")
     assert Tokenizer.from_files(tmp_path / "tuned").encode_pair("a", "b") == tok.encode_pair("a", "b")
 

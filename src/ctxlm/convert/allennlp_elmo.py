@@ -250,9 +250,9 @@ def from_allennlp_folder(path: str | Path):
 
     The published files carry no vocabulary: the attached `CharTokenizer` holds the four specials only and
     numbers words as it meets them (ELMo reads their characters; vocab_size 0 means no softmax)."""
-    from ctxlm.char_tokenizer import SPECIALS, CharTokenizer
     from ctxlm.checkpoint import check_shapes
     from ctxlm.models.elmo import ElmoLanguageModel
+    from ctxlm.tokenizers.characters import SPECIALS, CharTokenizer
 
     files = allennlp_files(path)
     if files is None:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ctxlm.config import TransformerXLConfig
 from ctxlm.errors import UserError
-from ctxlm.word_tokenizer import WordTokenizer
+from ctxlm.tokenizers import WordTokenizer
 
 # ctxlm name (under backbone.blocks.{l}.) ← HF name (under layers.{l}.)
 _BLOCK = {

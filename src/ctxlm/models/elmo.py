@@ -138,7 +138,7 @@ class ElmoLanguageModel(nn.Module):
 
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:
-        """Attaching a tokenizer lets the backbone read its word ids (see ctxlm.char_tokenizer)."""
+        """Attaching a tokenizer lets the backbone read its word ids (see ctxlm.tokenizers.characters)."""
         self._tokenizer = tokenizer
         self.backbone.char_ids = None if tokenizer is None else tokenizer.char_ids
 

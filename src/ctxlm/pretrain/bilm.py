@@ -12,7 +12,6 @@ scores the same number of words, so N processes train as one with N times the ba
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,14 +21,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm import distributed
-from ctxlm.char_tokenizer import WORDS_FILE, CharTokenizer
 from ctxlm.config import ElmoConfig
 from ctxlm.errors import UserError
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.paths import cache_root
 from ctxlm.pretrain.causal_lm import LMData, corpus_spans, seeded_model, write_data_json
 from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus
+from ctxlm.runlog import last_validation
 from ctxlm.textfiles import find_text_files, read_documents
+from ctxlm.tokenizers.characters import WORDS_FILE, CharTokenizer
 from ctxlm.train import TrainConfig, Trainer
 
 
@@ -84,13 +84,6 @@ def evaluate_bilm(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, floa
     return {"valid_loss": loss, "valid_forward_loss": forward, "valid_backward_loss": backward,
             "valid_perplexity": perplexity(loss), "valid_forward_perplexity": perplexity(forward),
             "valid_backward_perplexity": perplexity(backward)}
-
-
-def last_evaluation(run_dir: Path) -> dict[str, float]:
-    """The last validation record in run_dir/metrics.jsonl, or {}."""
-    metrics = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-    return next((r for r in reversed(records) if "valid_forward_perplexity" in r), {})
 
 
 def word_list_fingerprint(tokenizer: CharTokenizer) -> str:
@@ -172,7 +165,8 @@ def pretrain_bilm(data: LMData, run_dir: str | Path, config: ElmoConfig, train: 
     trainer = Trainer(model, bilm_objective, lambda step: windows(train_batches.batch(step)), train, run_dir,
                       evaluator=lambda: evaluate_bilm(model, map(windows, valid_batches.eval_batches(eval_batches))),
                       tokens_per_batch=batch_size * block_size, find_unused_parameters=config.softmax == "adaptive")
-    final = trainer.fit(resume=resume) or last_evaluation(run_dir)  # {} when resuming a finished run
+    # {} when resuming a finished run
+    final = trainer.fit(resume=resume) or last_validation(run_dir, "valid_forward_perplexity")
     if final:
         print(f"step {trainer.step}: validation perplexity forward {final['valid_forward_perplexity']:.1f}, "
               f"backward {final['valid_backward_perplexity']:.1f} (loss {final['valid_forward_loss']:.3f} / "

@@ -26,7 +26,7 @@ from ctxlm.models import build_model
 from ctxlm.paths import cache_root
 from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan
 from ctxlm.textfiles import find_text_files
-from ctxlm.tokenization import Tokenizer
+from ctxlm.tokenizers import Tokenizer
 from ctxlm.train import TrainConfig, Trainer
 
 

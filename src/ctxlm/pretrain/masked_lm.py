@@ -118,7 +118,7 @@ class Vocabulary:
 
     @classmethod
     def of(cls, tokenizer) -> Vocabulary:
-        """From a `ctxlm.tokenization.Tokenizer` (BERT kind): its specials and its "##" continuation pieces."""
+        """From a `ctxlm.tokenizers.Tokenizer` (BERT kind): its specials and its "##" continuation pieces."""
         vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
         continuation = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
         for token, index in vocab.items():

@@ -23,7 +23,6 @@ saved beside checkpoints would have to be gathered from all; it is refused with 
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from ctxlm.errors import UserError
 from ctxlm.paths import cache_root
 from ctxlm.pretrain.causal_lm import LMData, corpus_spans, seeded_model, tokenize, write_data_json
 from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan
+from ctxlm.runlog import last_validation
 from ctxlm.textfiles import find_text_files
 from ctxlm.train import TrainConfig, Trainer
 
@@ -259,7 +259,7 @@ def xl_tokenizer(data: LMData, run_dir: Path, config, *, given, resume: bool, vo
     elif given is not None:
         tokenizer = given
     else:
-        from ctxlm.word_tokenizer import WordTokenizer
+        from ctxlm.tokenizers import WordTokenizer
 
         files = find_text_files(data.train)
         limit = f"the {vocab_size:,} most frequent words" if vocab_size else "every word"
@@ -272,13 +272,6 @@ def xl_tokenizer(data: LMData, run_dir: Path, config, *, given, resume: bool, vo
         config.tie_projs = config.tie_projs[:len(config.adaptive_cutoffs) + 1]
     config.validate()
     return tokenizer
-
-
-def last_evaluation(run_dir: Path) -> dict[str, float]:
-    """The last validation record in run_dir/metrics.jsonl, or {}."""
-    metrics = run_dir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
-    return next((r for r in reversed(records) if "valid_perplexity" in r), {})
 
 
 def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *, tgt_len: int = 128,
@@ -319,7 +312,8 @@ def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *
 
     trainer = RecurrentTrainer(model, SegmentRecurrence(batches), train, run_dir, evaluator=evaluator,
                                tokens_per_batch=batch_size * tgt_len)
-    final = trainer.fit(resume=resume) or last_evaluation(run_dir)  # {} when resuming a finished run
+    # {} when resuming a finished run
+    final = trainer.fit(resume=resume) or last_validation(run_dir, "valid_perplexity")
     if final:
         unit = "word" if is_word_tokenizer(tokenizer) else f"{getattr(tokenizer, 'kind', 'sub-word')} token"
         print(f"step {trainer.step}: validation perplexity {final['valid_perplexity']:.1f} per {unit} "

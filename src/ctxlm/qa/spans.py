@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ctxlm.qa.squad import Question
-from ctxlm.tokenization import Tokenizer
+from ctxlm.tokenizers import Tokenizer
 from ctxlm.transfer.inputs import TaskBatches
 
 
@@ -78,10 +78,10 @@ def make_windows(tokenizer: Tokenizer, questions: Sequence[Question], *, max_len
 
     `labelled`: locate each question's first answer in its windows (for training and the training loss)."""
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
-    if tokenizer.kind != "bert" or cls is None or sep is None:
+    if cls is None or sep is None:
         raise ValueError("span extraction reads [CLS] question [SEP] passage [SEP]: it needs a BERT tokenizer")
     contexts = list(dict.fromkeys(q.context for q in questions))
-    encoded = tokenizer.backend.encode_batch(contexts, add_special_tokens=False)
+    encoded = tokenizer.encode_plain_batch(contexts)
     passages = {c: (e.ids, e.offsets) for c, e in zip(contexts, encoded, strict=True)}
     question_ids = tokenizer.encode_batch([q.question for q in questions])
     windows = []

@@ -1,12 +1,11 @@
-"""Examples → token sequences → padded batches, for either kind of backbone.
+"""Examples → token sequences → padded batches, for any backbone.
 
-Encoders (BERT) read `[CLS] a [SEP] b [SEP]` with segment ids; a choice is `[CLS] context [SEP] answer [SEP]`;
-a tagged sentence is `[CLS] words [SEP]`, labelled on each word's first sub-token.
-Decoders (GPT, GPT-2) read GPT's §3.3 input transformations: `<|start|> text <|extract|>`; a pair as
-`<|start|> a <|delimiter|> b <|extract|>`, first text first (entailment: premise, then hypothesis), or for a
-task whose texts have no order (similarity, paraphrase: `TaskSpec.order_matters` False) twice, as (a, b) and
-(b, a); a choice as (context, answer). A tagged sentence is
-`<|start|> words`, each word labelled on its first sub-token (a decoder's state has seen only the left context).
+The tokenizer builds each model input by its role (`TokenizerProtocol`): a text for classification, a pair, one
+(context, answer) pair per choice, a tagged sentence labelled on each word's first token. How an input looks is
+the tokenizer family's business (BERT `[CLS] a [SEP] b [SEP]` with segment ids, GPT's §3.3 `<|start|> a
+<|delimiter|> b <|extract|>`, ...). One thing is the model's: a causal model (a decoder) reads the first text of a
+pair before the second, so for a task whose texts have no order (similarity, paraphrase: `TaskSpec.order_matters`
+False) it reads both orderings, (a, b) and (b, a), in two slots whose features the head adds (GPT §3.3).
 
 Every example is tokenised once, up front, on the tokenizer's Rust threads. A batch flattens all sequences of
 its examples and records which example and slot each came from (see `heads.extract_features`).
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ctxlm.tokenization import Tokenizer
+from ctxlm.tokenizers import Encoding, TokenizerProtocol
 from ctxlm.transfer.data import Example, TaskSpec
 
 
@@ -36,74 +35,39 @@ class Encoded:
     word_positions: list[int] | None = None
 
 
-def encode_examples(tokenizer: Tokenizer, spec: TaskSpec, examples: Sequence[Example], *, decoder: bool,
+def encode_examples(tokenizer: TokenizerProtocol, spec: TaskSpec, examples: Sequence[Example], *, decoder: bool,
                     max_length: int) -> list[Encoded]:
+    """The model inputs of `examples`, at most `max_length` tokens each. `decoder`: the model is causal
+    (`config.causal`), which decides whether an unordered pair is read both ways."""
     if not examples:
         return []
     if spec.kind == "tag":
-        return _encode_tagged(tokenizer, examples, decoder, max_length)
-    if decoder:
-        return _encode_for_decoder(tokenizer, spec.kind, examples, max_length, both_orders=not spec.order_matters)
-    return _encode_for_encoder(tokenizer, spec.kind, examples, max_length)
-
-
-def _encode_for_encoder(tokenizer: Tokenizer, kind: str, examples: Sequence[Example], max_length: int):
-    if kind == "single":
-        encodings = tokenizer.encode_bert_batch([e.texts[0] for e in examples], max_length=max_length)
-        return [Encoded([enc.ids], [0], segments=[enc.segments]) for enc in encodings]
-    if kind == "pair":
-        encodings = tokenizer.encode_bert_batch([e.texts[0] for e in examples], [e.texts[1] for e in examples],
-                                                max_length=max_length)
-        return [Encoded([enc.ids], [0], segments=[enc.segments]) for enc in encodings]
+        return _encode_tagged(tokenizer, examples, max_length)
+    if spec.kind == "single":
+        return [_encoded([enc]) for enc in tokenizer.encode_text_batch([e.texts[0] for e in examples], max_length)]
+    if spec.kind == "pair":
+        firsts, seconds = [e.texts[0] for e in examples], [e.texts[1] for e in examples]
+        if decoder and not spec.order_matters:  # two slots whose features the head adds: the order cannot matter
+            encodings = tokenizer.encode_pair_batch(firsts + seconds, seconds + firsts, max_length)
+            n = len(examples)
+            return [_encoded([ab, ba]) for ab, ba in zip(encodings[:n], encodings[n:], strict=True)]
+        return [_encoded([enc]) for enc in tokenizer.encode_pair_batch(firsts, seconds, max_length)]
     contexts = [e.texts[0] for e in examples for _ in e.texts[1:]]
     answers = [answer for e in examples for answer in e.texts[1:]]
-    flat = iter(tokenizer.encode_bert_batch(contexts, answers, max_length=max_length))
-    out = []
-    for e in examples:
-        encodings = [next(flat) for _ in e.texts[1:]]
-        out.append(Encoded([enc.ids for enc in encodings], list(range(len(encodings))),
-                           segments=[enc.segments for enc in encodings]))
-    return out
+    flat = iter(tokenizer.encode_pair_batch(contexts, answers, max_length))
+    return [_encoded([next(flat) for _ in e.texts[1:]]) for e in examples]
 
 
-def _encode_for_decoder(tokenizer: Tokenizer, kind: str, examples: Sequence[Example], max_length: int,
-                        both_orders: bool):
-    if kind == "single":
-        return [Encoded([tokenizer.encode_single(e.texts[0], max_length)], [0]) for e in examples]
-    if kind == "pair" and both_orders:  # two slots whose features the head adds: the order cannot matter
-        return [Encoded([tokenizer.encode_pair(a, b, max_length), tokenizer.encode_pair(b, a, max_length)], [0, 1])
-                for a, b in (e.texts for e in examples)]
-    if kind == "pair":
-        return [Encoded([tokenizer.encode_pair(a, b, max_length)], [0]) for a, b in (e.texts for e in examples)]
-    out = []
-    for e in examples:
-        sequences = tokenizer.encode_choices(e.texts[0], e.texts[1:], max_length)
-        out.append(Encoded(sequences, list(range(len(sequences)))))
-    return out
+def _encoded(encodings: list[Encoding]) -> Encoded:
+    """One example read as `encodings`, one per slot."""
+    segments = None if encodings[0].segments is None else [enc.segments for enc in encodings]
+    return Encoded([enc.ids for enc in encodings], list(range(len(encodings))), segments=segments)
 
 
-def _encode_tagged(tokenizer: Tokenizer, examples: Sequence[Example], decoder: bool, max_length: int):
-    if not decoder:
-        encodings = tokenizer.encode_words_batch([list(e.texts) for e in examples], max_length=max_length)
-        out = [Encoded([enc.ids], [0], segments=[enc.segments], word_positions=enc.word_starts())
-               for enc in encodings]
-    else:
-        # Byte-level BPE marks a word boundary by the space before the word.
-        space = " " if tokenizer.kind == "gpt2" else ""
-        words = [(space if i else "") + w for e in examples for i, w in enumerate(e.texts)]
-        pieces = iter(tokenizer.encode_batch(words))
-        start = tokenizer.start_id if tokenizer.start_id is not None else tokenizer.eos_id
-        if start is None:
-            raise ValueError("a decoder's tokenizer needs <|start|> or <|endoftext|> to tag words")
-        out = []
-        for e in examples:
-            ids, positions = [start], []
-            for _ in e.texts:
-                piece = next(pieces) or [tokenizer.unk_id if tokenizer.unk_id is not None else start]
-                if len(ids) + len(piece) <= max_length:
-                    positions.append(len(ids))
-                    ids.extend(piece)
-            out.append(Encoded([ids], [0], word_positions=positions))
+def _encode_tagged(tokenizer: TokenizerProtocol, examples: Sequence[Example], max_length: int) -> list[Encoded]:
+    encodings = tokenizer.encode_words_batch([list(e.texts) for e in examples], max_length)
+    out = [Encoded([enc.ids], [0], segments=None if enc.segments is None else [enc.segments],
+                   word_positions=enc.word_starts()) for enc in encodings]
     cut = sum(len(enc.word_positions) < len(e.texts) for enc, e in zip(out, examples, strict=True))
     if cut:
         warnings.warn(f"{cut} of {len(examples)} sentences are longer than {max_length} tokens: their last words "

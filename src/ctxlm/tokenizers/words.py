@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ctxlm.errors import UserError
+from ctxlm.tokenizers.protocol import Encoding, length_budget
 
 EOS, UNK = "<eos>", "<unk>"
 VOCAB_FILE = "word_vocab.txt"
@@ -33,6 +35,7 @@ class WordTokenizer:
 
     kind = "transformer-xl"
     start_id = cls_id = sep_id = mask_id = None
+    word_prefix = ""  # words are whatever whitespace separates
 
     def __init__(self, words: Sequence[str], *, eos: str = EOS, unk: str = UNK, lowercase: bool = False,
                  source: str = "word list", lines: Sequence[int] | None = None) -> None:
@@ -192,6 +195,42 @@ class WordTokenizer:
             raise UserError(f"decode: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         eos = self.eos_id
         return " ".join(self.words[i] for i in ids if not (skip_special_tokens and i == eos))
+
+    # Model inputs by role (TokenizerProtocol). Transformer-XL reads running text and its vocabulary has no special
+    # tokens to frame an input with: a text or a list of words is encoded as it is, one id per word, the first
+    # `max_length` words kept; pairs and choices need a separator it lacks.
+
+    def encode_text(self, text: str, max_length: int | None = None) -> Encoding:
+        """The words of `text`, as `encode` gives them, with their character offsets."""
+        if not isinstance(text, str):
+            raise UserError(f"encode_text: got a {type(text).__name__}; expected str")
+        return self._words([(m.group(), m.span()) for m in re.finditer(r"\S+", text)], max_length)
+
+    def encode_text_batch(self, texts: Sequence[str], max_length: int | None = None) -> list[Encoding]:
+        return [self.encode_text(text, max_length) for text in texts]
+
+    def encode_words(self, words: Sequence[str], max_length: int | None = None) -> Encoding:
+        """One id per given word (<unk> for a word outside the vocabulary, or one with spaces in it)."""
+        return self._words([(w, (0, len(w))) for w in words], max_length)
+
+    def encode_words_batch(self, sentences: Sequence[Sequence[str]], max_length: int | None = None) -> list[Encoding]:
+        return [self.encode_words(words, max_length) for words in sentences]
+
+    def encode_pair(self, a: str, b: str, max_length: int | None = None) -> Encoding:
+        raise UserError("encode_pair: a Transformer-XL word vocabulary has no special tokens to join two texts with")
+
+    def encode_pair_batch(self, firsts: Sequence[str], seconds: Sequence[str],
+                          max_length: int | None = None) -> list[Encoding]:
+        return [self.encode_pair(a, b, max_length) for a, b in zip(firsts, seconds, strict=True)]
+
+    def encode_choices(self, context: str, choices: Sequence[str], max_length: int | None = None) -> list[Encoding]:
+        return [self.encode_pair(context, choice, max_length) for choice in choices]
+
+    def _words(self, words: list[tuple[str, tuple[int, int]]], max_length: int | None) -> Encoding:
+        words = words[:length_budget(max_length, 0)]
+        get, unk = self.index.get, self.unk_id
+        ids = [get(w.lower() if self.lowercase else w, unk) for w, _ in words]
+        return Encoding(ids, None, list(range(len(ids))), [span for _, span in words])
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -22,7 +22,7 @@ from tokenizers import Regex, pre_tokenizers
 from torch import Tensor
 
 from ctxlm.errors import UserError
-from ctxlm.tokenization import Encoding
+from ctxlm.tokenizers.protocol import Encoding, check_pairs
 
 PAD, BOS, EOS, UNK = "<pad>", "<S>", "</S>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)  # ids 0-3
@@ -103,6 +103,7 @@ class CharTokenizer:
     pad_id, bos_id, eos_id, unk_id = range(4)
     start_id = cls_id = sep_id = mask_id = None
     lowercase = False
+    word_prefix = ""  # words are split apart before they are looked up: no space marks a word boundary
 
     @property
     def special_ids(self) -> set[int]:
@@ -167,7 +168,7 @@ class CharTokenizer:
 
     def save(self, directory: str | os.PathLike) -> None:
         """words.txt (one word per line, in id order) and char_tokenizer.json. A word with a line break (given to
-        `encode_words_batch`) cannot be written one per line: that is a UserError, before anything is written."""
+        `encode_words`) cannot be written one per line: that is a UserError, before anything is written."""
         import json
 
         directory = Path(directory)
@@ -203,23 +204,33 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return " ".join(self.words.words[i] for i in ids if not (skip_special_tokens and i in self.special_ids))
 
-    def encode_bert(self, text: str, text_pair: str | None = None, max_length: int | None = None) -> Encoding:
-        return self.encode_bert_batch([text], None if text_pair is None else [text_pair], max_length)[0]
+    # Model inputs by role (TokenizerProtocol): `<S> a </S>` or `<S> a </S> b </S>`, cut to `max_length` tokens one
+    # word at a time from the end of the longer text (from the first on ties). Segment ids 0 then 1, as BERT's;
+    # ELMo itself reads none.
 
-    def encode_bert_batch(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+    def encode_text(self, text: str, max_length: int | None = None) -> Encoding:
+        return self._assemble(_SPLIT.pre_tokenize_str(text), None, max_length)
+
+    def encode_text_batch(self, texts: Sequence[str], max_length: int | None = None) -> list[Encoding]:
+        return [self.encode_text(text, max_length) for text in texts]
+
+    def encode_pair(self, a: str, b: str, max_length: int | None = None) -> Encoding:
+        return self._assemble(_SPLIT.pre_tokenize_str(a), _SPLIT.pre_tokenize_str(b), max_length)
+
+    def encode_pair_batch(self, firsts: Sequence[str], seconds: Sequence[str],
                           max_length: int | None = None) -> list[Encoding]:
-        """`<S> a </S>` or `<S> a </S> b </S>`, cut to `max_length` tokens (the longer text loses words first)."""
-        pairs = [None] * len(texts) if text_pairs is None else text_pairs
-        out = []
-        for text, pair in zip(texts, pairs, strict=True):
-            a = _SPLIT.pre_tokenize_str(text)
-            b = None if pair is None else _SPLIT.pre_tokenize_str(pair)
-            out.append(self._assemble(a, b, max_length))
-        return out
+        firsts, seconds = check_pairs(firsts, seconds, "encode_pair_batch")
+        return [self.encode_pair(a, b, max_length) for a, b in zip(firsts, seconds, strict=True)]
+
+    def encode_choices(self, context: str, choices: Sequence[str], max_length: int | None = None) -> list[Encoding]:
+        return [self.encode_pair(context, choice, max_length) for choice in choices]
+
+    def encode_words(self, words: Sequence[str], max_length: int | None = None) -> Encoding:
+        """Given words, one token each: `<S> w1 ... wn </S>`."""
+        return self._assemble([(w, (0, len(w))) for w in words], None, max_length)
 
     def encode_words_batch(self, sentences: Sequence[Sequence[str]], max_length: int | None = None) -> list[Encoding]:
-        """Given words, one token each: `<S> w1 ... wn </S>`."""
-        return [self._assemble([(w, (0, len(w))) for w in words], None, max_length) for words in sentences]
+        return [self.encode_words(words, max_length) for words in sentences]
 
     def _assemble(self, a: list, b: list | None, max_length: int | None) -> Encoding:
         if max_length is not None:

@@ -1,0 +1,116 @@
+"""A pretraining job in one call: the corpus found, a family's preset config built, the objective that its config
+calls for run, the final figures returned. `ctxlm.pretrain` (and `ctxlm pretrain`) runs it.
+
+The objective follows from what the family can do (the config's capability flags), never from its name:
+memory across segments → causal LM over segments (Transformer-XL); causal → causal LM (GPT, GPT-2); a word-level
+bidirectional model → forward + backward LMs (ELMo's biLM); else an encoder → masked LM, with next-sentence
+prediction for a model that reads segment pairs (BERT).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ctxlm import distributed
+from ctxlm.checkpoint import load_checkpoint, load_tokenizer
+from ctxlm.config import ModelConfig, TransformerConfig, preset
+from ctxlm.errors import UserError
+from ctxlm.paths import dataset_path
+from ctxlm.pretrain.bilm import pretrain_bilm
+from ctxlm.pretrain.causal_lm import LMData, pretrain_causal_lm
+from ctxlm.pretrain.masked_lm import pretrain_masked_lm
+from ctxlm.pretrain.xl import pretrain_xl
+from ctxlm.runlog import PLOT_FILE, last_validation
+from ctxlm.train import TrainConfig
+
+SEGMENTS, CAUSAL_LM, BILM, MASKED_LM = "segments", "causal-lm", "bilm", "masked-lm"
+# the key of the final evaluation's record in metrics.jsonl, by objective
+FINAL_KEY = {SEGMENTS: "valid_perplexity", CAUSAL_LM: "valid_perplexity", BILM: "valid_forward_perplexity",
+             MASKED_LM: "valid_mlm_accuracy"}
+
+
+def objective_of(config: ModelConfig) -> str:
+    """The pretraining objective a family's config calls for, from its capability flags."""
+    if config.has_memory:
+        return SEGMENTS
+    if config.causal:
+        return CAUSAL_LM
+    if config.word_level:
+        return BILM
+    return MASKED_LM
+
+
+def resolve_corpus(data: str | Path) -> Path:
+    """A path, or the name of a data set folder under CTXLM_DATA (e.g. `wikitext2`)."""
+    path = Path(data)
+    return path if path.exists() or "/" in str(data) else dataset_path(str(data))
+
+
+def parse_cutoffs(cutoffs: str | list[int] | tuple[int, ...]) -> list[int]:
+    """Adaptive softmax cut-offs: a list of word ranks, or the command line's "2000,10000"."""
+    if not isinstance(cutoffs, str):
+        return list(cutoffs)
+    try:
+        return [int(c) for c in cutoffs.split(",") if c.strip()]
+    except ValueError:
+        raise UserError(f"--cutoffs {cutoffs!r}: expected increasing word ranks such as 2000,10000") from None
+
+
+def pretrain(model: str = "gpt2", data: str | Path = "wikitext2", *, out: str | Path, valid: str | Path | None = None,
+             tokenizer: Any = None, vocab_size: int | None = None, layers: int | None = None,
+             dim: int = 256, heads: int = 4, cell_dim: int | None = None, clip: bool = False, softmax: str = "full",
+             cutoffs: str | list[int] = "2000,10000", block_size: int = 256, mem_len: int | None = None,
+             eval_mem_len: int | None = None, batch_size: int = 16, grad_accum: int = 1, steps: int = 2000,
+             lr: float = 1e-3, warmup: int = 100, schedule: str = "cosine", dropout: float = 0.1,
+             whole_word_masking: bool = False, eval_every: int = 200, save_every: int = 200,
+             max_minutes: float | None = None, precision: str = "fp32", compile: bool = False,
+             grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
+             deterministic: bool = False, seed: int = 0, resume: bool = False) -> dict[str, Any] | None:
+    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl) from scratch on the text `data` (a file,
+    a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl and
+    loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the sizes go to
+    `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a tokenizer.
+
+    Returns {"objective", "model" (the trained model, whole), "run_dir", "checkpoint", "loss_plot", "final" (the
+    last validation record of metrics.jsonl, {} if none)}. Under torchrun every process trains; rank 0 alone
+    returns the result, the others None.
+    """
+    train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
+                        eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes,
+                        precision=precision, compile=compile, gradient_checkpointing=grad_checkpoint,
+                        fsdp=fsdp, device=device, on_nonfinite=on_nonfinite, deterministic=deterministic)
+    train.validate()  # a bad value fails now, not after the tokenizer is trained
+    if fsdp and not distributed.launched():
+        raise UserError("--fsdp shards the model across processes: start several with torchrun, e.g. "
+                        "torchrun --nproc_per_node=4 -m ctxlm pretrain --fsdp ...")
+    config = preset(model, vocab_size=vocab_size, dim=dim, layers=layers, heads=heads, cell_dim=cell_dim, clip=clip,
+                    softmax=softmax, cutoffs=parse_cutoffs(cutoffs) if softmax == "adaptive" else [],
+                    max_positions=max(block_size, 128), mem_len=block_size if mem_len is None else mem_len,
+                    dropout=dropout)
+    if fsdp and not isinstance(config, TransformerConfig):
+        raise UserError(f"--fsdp shards transformer blocks: it applies to gpt2, gpt and bert, not {model}")
+    data_spec = LMData.resolve(resolve_corpus(data), resolve_corpus(valid) if valid else None)
+    given = load_tokenizer(Path(tokenizer)) if isinstance(tokenizer, str | Path) else tokenizer
+    objective = objective_of(config)
+    run_dir = Path(out)
+    with distributed.session():  # joins torchrun's processes, if it started several
+        if objective == SEGMENTS:
+            trained = pretrain_xl(data_spec, run_dir, config, train, tgt_len=block_size, batch_size=batch_size,
+                                  tokenizer=given, resume=resume, eval_mem_len=eval_mem_len, vocab_size=vocab_size)
+        elif objective == CAUSAL_LM:
+            trained = pretrain_causal_lm(data_spec, run_dir, config, train, block_size=block_size,
+                                         batch_size=batch_size, tokenizer=given, resume=resume)
+        elif objective == BILM:
+            trained = pretrain_bilm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
+                                    tokenizer=given, resume=resume)
+        else:
+            trained = pretrain_masked_lm(data_spec, run_dir, config, train, max_length=block_size,
+                                         batch_size=batch_size, tokenizer=given, resume=resume,
+                                         whole_word=whole_word_masking)
+        if not distributed.is_main():
+            return None  # the other processes hold the same model: rank 0 reports on it
+    if fsdp:  # the trained model is in shards, whose processes are gone: the whole one is in the checkpoint
+        trained = load_checkpoint(run_dir / "checkpoint")
+    return {"objective": objective, "model": trained, "run_dir": run_dir, "checkpoint": run_dir / "checkpoint",
+            "loss_plot": run_dir / PLOT_FILE, "final": last_validation(run_dir, FINAL_KEY[objective])}

@@ -1,0 +1,142 @@
+"""Training a sub-word vocabulary (BPE for "gpt" and "gpt2", WordPiece for "bert") on Hugging Face `tokenizers`,
+repeatably: the same corpus gives the same tokenizer, ids included. See `Tokenizer.train`."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer as Backend
+
+from ctxlm.errors import UserError
+from ctxlm.textfiles import decode_line
+from ctxlm.tokenizers.published import TASK_TOKENS, kind_spec, pipeline_options, set_bert_post_processor, with_pad
+
+_BATCH_LINES = 1000  # lines handed to the Rust trainer per call: amortises the Python -> Rust crossing
+
+
+def train_backend(files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str], kind: str,
+                  vocab_size: int, *, min_frequency: int, show_progress: bool,
+                  lowercase: bool | None) -> tuple[Backend, dict[str, str]]:
+    """The trained backend and its special tokens' roles (see `Tokenizer.train`)."""
+    spec = kind_spec(kind, "Tokenizer.train")
+    options = pipeline_options(kind, lowercase, "Tokenizer.train")
+    specials = {**spec.specials, **(TASK_TOKENS if spec.task_tokens else {})}
+    smallest = spec.alphabet + len(specials) + 1
+    if not isinstance(vocab_size, int) or vocab_size < smallest:
+        raise UserError(f"vocab_size={vocab_size!r} is too small for a {kind} tokenizer; expected an "
+                        f"integer >= {smallest} ({spec.alphabet} base symbols + {len(specials)} special "
+                        "tokens + at least one merge)")
+    if not isinstance(min_frequency, int) or min_frequency < 1:
+        raise UserError(f"min_frequency={min_frequency!r}: expected an integer >= 1")
+
+    def train_once(registered: list[str]) -> Backend:
+        backend = spec.pipeline(spec.model(**spec.model_options), **options)
+        trainer = spec.trainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
+                               special_tokens=[*specials.values(), *registered])
+        # Everything goes through the iterator path so that gzip and UTF-8 errors name the file and line.
+        backend.train_from_iterator(_batches(_training_texts(files)), trainer)
+        return backend
+
+    backend = train_once([])
+    affixed = {"gpt": lambda c: c + "</w>", "bert": lambda c: "##" + c}.get(kind)
+    if affixed is not None and not isinstance(files, Iterator):
+        # HF's trainers number each character's "##" / "</w>" form in randomly seeded hash-map order and break
+        # ties between equally frequent merges by those numbers, so the same corpus gave different
+        # vocabularies from run to run (huggingface/tokenizers#1794). Given up front, in sorted order, those
+        # forms have fixed numbers, and a second pass over the corpus makes the same merges every time.
+        alphabet = sorted(t for t in backend.get_vocab() if len(t) == 1 and t not in specials.values())
+        registered = [affixed(c) for c in alphabet]
+        backend = _not_special(train_once(registered), registered)
+    made = backend.get_vocab_size(with_added_tokens=True)
+    # "gpt" keeps every character seen (and its "</w>" twin) whatever the budget, "bert" too (and "##" twins)
+    if made > vocab_size:
+        raise UserError(f"vocab_size={vocab_size} is smaller than the {made} base symbols and special "
+                        f"tokens this corpus needs for a {kind} tokenizer; ask for more")
+    backend = _canonical_numbering(backend)
+    if kind == "bert":
+        set_bert_post_processor(backend)
+    return backend, with_pad(specials, spec)
+
+
+def _not_special(backend: Backend, tokens: list[str]) -> Backend:
+    """The tokenizer with `tokens` kept in its vocabulary as ordinary symbols, no longer special tokens."""
+    data = json.loads(backend.to_str())
+    unmark = set(tokens)
+    data["added_tokens"] = [token for token in data["added_tokens"] if token["content"] not in unmark]
+    return Backend.from_str(json.dumps(data))
+
+
+def _canonical_numbering(backend: Backend) -> Backend:
+    """The trained tokenizer with its symbols numbered the same way for the same corpus.
+
+    The trainers number the initial alphabet in hash-map order, which Rust seeds at random: the same corpus gave
+    differently numbered vocabularies from run to run (gpt and bert kinds; gpt2's byte alphabet is fixed). Here
+    the single-character symbols (with their "</w>" or "##" forms) take their block of numbers in sorted order;
+    BPE's merged symbols keep the merges' order; WordPiece, which matches by membership alone, numbers its merged
+    symbols sorted too. (The merges themselves are made repeatable in `train_backend`.)"""
+    data = json.loads(backend.to_str())
+    vocab = data["model"]["vocab"]
+    special = {token["content"] for token in data["added_tokens"]}
+
+    def base(token: str) -> str:
+        return token.removeprefix("##").removesuffix("</w>")
+
+    alphabet = [token for token in vocab if token not in special and len(base(token)) == 1]
+    blocks = [alphabet]
+    if data["model"]["type"] == "WordPiece":
+        blocks.append([token for token in vocab if token not in special and len(base(token)) > 1])
+    for block in blocks:
+        for token, number in zip(sorted(block), sorted(vocab[token] for token in block), strict=True):
+            vocab[token] = number
+    return Backend.from_str(json.dumps(data))
+
+
+
+def _training_texts(files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str]) -> Iterator[str]:
+    """Texts to train on. A list/tuple is paths (never texts: a sentence mistaken for a missing file must fail
+    loudly, not train on file names); a str or path alone is one path; any other iterable yields texts."""
+    if isinstance(files, str | os.PathLike):
+        files = [files]
+    if not isinstance(files, list | tuple):
+        return _checked_texts(files)
+    paths = [Path(f) for f in files]
+    for path in paths:  # all checked now, not minutes into training
+        if not path.is_file():
+            raise UserError(f"{path}: no such training file (to train on in-memory text, pass an iterator "
+                            "such as iter(lines))")
+    return itertools.chain.from_iterable(_file_lines(path) for path in paths)
+
+
+def _checked_texts(texts: Iterable[str]) -> Iterator[str]:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UserError(f"training text #{i} is a {type(text).__name__}; expected str")
+        yield text
+
+
+def _file_lines(path: Path) -> Iterator[str]:
+    """The lines of a training file, with their endings; a byte-order mark at the start is no text."""
+    # Decoding line by line from bytes lets a UTF-8 error name the exact line.
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            for line_no, raw in enumerate(fh, 1):
+                yield decode_line(raw, path, line_no)
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a truncated .gz ends in EOFError
+        raise UserError(f"{path}: cannot read ({err})") from None
+
+
+def _batches(texts: Iterator[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == _BATCH_LINES:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
