@@ -21,7 +21,7 @@ from pathlib import Path
 from common import machine_line
 
 from ctxlm.transfer.compare import compare
-from ctxlm.transfer.finetune import FinetuneConfig
+from ctxlm.transfer.config import FinetuneConfig
 
 # Similar sizes: GPT-2 and BERT 4 x 256 with an 8,192-token vocabulary (5.3M / 5.4M parameters); ELMo's
 # backbone (character CNN + 2 x 2 LSTMs of 512 cells projected to 128) has 3.5M, plus its softmax.

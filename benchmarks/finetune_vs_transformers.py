@@ -20,7 +20,7 @@ from common import machine_line, median_rates, print_table, train_rate
 
 import ctxlm
 from ctxlm.convert import packaged_model_path
-from ctxlm.tokenization import Tokenizer
+from ctxlm.tokenizers import Tokenizer
 from ctxlm.transfer.data import load_task
 from ctxlm.transfer.heads import task_loss
 from ctxlm.transfer.inputs import collate, encode_examples

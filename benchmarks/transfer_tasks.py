@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ctxlm.transfer.finetune import FinetuneConfig, finetune
+from ctxlm.transfer.config import FinetuneConfig
+from ctxlm.transfer.finetune import finetune
 
 # task: (metric reported, target from the issue or None, finetune overrides)
 SUITE = {

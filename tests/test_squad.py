@@ -15,7 +15,7 @@ from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.paths import data_root
 from ctxlm.qa.finetune import answer_questions, evaluate_squad, squad_splits
-from ctxlm.qa.model import SpanModel
+from ctxlm.qa.model import SpanHead, SpanModel
 from ctxlm.qa.options import SquadOptions
 from ctxlm.qa.spans import Window, WindowBatches, answer_tokens, best_spans, make_windows, window_spans
 from ctxlm.qa.squad import (
@@ -27,9 +27,9 @@ from ctxlm.qa.squad import (
     squad_metrics,
     token_f1,
 )
-from ctxlm.tokenization import Tokenizer
-from ctxlm.transfer.finetune import FinetuneConfig, finetune
-from ctxlm.transfer.heads import SpanHead
+from ctxlm.tokenizers import Tokenizer
+from ctxlm.transfer.config import FinetuneConfig
+from ctxlm.transfer.finetune import finetune
 from ctxlm.transfer.model import load_finetuned
 
 SQUAD_DEV = data_root() / "squad_v1" / "dev-v1.1.json.gz"
@@ -280,7 +280,7 @@ def trained(tiny_bert, tmp_path_factory):
     train = squad_file(folder / "train.json", animal_articles(8, 12))
     config = FinetuneConfig(model=str(tiny_bert), task="squad", epochs=12, batch_size=16, lr=3e-3, max_length=32,
                             device="cpu",
-                            squad=SquadOptions(train_file=train, holdout_articles=2, doc_stride=8))
+                            task_options={"squad": SquadOptions(train_file=train, holdout_articles=2, doc_stride=8)})
     return finetune(config, folder / "run"), folder
 
 
@@ -298,20 +298,32 @@ def test_span_model_learns_and_its_folder_answers_like_the_run(trained):
     (answers,) = answer_questions(model, [("which animal is here ?", "the ball sees a bird sees the tree .")],
                                   n_best=3)
     assert answers[0]["answer"] == "bird" and answers[0]["probability"] > answers[1]["probability"]
+    from ctxlm.transfer.model import TaskModel
+    from ctxlm.transfer.predict import evaluate, predict, read_inputs
+
+    config = json.loads((folder / "run" / "model" / "task.json").read_text())
+    assert config["spec"]["kind"] == "span" and config["doc_stride"] == 8  # the folder format of earlier versions
+    assert json.loads((folder / "run" / "metrics.json").read_text())["config"]["squad"]["doc_stride"] == 8
+    with pytest.raises(UserError, match="a question-answering model; load it with load_finetuned"):
+        TaskModel.load(folder / "run")
+    # the one evaluate and predict of transfer/ go to the task that made the model
+    assert evaluate(model, squad_file=str(folder / "train.json"))["questions"] == 8 * 12
+    (answers,) = predict(model, read_inputs(model, ['{"question": "which animal ?", "context": "a dog sees"}'], "<t>"),
+                         n_best=2)
+    assert len(answers) == 2
 
 
 def test_only_encoders_take_a_span_head(tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="needs a BERT-family encoder.*ctxlm zeroshot"):
         SpanModel(ctxlm.load(tiny_model_dir))
     config = FinetuneConfig(model=str(tiny_model_dir), task="squad", strategy="features",
-                            squad=SquadOptions(train_file="unused"))
+                            task_options={"squad": SquadOptions(train_file="unused")})
     with pytest.raises(UserError, match="feature extraction"):
         finetune(config, tmp_path)
 
 
 def test_cli_evaluates_and_answers_from_the_command_line(trained, monkeypatch, capsys):
-    from test_cli import assert_user_error
-    from test_cli import ctxlm as run_cli
+    from helpers import assert_user_error, run_cli
 
     _, folder = trained
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", folder / "run", "--squad-file", folder / "train.json")
@@ -332,7 +344,8 @@ def test_compare_runs_squad_strategies(tiny_bert, trained, tmp_path):
 
     _, folder = trained
     base = FinetuneConfig(model=str(tiny_bert), task="squad", epochs=1, batch_size=16, lr=3e-3, max_length=32,
-                          device="cpu", squad=SquadOptions(train_file=str(folder / "train.json"), holdout_articles=2))
+                          device="cpu", task_options={"squad": SquadOptions(train_file=str(folder / "train.json"),
+                                                                            holdout_articles=2)})
     summary = compare(base, [str(tiny_bert)], ["full", "discriminative"], [0], tmp_path, say=lambda _: None)
     assert [row["strategy"] for row in summary] == ["full", "discriminative"]
     assert json.loads((tmp_path / "compare.json").read_text())["metric"] == "dev_f1"

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import ctxlm
-from ctxlm.char_tokenizer import CharTokenizer
 from ctxlm.config import BertConfig, ElmoConfig, GPTConfig
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
-from ctxlm.tokenization import Tokenizer
+from ctxlm.tokenizers import CharTokenizer, Tokenizer
+from ctxlm.transfer.config import FinetuneConfig
 from ctxlm.transfer.data import Example, TaskData, TaskSpec
-from ctxlm.transfer.finetune import FinetuneConfig, finetune
+from ctxlm.transfer.finetune import finetune
 from ctxlm.transfer.inputs import TaskBatches, encode_examples
 from ctxlm.transfer.model import TaskModel
 from ctxlm.transfer.predict import evaluate, parse_inputs, predict
@@ -292,7 +292,7 @@ def write_csv(path, data: TaskData) -> None:
 
 
 def test_cli_finetune_predict_evaluate_compare(backbones, tmp_path, monkeypatch, capsys):
-    from test_cli import ctxlm as run_cli
+    from helpers import run_cli
 
     train = tmp_path / "reviews.csv"
     write_csv(train, synthetic_task("single"))
@@ -330,8 +330,7 @@ def test_cli_finetune_predict_evaluate_compare(backbones, tmp_path, monkeypatch,
     (["--task", "csv:missing.csv"], "missing.csv"),
 ])
 def test_cli_bad_task_or_strategy(backbones, tmp_path, monkeypatch, capsys, args, fragment):
-    from test_cli import assert_user_error
-    from test_cli import ctxlm as run_cli
+    from helpers import assert_user_error, run_cli
 
     monkeypatch.chdir(tmp_path)
     assert_user_error(run_cli(monkeypatch, capsys, "finetune", "--model", backbones["bert"], *args, "--out", "run"),
@@ -339,8 +338,7 @@ def test_cli_bad_task_or_strategy(backbones, tmp_path, monkeypatch, capsys, args
 
 
 def test_adapters_on_elmo_are_a_one_line_error(backbones, tmp_path, monkeypatch, capsys):
-    from test_cli import assert_user_error
-    from test_cli import ctxlm as run_cli
+    from helpers import assert_user_error, run_cli
 
     train = tmp_path / "reviews.csv"
     write_csv(train, synthetic_task("single", n=16))
@@ -350,8 +348,7 @@ def test_adapters_on_elmo_are_a_one_line_error(backbones, tmp_path, monkeypatch,
 
 
 def test_predict_rejects_malformed_input_lines(backbones, tmp_path, monkeypatch, capsys):
-    from test_cli import assert_user_error
-    from test_cli import ctxlm as run_cli
+    from helpers import assert_user_error, run_cli
 
     data = synthetic_task("pair", n=32)
     finetune(quick(backbones["bert"], epochs=1), tmp_path / "run", data=data)
@@ -362,7 +359,7 @@ def test_predict_rejects_malformed_input_lines(backbones, tmp_path, monkeypatch,
 
 def test_a_published_style_gpt2_vocabulary_gets_the_task_tokens(backbones, tmp_path):
     """Published GPT-2 has no <|start|>/<|delimiter|>/<|extract|>: they are added and the embeddings grow."""
-    from ctxlm.tokenization import TASK_TOKENS
+    from ctxlm.tokenizers import TASK_TOKENS
 
     trained = ctxlm.load(backbones["gpt2"]).tokenizer
     model_json = json.loads(trained.backend.to_str())["model"]
@@ -383,3 +380,14 @@ def test_a_published_style_gpt2_vocabulary_gets_the_task_tokens(backbones, tmp_p
     assert torch.equal(lm.backbone.embed.tokens.weight[:len(old_rows)], old_rows)
     finetune(quick(ctxlm.save(lm, tmp_path / "grown"), epochs=1), tmp_path / "run", data=data)
     assert TaskModel.load(tmp_path / "run").lm.config.vocab_size == len(old_rows) + 3
+
+
+def test_transfer_never_imports_qa():
+    """transfer/ knows no task by name: question answering registers itself from the layer above (ctxlm.qa)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ctxlm.transfer.finetune, ctxlm.transfer.model, ctxlm.transfer.predict, "
+            "ctxlm.transfer.compare; print([m for m in sys.modules if m.startswith('ctxlm.qa')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

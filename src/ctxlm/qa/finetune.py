@@ -1,10 +1,11 @@
-"""Fine-tuning and using a span model on SQuAD-format data: `ctxlm finetune | evaluate | predict` for `--task squad`.
+"""SQuAD span extraction as a fine-tuning `Task` (`SquadTask`, registered by `ctxlm.qa` for `--task squad`), and
+using a span model: `ctxlm finetune | evaluate | predict` for question answering.
 
 Training follows BERT §4.2: every window of every training question is an example, its loss the mean of the
 start and end cross-entropies, with [CLS] as the target of windows that do not hold the answer. Evaluation
 runs the model over the windows of each question, picks the best span (see `spans.best_spans`) and scores it with
 the official metric. The run folder is the one of `ctxlm finetune` for other tasks (model/, metrics.json,
-metrics.jsonl, loss.png; checkpoint/ while training, for --resume).
+metrics.jsonl, loss.png; checkpoint/ while training, for --resume): transfer's loop trains this task as any other.
 """
 
 from __future__ import annotations
@@ -12,28 +13,24 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
 from ctxlm.paths import dataset_path
-from ctxlm.qa.model import SpanModel
+from ctxlm.qa.model import SpanModel, span_loss
 from ctxlm.qa.options import SquadOptions
 from ctxlm.qa.spans import Span, Window, WindowBatches, best_spans, make_windows
 from ctxlm.qa.squad import Question, read_squad, split_by_article, squad_metrics
-from ctxlm.transfer.finetune import (
-    FinetuneConfig,
-    pick_device,
-    report_trainable,
-    save_run,
-    strategy_trainer,
-    to_device,
-)
-from ctxlm.transfer.heads import span_loss
-from ctxlm.transfer.strategies import get_strategy
+from ctxlm.transfer.config import FinetuneConfig
+from ctxlm.transfer.data import TaskData
+from ctxlm.transfer.strategies import Strategy
+from ctxlm.transfer.task import to_device
 
 _SPLIT_SEED = 0  # the held-out articles do not change with the training seed, so runs with different seeds compare
 
@@ -104,54 +101,77 @@ def evaluate_squad(model: SpanModel, questions: list[Question], *, batch_size: i
     return {"f1": metrics["f1"], "exact_match": metrics["exact_match"], "loss": loss}
 
 
-def finetune_squad(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = False) -> dict:
-    """`finetune` for --task squad: the span model trained by the config's strategy; dev F1 / EM reported."""
-    from ctxlm.api import load
+class SquadTask:
+    """SQuAD span extraction (`--task squad`): a `SpanModel` trained on the windows of the training questions
+    (`FinetuneConfig.task_options["squad"]`, a `SquadOptions`: the files, the held-out articles, the windowing),
+    scored by the official F1 and exact match on the dev questions."""
 
-    run_dir = Path(run_dir)
-    strategy = get_strategy(config.strategy)
-    if strategy.freeze_backbone:
-        raise UserError("feature extraction caches one vector per example; a span head reads every token's state "
-                        "(gigabytes for SQuAD): use 'full', 'discriminative', 'gradual', 'slanted' or 'l2sp'")
-    if strategy.aux_lm_weight:
-        raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder")
-    options = config.squad
-    train, dev = squad_splits(options, train_size=config.train_size, seed=config.seed)
-    device = pick_device(config.device)
-    torch.manual_seed(config.seed)
-    config = config.resolved(strategy, decoder=False)
-    model = SpanModel(load(config.model), max_length=config.max_length, doc_stride=options.doc_stride,
-                      max_question_tokens=options.max_question_tokens, max_answer_tokens=options.max_answer_tokens,
-                      no_answer=options.no_answer, dropout=config.dropout).to(device)
-    windows = {name: make_windows(model.tokenizer, questions, **model.window_options())
-               for name, questions in (("train", train), ("dev", dev))}
-    batches = WindowBatches(windows["train"], model.tokenizer.pad_id, config.batch_size, seed=config.seed)
-    steps = max(1, math.ceil(batches.per_epoch * config.epochs))
-    eval_every = max(1, batches.per_epoch // config.evals_per_epoch)
-    train_config = config.train_config(steps, config.lr, eval_every)
+    names: ClassVar[tuple[str, ...]] = ("squad",)
+    model: ClassVar[type[SpanModel]] = SpanModel
+    max_length: ClassVar[int] = 384  # BERT's windows
+    name = "squad"
+    main_metric = "f1"
+    splits: tuple[str, ...] = ()  # SQuAD has no labelled test split here
 
-    def loss_of(module: SpanModel, batch):
-        batch = to_device(batch, device)
+    def __init__(self, config: FinetuneConfig, data: TaskData | None = None) -> None:
+        options = config.task_options.get("squad") or SquadOptions()
+        self.config, self.options = config, SquadOptions(**options) if isinstance(options, dict) else options
+
+    def check(self, strategy: Strategy) -> None:
+        if strategy.freeze_backbone:
+            raise UserError("feature extraction caches one vector per example; a span head reads every token's "
+                            "state (gigabytes for SQuAD): use 'full', 'discriminative', 'gradual', 'slanted' or "
+                            "'l2sp'")
+        if strategy.aux_lm_weight:
+            raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder")
+
+    def read(self) -> None:
+        self.train, self.dev = squad_splits(self.options, train_size=self.config.train_size, seed=self.config.seed)
+
+    def build(self, lm: nn.Module, config: FinetuneConfig, strategy: Strategy) -> SpanModel:
+        options = self.options
+        return SpanModel(lm, max_length=config.max_length, doc_stride=options.doc_stride,
+                         max_question_tokens=options.max_question_tokens, max_answer_tokens=options.max_answer_tokens,
+                         no_answer=options.no_answer, dropout=config.dropout)
+
+    def batches(self, model: SpanModel, config: FinetuneConfig, device: torch.device) -> WindowBatches:
+        self.eval_batch_size = 2 * config.batch_size
+        self.windows = {name: make_windows(model.tokenizer, questions, **model.window_options())
+                        for name, questions in (("train", self.train), ("dev", self.dev))}
+        return WindowBatches(self.windows["train"], model.tokenizer.pad_id, config.batch_size, seed=config.seed)
+
+    def on_features(self, model: SpanModel, device: torch.device):
+        raise UserError("a span head reads every token's state: it does not train on cached features")
+
+    def loss(self, module: SpanModel, batch: dict[str, Tensor]) -> Tensor:
         return span_loss(*module(batch), batch["starts"], batch["ends"])
 
-    def evaluate() -> dict[str, float]:
-        metrics = evaluate_squad(model, dev, batch_size=2 * config.batch_size, windows=windows["dev"],
-                                 null_threshold=options.null_threshold)
-        return {f"valid_{k}": v for k, v in metrics.items()}
+    def evaluate(self, module: SpanModel, split: str) -> dict[str, float]:
+        return evaluate_squad(module, self.dev, batch_size=self.eval_batch_size, windows=self.windows["dev"],
+                              null_threshold=self.options.null_threshold)
 
-    trainer = strategy_trainer(model, strategy, batches.per_epoch, loss_of, batches.train_batch, train_config,
-                               config, run_dir, evaluate)
-    share = report_trainable(trainer, model)
-    start = time.perf_counter()
-    last = trainer.fit(resume=resume)
-    minutes = (time.perf_counter() - start) / 60
-    dev_metrics = {k.removeprefix("valid_"): v for k, v in last.items()} or \
-        {k.removeprefix("valid_"): v for k, v in evaluate().items()}
-    result = {"task": "squad", "strategy": strategy.name, "train_questions": len(train),
-              "train_windows": len(windows["train"]), "dev_questions": len(dev), "steps": trainer.step,
-              "minutes": round(minutes, 2), "device": str(device), "trainable_share": share,
-              **{f"dev_{k}": v for k, v in dev_metrics.items()}}
-    return save_run(model, result, trainer.step == train_config.steps, config, strategy, run_dir)
+    def sizes(self) -> dict[str, int]:
+        return {"train_questions": len(self.train), "train_windows": len(self.windows["train"]),
+                "dev_questions": len(self.dev)}
+
+    # -- a saved model -------------------------------------------------------------------------------------
+    @classmethod
+    def read_inputs(cls, model: SpanModel, lines: Iterable[str], source: str) -> list[tuple[str, str]]:
+        return read_pairs(lines, source)
+
+    @classmethod
+    def predict(cls, model: SpanModel, inputs: list[tuple[str, str]], *, batch_size: int = 64, n_best: int = 1,
+                **options) -> list[list[dict]]:
+        """Each (question, passage) pair's `n_best` answers (see `answer_questions`)."""
+        return answer_questions(model, inputs, n_best=n_best, batch_size=batch_size)
+
+    @classmethod
+    def score(cls, model: SpanModel, task: str | None, split: str = "dev", *, batch_size: int = 64,
+              squad_file: str | None = None, holdout_articles: int = 8, **options) -> dict[str, Any]:
+        """F1, exact match and loss on `squad_file`, whole, or on one side of finetune's split of the default
+        file; and the number of "questions". `task` and other tasks' options are ignored."""
+        questions = squad_split(squad_file, split, holdout_articles, model.no_answer)
+        return evaluate_squad(model, questions, batch_size=batch_size) | {"questions": len(questions)}
 
 
 def answer_questions(model: SpanModel, pairs: list[tuple[str, str]], *, n_best: int = 1,

@@ -1,4 +1,6 @@
-"""A BERT-family encoder with a span head: start and end logits over the passage tokens (BERT §4.2)."""
+"""A BERT-family encoder with a span head: start and end logits over the passage tokens (BERT §4.2).
+
+Defining `SpanModel` registers it with `transfer.model.load_finetuned` for task.json's head kind "span"."""
 
 from __future__ import annotations
 
@@ -10,14 +12,41 @@ from torch import Tensor, nn
 from ctxlm.checkpoint import load_weights
 from ctxlm.errors import UserError
 from ctxlm.transfer.data import TaskSpec
-from ctxlm.transfer.heads import SpanHead
 from ctxlm.transfer.model import HEAD_FILE, HeadedModel, finetuned_folder
 
 SQUAD_SPEC = TaskSpec("squad", "span", (), ("f1", "exact_match"))
 
 
+class SpanHead(nn.Module):
+    """Start and end logits for every token (BERT §4.2): one linear layer, two outputs per token.
+
+    Positions that cannot start or end an answer (the question, [SEP], padding) get -inf, except [CLS] at
+    position 0, the target of windows that do not hold the answer (and of SQuAD v2's "no answer")."""
+
+    def __init__(self, dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(dim, 2)
+        nn.init.normal_(self.linear.weight, std=0.02)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, states: Tensor, passage: Tensor) -> tuple[Tensor, Tensor]:
+        allowed = passage.clone()
+        allowed[:, 0] = True
+        logits = self.linear(self.dropout(states)).float().masked_fill(~allowed.unsqueeze(-1), float("-inf"))
+        return logits[..., 0], logits[..., 1]
+
+
+def span_loss(start_logits: Tensor, end_logits: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
+    """The mean of the start and end positions' cross-entropies (BERT §4.2)."""
+    return (nn.functional.cross_entropy(start_logits, starts) + nn.functional.cross_entropy(end_logits, ends)) / 2
+
+
 class SpanModel(HeadedModel):
     """`lm` (an encoder: BERT, MiniLM, ...) + `SpanHead`, and the windowing settings it was trained with."""
+
+    kinds = ("span",)
+    description = "question-answering"
 
     def __init__(self, lm: nn.Module, *, max_length: int = 384, doc_stride: int = 128, max_question_tokens: int = 64,
                  max_answer_tokens: int = 30, no_answer: bool = False, dropout: float = 0.1) -> None:

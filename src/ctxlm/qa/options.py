@@ -1,5 +1,5 @@
-"""How `ctxlm finetune --task squad` reads its data and windows its passages (kept apart from the trainer so that
-the fine-tuning config can hold it without importing the QA code)."""
+"""How `ctxlm finetune --task squad` reads its data and windows its passages: `FinetuneConfig.task_options["squad"]`
+(kept apart from the QA code so that the command line can build it without importing the task)."""
 
 from __future__ import annotations
 

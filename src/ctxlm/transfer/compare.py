@@ -12,8 +12,9 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from ctxlm.transfer.data import load_task
-from ctxlm.transfer.finetune import FinetuneConfig, finetune
+from ctxlm.transfer.config import FinetuneConfig
+from ctxlm.transfer.finetune import finetune
+from ctxlm.transfer.task import task_named
 
 
 def model_label(model: str) -> str:
@@ -26,7 +27,6 @@ def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seed
             *, say=print) -> list[dict]:
     """Run every combination (skipping finished ones); write compare.json, compare.md and compare.png."""
     out = Path(out)
-    squad = base.task == "squad"  # read by finetune itself: SQuAD questions are not a TaskData
     rows = []
     for model in models:
         for strategy in strategies:
@@ -37,11 +37,9 @@ def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seed
                     metrics = json.loads(done.read_text())["metrics"]
                 else:
                     say(f"== {model} · {strategy} · seed {seed}")
-                    data = None if squad else load_task(base.task, train_size=base.train_size, seed=seed,
-                                                        csv_options=base.user_task)
-                    metrics = finetune(replace(base, model=model, strategy=strategy, seed=seed), run_dir, data=data)
+                    metrics = finetune(replace(base, model=model, strategy=strategy, seed=seed), run_dir)
                 rows.append({"model": model_label(model), "strategy": strategy, "seed": seed, **metrics})
-    main = "dev_" + ("f1" if squad else load_task(base.task, csv_options=base.user_task).spec.metrics[0])
+    main = "dev_" + task_named(base.task)(base).main_metric
     summary = summarize(rows, main)
     (out / "compare.json").write_text(json.dumps({"metric": main, "runs": rows, "summary": summary}, indent=2) + "\n")
     table = markdown_table(summary, main)

@@ -19,24 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-POOLINGS = ("cls", "mean", "last")
+from ctxlm.nn.pooling import pool
 
-
-def pool(states: Tensor, mask: Tensor, how: str) -> Tensor:
-    """(sequences, time, dim) → (sequences, dim). Sequences are right-padded; `mask` is True on real tokens.
-
-    "cls": the first token ([CLS] for BERT, the start token for GPT); "mean": the mean of the real tokens;
-    "last": the last real token (GPT's <|extract|>, the only decoder state that has seen the whole input).
-    """
-    if how == "cls":
-        return states[:, 0]
-    if how == "mean":
-        weights = mask.to(states.dtype).unsqueeze(-1)
-        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-    if how == "last":
-        last = mask.long().sum(1).clamp(min=1) - 1
-        return states[torch.arange(len(states), device=states.device), last]
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {how!r}")
+TASK_KINDS = ("single", "pair", "choice", "tag")  # how `TaskHead` reads slots (TaskSpec.kind)
 
 
 def extract_features(states: Tensor, batch: dict[str, Tensor], pooling: str) -> tuple[Tensor, Tensor]:
@@ -66,7 +51,7 @@ class TaskHead(nn.Module):
 
     def __init__(self, dim: int, num_outputs: int, kind: str, dropout: float = 0.1) -> None:
         super().__init__()
-        if kind not in ("single", "pair", "choice", "tag"):
+        if kind not in TASK_KINDS:
             raise ValueError(f"unknown head kind {kind!r}")
         self.kind = kind
         self.dropout = nn.Dropout(dropout)
@@ -96,28 +81,3 @@ def task_loss(logits: Tensor, labels: Tensor, kind: str, regression: bool) -> Te
 def predictions(logits: Tensor, regression: bool) -> Tensor:
     """Scores for regression, else the arg-max class / choice / tag."""
     return logits.squeeze(-1).float() if regression else logits.argmax(-1)
-
-
-class SpanHead(nn.Module):
-    """Start and end logits for every token (BERT §4.2): one linear layer, two outputs per token.
-
-    Positions that cannot start or end an answer (the question, [SEP], padding) get -inf, except [CLS] at
-    position 0, the target of windows that do not hold the answer (and of SQuAD v2's "no answer")."""
-
-    def __init__(self, dim: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(dim, 2)
-        nn.init.normal_(self.linear.weight, std=0.02)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, states: Tensor, passage: Tensor) -> tuple[Tensor, Tensor]:
-        allowed = passage.clone()
-        allowed[:, 0] = True
-        logits = self.linear(self.dropout(states)).float().masked_fill(~allowed.unsqueeze(-1), float("-inf"))
-        return logits[..., 0], logits[..., 1]
-
-
-def span_loss(start_logits: Tensor, end_logits: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
-    """The mean of the start and end positions' cross-entropies (BERT §4.2)."""
-    return (nn.functional.cross_entropy(start_logits, starts) + nn.functional.cross_entropy(end_logits, ends)) / 2

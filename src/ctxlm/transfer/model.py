@@ -1,7 +1,7 @@
 """A pretrained model with a task head, and its folder: the backbone checkpoint plus task.json and head weights.
 
 The folder stays a loadable ctxlm checkpoint (`ctxlm.load` gives the fine-tuned backbone, e.g. for embeddings),
-while `TaskModel.load` gives the whole classifier back.
+while `load_finetuned` gives the whole model back, by the class registered for its head kind.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import save_file
@@ -17,8 +19,9 @@ from torch import Tensor, nn
 
 from ctxlm.checkpoint import load_weights, save
 from ctxlm.errors import UserError
+from ctxlm.nn.pooling import POOLINGS
 from ctxlm.transfer.data import TaskSpec
-from ctxlm.transfer.heads import POOLINGS, TaskHead, extract_features
+from ctxlm.transfer.heads import TASK_KINDS, TaskHead, extract_features
 
 TASK_FILE = "task.json"
 HEAD_FILE = "head.safetensors"
@@ -50,12 +53,25 @@ def add_task_tokens(model: nn.Module) -> None:
 
 class HeadedModel(nn.Module):
     """A pretrained model `lm` with a task `head`, saved as one folder: the backbone's checkpoint (so that
-    `ctxlm.load` still reads it) + TASK_FILE (what `task_config` returns) + the head's weights."""
+    `ctxlm.load` still reads it) + TASK_FILE (what `task_config` returns) + the head's weights.
+
+    A subclass names the head kinds it reads back (`kinds`: task.json's "spec" → "kind") and `load`s its folder;
+    defining it registers it with `load_finetuned`."""
 
     lm: nn.Module
     head: nn.Module
+    kinds: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = "fine-tuned"  # what error messages call it: "a question-answering model"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        _MODELS.update(dict.fromkeys(cls.__dict__.get("kinds", ()), cls))
 
     def task_config(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> HeadedModel:
         raise NotImplementedError
 
     @property
@@ -93,18 +109,36 @@ def finetuned_folder(path: str | Path) -> tuple[Path, dict]:
     return path, json.loads((path / TASK_FILE).read_text())
 
 
-def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> HeadedModel:
-    """Whatever `ctxlm finetune` saved: a `TaskModel`, or a `SpanModel` for question answering."""
-    _, config = finetuned_folder(path)
-    if config["spec"]["kind"] == "span":
-        from ctxlm.qa.model import SpanModel
+_MODELS: dict[str, type[HeadedModel]] = {}  # head kind → the HeadedModel class that reads it
+_DISCOVERED: list[bool] = []
 
-        return SpanModel.load(path, device=device)
-    return TaskModel.load(path, device=device)
+
+def discover_tasks() -> None:
+    """Import the tasks that live above transfer/ (SQuAD in qa/) or in other packages, once: they register
+    themselves on import, and their entry points (group "ctxlm.tasks", see pyproject.toml) name the module, so
+    transfer/ never imports them."""
+    if not _DISCOVERED:
+        _DISCOVERED.append(True)
+        for entry in entry_points(group="ctxlm.tasks"):
+            entry.load()
+
+
+def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> HeadedModel:
+    """Whatever `ctxlm finetune` saved, by the class registered for its head kind: a `TaskModel`, or for question
+    answering a `SpanModel` (defined, and so registered, by the QA layer above)."""
+    folder, config = finetuned_folder(path)
+    kind = config["spec"]["kind"]
+    discover_tasks()
+    if kind not in _MODELS:
+        raise UserError(f"{folder}: a model with a {kind!r} head, which no installed task reads "
+                        "(`pip install -e .` registers ctxlm's own)")
+    return _MODELS[kind].load(path, device=device)
 
 
 class TaskModel(HeadedModel):
     """`lm` (the pretrained model, with its own heads kept for an auxiliary LM loss) + a `TaskHead`."""
+
+    kinds = TASK_KINDS
 
     def __init__(self, lm: nn.Module, spec: TaskSpec, *, pooling: str | None = None, dropout: float = 0.1,
                  max_length: int = 128) -> None:
@@ -152,8 +186,12 @@ class TaskModel(HeadedModel):
         from ctxlm.api import load
 
         path, config = finetuned_folder(path)
-        if config["spec"]["kind"] == "span":
-            raise UserError(f"{path}: a question-answering model; load it with load_finetuned (or SpanModel.load)")
+        kind = config["spec"]["kind"]
+        if kind not in cls.kinds:
+            other = _MODELS.get(kind)
+            name = f"a {other.description} model" if other else f"a model with a {kind!r} head"
+            raise UserError(f"{path}: {name}; load it with load_finetuned"
+                            + (f" (or {other.__name__}.load)" if other else ""))
         spec = TaskSpec.from_dict(config["spec"])
         model = cls(load(path), spec, pooling=config["pooling"], dropout=config["dropout"],
                     max_length=config["max_length"])

@@ -1,0 +1,68 @@
+"""What one fine-tuning run is asked to do: the model, the task, the strategy and the trainer's settings.
+
+Kept apart from `finetune.py` so that a `Task` (task.py) can read the configuration without importing the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ctxlm.errors import UserError
+from ctxlm.train import TrainConfig
+from ctxlm.transfer.data import UserTaskOptions
+from ctxlm.transfer.strategies import Strategy
+
+
+@dataclass
+class FinetuneConfig:
+    model: str
+    task: str
+    strategy: str = "full"
+    train_size: int | None = None
+    seed: int = 0
+    epochs: float | None = None  # None: 3 when fine-tuning, 20 for feature extraction (an epoch of a head is cheap)
+    batch_size: int = 32
+    lr: float | None = None  # the peak rate; None: the strategy's own, else 5e-5 (encoders) / 6.25e-5 (GPT, §4.1)
+    head_lr: float | None = None  # None: the same as lr, or 1e-3 on a frozen backbone
+    weight_decay: float = 0.01
+    max_length: int | None = None  # tokens per input; None: the task's default (128; 384 for SQuAD windows, BERT's)
+    pooling: str | None = None
+    dropout: float = 0.1
+    evals_per_epoch: int = 1
+    device: str = "auto"
+    max_minutes: float | None = None
+    precision: str = "fp32"  # "bf16": training forward under bfloat16 autocast (evaluation stays fp32)
+    group_by_length: bool = False  # training batches of similar lengths (see inputs.TaskBatches)
+    on_nonfinite: str = "stop"  # a NaN/inf step: "stop" or "skip" its update (see TrainConfig)
+    deterministic: bool = False  # torch.use_deterministic_algorithms while training
+    user_task: UserTaskOptions = field(default_factory=UserTaskOptions)  # how csv:PATH tasks are read
+    # the options of tasks registered from outside transfer/, by task name: {"squad": SquadOptions(...)};
+    # metrics.json records each under its name, beside user_task
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self, strategy: Strategy, decoder: bool, *, max_length: int = 128) -> FinetuneConfig:
+        """Defaults that depend on the strategy, the backbone and the task (`max_length`: its default): `lr` is the
+        peak rate (the head's, and every backbone group's unless discriminative rates divide it going down); a
+        strategy with a rate of its own (adapters, LoRA) uses it over `lr`. The head trains at `head_lr`, which a
+        frozen backbone raises to 1e-3 (a linear layer alone tolerates it)."""
+        features = strategy.freeze_backbone
+        lr = strategy.lr or self.lr or (6.25e-5 if decoder else 5e-5)
+        out = replace(self, max_length=self.max_length or max_length, epochs=self.epochs or (20 if features else 3),
+                      lr=lr, head_lr=self.head_lr or (1e-3 if features else lr))
+        if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0 or out.head_lr <= 0:
+            raise UserError("epochs, batch size and learning rates must be positive")
+        return out
+
+    def train_config(self, steps: int, lr: float, eval_every: int) -> TrainConfig:
+        """The trainer's settings: AdamW with BERT's betas, a checkpoint at each evaluation."""
+        return TrainConfig(steps=steps, lr=lr, weight_decay=self.weight_decay, betas=(0.9, 0.999),
+                           eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
+                           seed=self.seed, max_minutes=self.max_minutes, precision=self.precision,
+                           on_nonfinite=self.on_nonfinite, deterministic=self.deterministic)
+
+    def record(self) -> dict[str, Any]:
+        """The configuration as metrics.json records it: the fields, each task's options under the task's name."""
+        fields = asdict(self)
+        options = fields.pop("task_options")
+        return fields | {name: value for name, value in options.items() if name not in fields}
