@@ -152,9 +152,9 @@ def elmo_training_rate(s: Shape, steps: int, device: torch.device) -> Callable[[
     words), at D = half the transformers' width: its 2 × 2 LSTMs (cells 4 D) then hold about as many weights
     as the transformer's blocks at that size. Words are drawn by Zipf's law from made-up words of 2-10 letters,
     so that a batch repeats its frequent words as text does (the character CNN runs once per distinct word)."""
-    from ctxlm.char_tokenizer import SPECIALS, CharTokenizer
-    from ctxlm.cli import elmo_config
+    from ctxlm.config import preset
     from ctxlm.models import build_model
+    from ctxlm.tokenizers.characters import SPECIALS, CharTokenizer
 
     rng = random.Random(0)
     words = dict.fromkeys(SPECIALS)
@@ -162,8 +162,7 @@ def elmo_training_rate(s: Shape, steps: int, device: torch.device) -> Callable[[
         words["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 10)))] = None
     tokenizer = CharTokenizer(list(words))
     torch.manual_seed(0)
-    model = build_model(elmo_config(vocab_size=s.vocab, dim=s.dim // 2, layers=2, cell_dim=None, clip=False,
-                                    softmax="full", cutoffs="", dropout=0.1)).to(device)
+    model = build_model(preset("elmo", vocab_size=s.vocab, dim=s.dim // 2, layers=2, dropout=0.1)).to(device)
     model.tokenizer = tokenizer
     zipf = 1.0 / torch.arange(1, s.vocab - len(SPECIALS) + 1, dtype=torch.float)
     ids = (torch.multinomial(zipf, s.batch * s.block, replacement=True) + len(SPECIALS)).view(s.batch, s.block)
@@ -175,12 +174,11 @@ def elmo_training_rate(s: Shape, steps: int, device: torch.device) -> Callable[[
 def xl_training_rate(s: Shape, steps: int, device: torch.device) -> Callable[[], float]:
     """ctxlm's Transformer-XL as `ctxlm pretrain --model transformer-xl` builds it with a full softmax, memory
     as long as the segment and carried from step to step, as in its pretraining."""
-    from ctxlm.cli import xl_config
+    from ctxlm.config import preset
     from ctxlm.models import build_model
 
-    config = xl_config(dim=s.dim, layers=s.layers, heads=s.heads, mem_len=s.block, softmax="full", cutoffs="",
-                       dropout=0.1)
-    config.vocab_size = s.vocab
+    config = preset("transformer-xl", vocab_size=s.vocab, dim=s.dim, layers=s.layers, heads=s.heads, mem_len=s.block,
+                    dropout=0.1)
     torch.manual_seed(0)
     model = build_model(config).to(device)
     x = torch.randint(0, s.vocab, (s.batch, s.block), device=device)

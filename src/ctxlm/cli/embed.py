@@ -1,4 +1,4 @@
-"""`ctxlm embed` (registered on the main `ctxlm` group): a file of texts → contextual vectors, saved or searched."""
+"""`ctxlm embed`: a file of texts → contextual vectors, saved or searched."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
+import torch
+from safetensors.torch import save_file
 
+from ctxlm.embed import embed as run
 from ctxlm.errors import UserError
+from ctxlm.textfiles import check_json_unicode, decode_line
 
 OUTPUT_SUFFIXES = (".npy", ".safetensors", ".jsonl")
 
@@ -53,10 +58,6 @@ Examples:
 def embed(model, input_path, input_format, output, layers, pool, word_pool, normalize, batch_size, max_length,
           bf16, device, query, top_k) -> None:
     """Contextual embeddings of texts: write them to a file, or find the texts nearest to a query."""
-    import torch
-
-    from ctxlm.embed import embed as run
-
     if output is None and query is None:
         raise UserError("give --output (.npy, .safetensors or .jsonl), or --similar QUERY")
     if output is not None:
@@ -108,8 +109,6 @@ def read_texts(path: str, input_format: str | None) -> list[str]:
 
 def _parse_texts(lines, name: str, input_format: str) -> list[str]:
     """Bytes are decoded line by line, so that bad UTF-8 is reported with its line number."""
-    from ctxlm.textfiles import check_json_unicode, decode_line
-
     texts = []
     for number, raw in enumerate(lines, 1):
         line = decode_line(raw, name, number)
@@ -150,9 +149,6 @@ def check_output(path: Path, ragged: bool) -> None:
 
 def write_vectors(path: Path, texts: list[str], vectors) -> None:
     """.npy and .safetensors take one array (n_texts, ...); .jsonl takes per-word or per-token vectors too."""
-    import numpy as np
-    from safetensors.torch import save_file
-
     try:
         if path.suffix == ".npy":
             np.save(path, vectors.numpy())

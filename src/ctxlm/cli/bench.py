@@ -1,4 +1,4 @@
-"""`ctxlm bench` (registered on the main `ctxlm` group): ctxlm against transformers and sentence-transformers in
+"""`ctxlm bench`: ctxlm against transformers and sentence-transformers in
 one table.
 
 The measuring code lives in the source checkout's benchmarks/ folder, beside the other side-by-side scripts,
@@ -15,7 +15,7 @@ import click
 
 from ctxlm.errors import UserError
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"  # src/ctxlm/bench_cli.py → the checkout's root
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"  # src/ctxlm/cli/bench.py → the checkout's root
 
 
 def benchmarks_dir() -> Path:
