@@ -14,16 +14,14 @@ import sys
 import torch
 
 from ctxlm import distributed
-from ctxlm.config import GPTConfig
-from ctxlm.models.gpt import GPTLanguageModel
 from ctxlm.pretrain.causal_lm import causal_lm_objective
 from ctxlm.pretrain.corpus import BlockBatches, TokenSpan
 from ctxlm.train import TrainConfig, Trainer
+from helpers import tiny
 
 
-def tiny_model() -> GPTLanguageModel:
-    torch.manual_seed(0)
-    return GPTLanguageModel(GPTConfig(vocab_size=50, max_positions=16, dim=16, n_layers=1, n_heads=2))
+def tiny_model():
+    return tiny("gpt2", vocab_size=50, dim=16, n_layers=1)
 
 
 def diverged(sharded: bool = False) -> None:

@@ -5,24 +5,15 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import ctxlm
-from conftest import metrics_records
-from ctxlm.config import ElmoConfig
 from ctxlm.pretrain import bilm
 from ctxlm.pretrain.bilm import pretrain_bilm, windows
 from ctxlm.pretrain.causal_lm import LMData
 from ctxlm.pretrain.corpus import BlockBatches, TokenSpan
 from ctxlm.train import TrainConfig
+from helpers import metrics_records, run_cli, tiny_config
 from tolerances import assert_fp_close
-
-
-def tiny_config(**changes) -> ElmoConfig:
-    shape = dict(vocab_size=1000, dim=16, cell_dim=32, n_layers=2, char_dim=8, filters=[[1, 8], [2, 8], [3, 16]],
-                 n_highway=1, cell_clip=None, proj_clip=None, dropout=0.0)
-    return ElmoConfig(**(shape | changes))
-
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -34,7 +25,7 @@ def trained(tmp_path_factory, corpus_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CTXLM_CACHE", str(run_dir.parent / "cache"))
         train = TrainConfig(steps=40, lr=2e-2, warmup_steps=3, eval_every=20, save_every=20, log_every=5)
-        model = pretrain_bilm(LMData.resolve(corpus_dir), run_dir, tiny_config(dim=32, cell_dim=64), train,
+        model = pretrain_bilm(LMData.resolve(corpus_dir), run_dir, tiny_config("elmo", dim=32, cell_dim=64), train,
                               block_size=16, batch_size=8)
     return model, run_dir
 
@@ -86,8 +77,8 @@ class Interrupt(Exception):
 def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
     def run(run_dir, resume=False):
         train = TrainConfig(steps=8, lr=1e-2, warmup_steps=2, eval_every=4, save_every=4, log_every=1)
-        return pretrain_bilm(LMData.resolve(corpus_dir), run_dir, tiny_config(dropout=0.2), train, block_size=16,
-                             batch_size=4, resume=resume)
+        return pretrain_bilm(LMData.resolve(corpus_dir), run_dir, tiny_config("elmo", dropout=0.2), train,
+                             block_size=16, batch_size=4, resume=resume)
 
     reference = run(tmp_path / "a")
 
@@ -110,13 +101,11 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("options", [[], ["--clip", "--softmax", "adaptive", "--cutoffs", "6,12"]])
-def test_cli_pretrains_a_biLM_that_loads_and_embeds(tmp_path, corpus_dir, options):
-    from ctxlm.cli import cli
-
+def test_cli_pretrains_a_biLM_that_loads_and_embeds(monkeypatch, capsys, tmp_path, corpus_dir, options):
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["pretrain", "--model", "elmo", "--data", str(corpus_dir), "--out", str(run_dir),
-                                      "--steps", "4", "--block-size", "16", "--batch-size", "4", "--dim", "16",
-                                      "--cell-dim", "32", "--eval-every", "2", *options])
+    result = run_cli(monkeypatch, capsys, "pretrain", "--model", "elmo", "--data", str(corpus_dir), "--out",
+                     str(run_dir), "--steps", "4", "--block-size", "16", "--batch-size", "4", "--dim", "16",
+                     "--cell-dim", "32", "--eval-every", "2", *options)
     assert result.exit_code == 0, result.output
     assert "validation perplexity forward" in result.output and "backward:" in result.output
     model = ctxlm.load(run_dir)

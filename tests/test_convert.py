@@ -7,16 +7,16 @@ import torch
 
 import ctxlm
 from ctxlm.errors import UserError
-from test_gpt_parity import CONFIGS, fp32, reference_pair
+from helpers import GPT_CONFIGS, gpt_fp32, gpt_reference_pair
 from tolerances import assert_fp_close
 
 transformers = pytest.importorskip("transformers")
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("spec", [CONFIGS[0], CONFIGS[2]], ids=["gpt2", "gpt"])
+@pytest.mark.parametrize("spec", [GPT_CONFIGS[0], GPT_CONFIGS[2]], ids=["gpt2", "gpt"])
 def test_convert_hub_folder_then_load_gives_reference_logits(tmp_path, spec):
-    ref, _ = reference_pair(*spec)
+    ref, _ = gpt_reference_pair(*spec)
     ref.save_pretrained(tmp_path / "hub")  # model.safetensors + config.json, as on the Hub
     ctxlm.convert(tmp_path / "hub", tmp_path / "native")
     ids = torch.randint(0, spec[5], (2, 9))
@@ -24,12 +24,12 @@ def test_convert_hub_folder_then_load_gives_reference_logits(tmp_path, spec):
         expected = ref(ids).logits
     for model in (ctxlm.load(tmp_path / "native"), ctxlm.load(tmp_path / "hub")):
         with torch.no_grad():
-            assert_fp_close(model(ids).logits, expected, **fp32(*spec))
+            assert_fp_close(model(ids).logits, expected, **gpt_fp32(*spec))
 
 
 @pytest.mark.numeric
 def test_legacy_bin_loads_with_weights_only_and_refuses_pickled_code(tmp_path):
-    ref, _ = reference_pair(*CONFIGS[0])
+    ref, _ = gpt_reference_pair(*GPT_CONFIGS[0])
     folder = tmp_path / "legacy"
     ref.save_pretrained(folder, safe_serialization=False)
     if not (folder / "pytorch_model.bin").exists():  # newer transformers always write safetensors
@@ -37,7 +37,7 @@ def test_legacy_bin_loads_with_weights_only_and_refuses_pickled_code(tmp_path):
         torch.save(ref.state_dict(), folder / "pytorch_model.bin")
     ids = torch.randint(0, 101, (1, 5))
     with torch.no_grad():
-        assert_fp_close(ctxlm.load(folder)(ids).logits, ref(ids).logits, **fp32(*CONFIGS[0]))
+        assert_fp_close(ctxlm.load(folder)(ids).logits, ref(ids).logits, **gpt_fp32(*GPT_CONFIGS[0]))
 
     class Exploit:
         def __reduce__(self):
@@ -83,7 +83,7 @@ def test_convert_an_archived_hub_folder(tmp_path, suffix):
     import tarfile
     import zipfile
 
-    ref, _ = reference_pair(*CONFIGS[0])
+    ref, _ = gpt_reference_pair(*GPT_CONFIGS[0])
     ref.save_pretrained(tmp_path / "gpt2-tiny")
     archive = tmp_path / f"gpt2-tiny{suffix}"
     if suffix == ".zip":
@@ -94,7 +94,7 @@ def test_convert_an_archived_hub_folder(tmp_path, suffix):
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(tmp_path / "gpt2-tiny", "gpt2-tiny")
     native = ctxlm.convert(archive, tmp_path / "models" / "native")
-    ids = torch.randint(0, CONFIGS[0][5], (2, 9))
+    ids = torch.randint(0, GPT_CONFIGS[0][5], (2, 9))
     with torch.no_grad():
-        assert_fp_close(ctxlm.load(native)(ids).logits, ref(ids).logits, **fp32(*CONFIGS[0]))
+        assert_fp_close(ctxlm.load(native)(ids).logits, ref(ids).logits, **gpt_fp32(*GPT_CONFIGS[0]))
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["native"]

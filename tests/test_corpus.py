@@ -1,6 +1,5 @@
 """Corpus -> cached token ids -> batches: an exact stream, a safe cache, a reproducible batch order."""
 
-import gzip
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ctxlm.errors import UserError
 from ctxlm.paths import data_root, dataset_path
 from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan
 from ctxlm.textfiles import find_text_files, read_documents
+from helpers import write_file
 
 EOD = 256  # the byte encoder's end-of-document id
 
@@ -32,13 +32,6 @@ class WordEncoder:
         return [[self.vocab.setdefault(w, len(self.vocab)) for w in re.findall(r"\S+|\n", t)] for t in texts]
 
 
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode("utf-8") if isinstance(text, str) else text
-    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
-    return path
-
-
 def build(corpus: Path, cache: Path, encode=encode_bytes, vocab_size: int = 257, **kw) -> TokenizedCorpus:
     kw.setdefault("end_of_document", [EOD])
     kw.setdefault("fingerprint", "test")
@@ -50,7 +43,7 @@ def build(corpus: Path, cache: Path, encode=encode_bytes, vocab_size: int = 257,
 
 def test_find_text_files_recursive_sorted_with_gz(tmp_path):
     for name in ["b.txt", "a.txt.gz", "sub/c.txt", "notes.md", "sub/d.json"]:
-        write(tmp_path / name, "x\n")
+        write_file(tmp_path / name, "x\n")
     assert [p.relative_to(tmp_path).as_posix() for p in find_text_files(tmp_path)] == [
         "a.txt.gz",
         "b.txt",
@@ -60,9 +53,9 @@ def test_find_text_files_recursive_sorted_with_gz(tmp_path):
 
 
 def test_read_documents_decodes_gz_and_skips_blank_files(tmp_path):
-    write(tmp_path / "1.txt.gz", "héllo\nwörld\n")
-    write(tmp_path / "2.txt", "  \n\n")
-    write(tmp_path / "3.txt", "last, no newline")
+    write_file(tmp_path / "1.txt.gz", "héllo\nwörld\n")
+    write_file(tmp_path / "2.txt", "  \n\n")
+    write_file(tmp_path / "3.txt", "last, no newline")
     documents = read_documents(tmp_path)
     with pytest.warns(UserWarning, match=r"skipped 1 of 3 files, empty or whitespace only: 2\.txt"):
         assert list(documents) == ["héllo\nwörld\n", "last, no newline"]
@@ -80,7 +73,7 @@ def test_stream_equals_encoding_each_whole_file(tmp_path, chunk_chars):
         "c/d.txt": "".join(f"line {i}\n" for i in range(50)),
     }
     for name, text in texts.items():
-        write(tmp_path / "corpus" / name, text)
+        write_file(tmp_path / "corpus" / name, text)
     corpus = build(tmp_path / "corpus", tmp_path / "cache", chunk_chars=chunk_chars)
     expected = []
     for name in sorted(texts):  # "a.txt" < "b.txt.gz" < "c/d.txt"
@@ -91,7 +84,7 @@ def test_stream_equals_encoding_each_whole_file(tmp_path, chunk_chars):
 
 def test_word_stream_equals_whole_text_for_a_line_level_encoder(tmp_path):
     text = "".join(f"w{i % 13} w{i % 7} .\n" for i in range(300))
-    write(tmp_path / "corpus.txt", text)
+    write_file(tmp_path / "corpus.txt", text)
     encoder = WordEncoder()
     corpus = build(tmp_path / "corpus.txt", tmp_path / "c", encoder, 100, end_of_document=[0], chunk_chars=5)
     assert encoder.calls > 1  # the text really went through in several calls
@@ -99,7 +92,7 @@ def test_word_stream_equals_whole_text_for_a_line_level_encoder(tmp_path):
 
 
 def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path):
-    file = write(tmp_path / "corpus" / "a.txt", "one two\nthree\n")
+    file = write_file(tmp_path / "corpus" / "a.txt", "one two\nthree\n")
     encoder = WordEncoder()
     first = build(tmp_path / "corpus", tmp_path / "cache", encoder, 100, end_of_document=[0])
     assert encoder.calls == 1
@@ -108,7 +101,7 @@ def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path):
     assert second.ids.tolist() == first.ids.tolist()
     assert isinstance(second.ids, np.memmap) and not second.ids.flags.writeable
 
-    write(file, "one two\nthree four\n")
+    write_file(file, "one two\nthree four\n")
     third = build(tmp_path / "corpus", tmp_path / "cache", encoder, 100, end_of_document=[0])
     assert encoder.calls == 2 and third.path != first.path
     assert len(third) == len(first) + 1
@@ -116,14 +109,14 @@ def test_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path):
 
 
 def test_cache_key_depends_on_the_fingerprint(tmp_path):
-    write(tmp_path / "a.txt", "text\n")
+    write_file(tmp_path / "a.txt", "text\n")
     a = build(tmp_path / "a.txt", tmp_path / "c", fingerprint="tok-1")
     b = build(tmp_path / "a.txt", tmp_path / "c", fingerprint="tok-2")
     assert a.path != b.path
 
 
 def test_interrupted_build_leaves_no_cache(tmp_path):
-    write(tmp_path / "a.txt", "".join(f"line {i}\n" for i in range(500)))
+    write_file(tmp_path / "a.txt", "".join(f"line {i}\n" for i in range(500)))
     calls = 0
 
     def failing(texts):
@@ -141,7 +134,7 @@ def test_interrupted_build_leaves_no_cache(tmp_path):
 
 
 def test_dtype_follows_vocab_size(tmp_path):
-    write(tmp_path / "a.txt", "a b\n")
+    write_file(tmp_path / "a.txt", "a b\n")
     small = build(tmp_path / "a.txt", tmp_path / "cache")
     assert small.ids.dtype == np.uint16
     wide = lambda texts: [[69_999, 65_536] for _ in texts]
@@ -151,14 +144,14 @@ def test_dtype_follows_vocab_size(tmp_path):
 
 
 def test_ids_outside_the_vocabulary_are_a_bug(tmp_path):
-    write(tmp_path / "a.txt", "a\n")
+    write_file(tmp_path / "a.txt", "a\n")
     with pytest.raises(ValueError, match="vocab_size=257"):
         build(tmp_path / "a.txt", tmp_path / "cache", lambda texts: [[300] for _ in texts])
     assert list((tmp_path / "cache").iterdir()) == []
 
 
 def test_split_is_contiguous_views(tmp_path):
-    write(tmp_path / "a.txt", "x" * 999)
+    write_file(tmp_path / "a.txt", "x" * 999)
     corpus = build(tmp_path / "a.txt", tmp_path / "cache")  # 999 bytes + EOD = 1000 tokens
     train, valid = corpus.split(0.1)
     assert (len(train), len(valid)) == (900, 100)
@@ -229,14 +222,14 @@ def test_missing_path_and_empty_folder(tmp_path):
     with pytest.raises(UserError, match="nowhere.*not found"):
         find_text_files(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    write(tmp_path / "empty" / "readme.md", "not a corpus")
+    write_file(tmp_path / "empty" / "readme.md", "not a corpus")
     with pytest.raises(UserError, match="empty: no .txt or .txt.gz files"):
         build(tmp_path / "empty", tmp_path / "cache")
 
 
 def test_corpus_of_blank_files(tmp_path):
-    write(tmp_path / "corpus" / "a.txt", "")
-    write(tmp_path / "corpus" / "b.txt", " \n\t\n")
+    write_file(tmp_path / "corpus" / "a.txt", "")
+    write_file(tmp_path / "corpus" / "b.txt", " \n\t\n")
     with pytest.raises(UserError, match="no text, all 2 file"):
         build(tmp_path / "corpus", tmp_path / "cache")
     with pytest.raises(UserError, match="no text"):
@@ -245,7 +238,7 @@ def test_corpus_of_blank_files(tmp_path):
 
 
 def test_binary_file(tmp_path):
-    write(tmp_path / "model.txt", b"PK\x03\x04\x00\x00binary")
+    write_file(tmp_path / "model.txt", b"PK\x03\x04\x00\x00binary")
     with pytest.raises(UserError, match=r"model\.txt: looks like a binary file, expected UTF-8 text"):
         build(tmp_path / "model.txt", tmp_path / "cache")
 
@@ -253,7 +246,7 @@ def test_binary_file(tmp_path):
 @pytest.mark.parametrize("name", ["latin1.txt", "latin1.txt.gz"])
 def test_non_utf8_names_file_line_and_column(tmp_path, name):
     good = "abcdefghij\n" * 1000  # past the 8 KiB sniffed at first, so line counting continues across it
-    write(tmp_path / name, good.encode() + "caf\xe9\n".encode("latin-1"))
+    write_file(tmp_path / name, good.encode() + "caf\xe9\n".encode("latin-1"))
     message = rf"{name}:1001: not valid UTF-8 \(byte 0xe9 at column 4\)"
     with pytest.raises(UserError, match=message):
         list(read_documents(tmp_path / name))
@@ -275,7 +268,7 @@ def test_data_root_and_missing_data_set(tmp_path, monkeypatch):
     assert data_root() == tmp_path
     with pytest.raises(UserError, match="data set 'wikitext2' not found under .*CTXLM_DATA"):
         dataset_path("wikitext2", "valid.txt.gz")
-    write(tmp_path / "wikitext2" / "valid.txt.gz", "x\n")
+    write_file(tmp_path / "wikitext2" / "valid.txt.gz", "x\n")
     assert dataset_path("wikitext2", "valid.txt.gz") == tmp_path / "wikitext2" / "valid.txt.gz"
     with pytest.raises(UserError, match="has no test.txt.gz"):
         dataset_path("wikitext2", "test.txt.gz")

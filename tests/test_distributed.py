@@ -11,11 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import metrics_records
 from ctxlm import distributed
 from ctxlm import load as load_model
 from ctxlm.errors import UserError
-from test_cli import assert_user_error, ctxlm
+from helpers import assert_user_error, metrics_records, run_cli, write_documents
 from tolerances import assert_fp_close
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
@@ -91,7 +90,7 @@ def test_two_processes_train_as_one_with_twice_the_batch(family, monkeypatch, ca
     # Every checkpoint compares the two processes' parameters and fails the run if they differ.
     pretrain_ddp(cache, *args, "--batch-size", 2, "--out", tmp_path / "ddp")
     monkeypatch.setenv("CTXLM_CACHE", str(cache))
-    code, out, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
+    code, out, err = run_cli(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
     assert code == 0, err
 
     assert_same_training(tmp_path / "ddp", tmp_path / "one")
@@ -121,19 +120,15 @@ def test_a_stopped_run_resumes_exactly(monkeypatch, capsys, tmp_path, cache, cor
 
     # One process cannot resume it: the global batch and the random states to restore are those of two.
     monkeypatch.setenv("CTXLM_CACHE", str(cache))
-    result = ctxlm(monkeypatch, capsys, "pretrain", *args, "--out", tmp_path / "whole", "--steps", 14, "--resume")
+    result = run_cli(monkeypatch, capsys, "pretrain", *args, "--out", tmp_path / "whole", "--steps", 14, "--resume")
     assert_user_error(result, "written by a run of 2 process(es), resumed with 1")
 
 
 def bert_args(corpus_dir: Path, folder: Path) -> list:
     """Arguments of a tiny BERT pretraining on the corpus cut into documents of 8 sentences, in `folder`."""
-    lines = (corpus_dir / "train.txt").read_text().splitlines()
-    paragraphs = ["\n".join(lines[i:i + 8]) for i in range(0, len(lines), 8)]
-    folder.mkdir()
-    (folder / "train.txt").write_text("\n\n".join(paragraphs) + "\n")
-    (folder / "valid.txt").write_text("\n\n".join(paragraphs[:6]) + "\n")
-    return ["--model", "bert", "--data", folder, "--vocab-size", 200, "--layers", 1, "--dim", 32, "--heads", 2,
-            "--block-size", 32, "--steps", 10, "--eval-every", 5, "--warmup", 2, "--dropout", 0]
+    return ["--model", "bert", "--data", write_documents(corpus_dir, folder), "--vocab-size", 200, "--layers", 1,
+            "--dim", 32, "--heads", 2, "--block-size", 32, "--steps", 10, "--eval-every", 5, "--warmup", 2,
+            "--dropout", 0]
 
 
 def test_bert_trains_almost_as_one_process(monkeypatch, capsys, tmp_path, cache, corpus_dir):
@@ -142,7 +137,7 @@ def test_bert_trains_almost_as_one_process(monkeypatch, capsys, tmp_path, cache,
     args = bert_args(corpus_dir, tmp_path / "data")
     pretrain_ddp(cache, *args, "--batch-size", 2, "--out", tmp_path / "ddp")
     monkeypatch.setenv("CTXLM_CACHE", str(cache))
-    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
     assert code == 0, err
     losses = ("loss", "valid_loss", "valid_mlm_loss", "valid_nsp_loss")
     ddp, one = ([{k: r[k] for k in losses if k in r} for r in metrics_records(tmp_path / run)]
@@ -176,7 +171,7 @@ def test_fsdp_trains_as_one_process_and_saves_the_whole_model(monkeypatch, capsy
     result = pretrain_ddp(cache, *args, "--fsdp", "--batch-size", 2, "--out", tmp_path / "fsdp")
     assert "sample: " in result.stdout  # rank 0 reports on the saved model
     monkeypatch.setenv("CTXLM_CACHE", str(cache))
-    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", *args, "--batch-size", 4, "--out", tmp_path / "one")
     assert code == 0, err
 
     assert_same_training(tmp_path / "fsdp", tmp_path / "one")
@@ -205,9 +200,9 @@ def test_a_stopped_fsdp_run_resumes_exactly(tmp_path, cache, corpus_dir, tiny_mo
 
 def test_fsdp_needs_torchrun_and_transformer_blocks(monkeypatch, capsys, tmp_path, corpus_dir):
     args = ["pretrain", "--data", corpus_dir, "--out", tmp_path / "run", "--fsdp"]
-    assert_user_error(ctxlm(monkeypatch, capsys, *args), "start several with torchrun")
+    assert_user_error(run_cli(monkeypatch, capsys, *args), "start several with torchrun")
     monkeypatch.setenv("WORLD_SIZE", "2")  # refused before joining the other processes
-    assert_user_error(ctxlm(monkeypatch, capsys, *args, "--model", "elmo"), "gpt2, gpt and bert, not elmo")
+    assert_user_error(run_cli(monkeypatch, capsys, *args, "--model", "elmo"), "gpt2, gpt and bert, not elmo")
 
 
 def test_transformer_xl_is_refused_under_torchrun(monkeypatch, tmp_path, corpus_dir):
@@ -223,4 +218,4 @@ def test_transformer_xl_is_refused_under_torchrun(monkeypatch, tmp_path, corpus_
 
 def test_other_commands_are_refused_under_torchrun(monkeypatch, capsys, tiny_model_dir):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert_user_error(ctxlm(monkeypatch, capsys, "info", tiny_model_dir), "only `ctxlm pretrain` runs under torchrun")
+    assert_user_error(run_cli(monkeypatch, capsys, "info", tiny_model_dir), "only `ctxlm pretrain` runs under torchrun")

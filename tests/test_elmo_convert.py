@@ -18,11 +18,11 @@ import pytest
 import torch
 
 import ctxlm
-from ctxlm.char_tokenizer import BOS, EOS, SPECIALS, word_characters
 from ctxlm.convert import allennlp_elmo
 from ctxlm.convert.allennlp_elmo import config_from_options, state_dict_from_hdf5
 from ctxlm.errors import UserError
 from ctxlm.models.elmo import ElmoLanguageModel
+from ctxlm.tokenizers.characters import BOS, EOS, SPECIALS, word_characters
 from tolerances import assert_fp_close, fp_close
 
 h5py = pytest.importorskip("h5py")
@@ -340,7 +340,7 @@ def test_load_convert_and_embed(tmp_path, folder):
     assert again.config == model.config
     chars, mask = batch_chars()
     torch.testing.assert_close(run(again, chars, mask), run(model, chars, mask), atol=0, rtol=0)
-    encoded = again.tokenizer.encode_bert_batch(["the cat sat", "a dog"])
+    encoded = again.tokenizer.encode_text_batch(["the cat sat", "a dog"])
     ids = torch.tensor([e.ids + [0] * (5 - len(e.ids)) for e in encoded])
     word_mask = ids != 0
     assert_fp_close(run(again, ids, word_mask), run(again, again.tokenizer.char_ids(ids), word_mask), **FP32)

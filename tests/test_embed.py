@@ -7,13 +7,9 @@ import pytest
 import torch
 
 import ctxlm
-from ctxlm.config import GPTConfig
 from ctxlm.embed import ScalarMix, embed
 from ctxlm.errors import UserError
-from ctxlm.models.gpt import GPTLanguageModel
-from ctxlm.tokenization import Tokenizer
-from test_cli import assert_user_error
-from test_cli import ctxlm as run_cli
+from helpers import assert_user_error, run_cli, tiny
 from tolerances import assert_fp_close
 
 TEXT = "The bank raised its interest rates unbelievably fast."
@@ -35,12 +31,7 @@ def minilm():
 @pytest.fixture(scope="module")
 def gpt2(corpus_dir):
     """A tiny GPT-2 with random weights and a trained byte-level tokenizer."""
-    tokenizer = Tokenizer.train([corpus_dir / "train.txt"], kind="gpt2", vocab_size=300)
-    torch.manual_seed(0)
-    model = GPTLanguageModel(GPTConfig(vocab_size=tokenizer.vocab_size, max_positions=32, dim=32, n_layers=2,
-                                       n_heads=2))
-    model.tokenizer = tokenizer
-    return model.eval()
+    return tiny("gpt2", corpus=corpus_dir, max_positions=32).eval()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def text_states(minilm):
 
 
 def bert_states(model, text, max_length=None):
-    ids = model.tokenizer.encode_bert(text, max_length=max_length).ids
+    ids = model.tokenizer.encode_text(text, max_length=max_length).ids
     with torch.no_grad():
         return [s[0] for s in model.backbone(torch.tensor([ids])).states]  # each (tokens, dim)
 
@@ -123,7 +114,7 @@ def test_order_is_the_input_order_despite_length_sorting(minilm):
     alone = torch.stack([embed(t, minilm) for t in texts])
     assert_fp_close(together, alone, **MINILM)  # padded batches of 2 against batches of 1
     per_token = embed(texts, minilm, pool="none", batch_size=2)
-    assert [len(v) for v in per_token] == [len(minilm.tokenizer.encode_bert(t).ids) for t in texts]
+    assert [len(v) for v in per_token] == [len(minilm.tokenizer.encode_text(t).ids) for t in texts]
 
 
 @pytest.mark.numeric

@@ -27,15 +27,24 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctxlm.char_tokenizer import BOW_CHAR, EOW_CHAR, PAD_CHAR, SPECIALS, CharTokenizer, split_words, word_characters
-from ctxlm.embed_cli import read_texts
+from ctxlm.cli.embed import read_texts
 from ctxlm.errors import UserError
 from ctxlm.pretrain.corpus import TokenizedCorpus
 from ctxlm.qa.finetune import read_pairs
 from ctxlm.qa.squad import read_squad
 from ctxlm.qa.zeroshot import read_coqa, read_questions
 from ctxlm.textfiles import read_documents
-from ctxlm.tokenization import BERT_SPECIALS, Tokenizer, _file_lines
+from ctxlm.tokenizers import BERT_SPECIALS, Tokenizer, WordTokenizer
+from ctxlm.tokenizers.characters import (
+    BOW_CHAR,
+    EOW_CHAR,
+    PAD_CHAR,
+    SPECIALS,
+    CharTokenizer,
+    split_words,
+    word_characters,
+)
+from ctxlm.tokenizers.training import _file_lines
 from ctxlm.transfer.data import (
     Example,
     UserTaskOptions,
@@ -46,7 +55,6 @@ from ctxlm.transfer.data import (
     _user_examples,
     load_task,
 )
-from ctxlm.word_tokenizer import WordTokenizer
 
 # The readers' warnings are asserted where they matter (inside catch_warnings); elsewhere they are expected noise.
 pytestmark = [pytest.mark.filterwarnings("ignore:.*files, empty or whitespace only:UserWarning"),
@@ -208,7 +216,8 @@ def test_gpt_bpe_maps_what_it_cannot_spell_to_unk(gpt, text, words):
 @FUZZ
 @given(text=texts, pair=st.none() | texts, max_length=st.none() | st.integers(3, 12))
 def test_wordpiece_encodes_any_text_within_bounds(bert, text, pair, max_length):
-    enc = bert.encode_bert(text, pair, max_length=max_length)
+    enc = (bert.encode_text(text, max_length) if pair is None else
+           bert.encode_pair(text, pair, max_length))
     assert all(0 <= i < bert.vocab_size for i in enc.ids)
     assert enc.ids[0] == bert.cls_id and enc.ids[-1] == bert.sep_id
     assert max_length is None or len(enc) <= max_length
@@ -223,7 +232,7 @@ def test_wordpiece_encodes_any_text_within_bounds(bert, text, pair, max_length):
 @FUZZ
 @given(words=st.lists(greek_or_cyrillic, min_size=1, max_size=6))
 def test_wordpiece_words_it_cannot_spell_are_one_unk_each(bert, words):
-    enc = bert.encode_bert(" ".join(words), max_length=None)
+    enc = bert.encode_text(" ".join(words), max_length=None)
     assert enc.ids == [bert.cls_id, *[bert.unk_id] * len(words), bert.sep_id]
     assert enc.word_ids[1:-1] == list(range(len(words)))
 
@@ -294,7 +303,7 @@ def test_bert_vocab_txt_of_any_lines(tmp_path, tokens, data, bom, ending):
     if repeats:
         assert f"vocab.txt: {repeats} line(s) repeat" in said[0]
     text = data.draw(texts)
-    assert all(0 <= i < tokenizer.vocab_size for i in tokenizer.encode_bert(text, max_length=None).ids)
+    assert all(0 <= i < tokenizer.vocab_size for i in tokenizer.encode_text(text, max_length=None).ids)
 
 
 # ---------------------------------------------------------------------------------------------------- ELMo characters
@@ -322,7 +331,7 @@ def test_elmo_words_of_any_text(text):
     assert [tokenizer.words.words[i] for i in ids] == words
     char_ids = tokenizer.char_ids(torch.tensor(ids, dtype=torch.long))
     assert char_ids.shape == (len(words), 50)
-    enc = tokenizer.encode_bert(text, max_length=7)
+    enc = tokenizer.encode_text(text, max_length=7)
     assert len(enc) <= 7 and enc.ids[0] == tokenizer.bos_id and enc.ids[-1] == tokenizer.eos_id
 
 

@@ -4,37 +4,39 @@ import pytest
 import torch
 
 from ctxlm.generate import filter_logits, generate_ids
-from test_gpt_parity import CONFIGS, fp32, reference_pair
+from helpers import GPT_CONFIGS, gpt_fp32, gpt_reference_pair
 from tolerances import assert_fp_close
+
+pytest.importorskip("transformers")  # the reference pairs
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("spec", [CONFIGS[1], CONFIGS[3]], ids=["gpt2", "gpt"])
+@pytest.mark.parametrize("spec", [GPT_CONFIGS[1], GPT_CONFIGS[3]], ids=["gpt2", "gpt"])
 def test_cached_generation_equals_uncached(spec):
-    _, model = reference_pair(*spec)
+    _, model = gpt_reference_pair(*spec)
     prompts = [[5, 6, 7, 8, 9], [3, 1], [4, 4, 4]]  # ragged: left padding and a per-row position offset
     cached = generate_ids(model, prompts, max_new_tokens=12, return_scores=True)
     uncached = generate_ids(model, prompts, max_new_tokens=12, return_scores=True, use_cache=False)
     assert cached.tokens == uncached.tokens
-    assert_fp_close(cached.scores, uncached.scores, **fp32(*spec))
+    assert_fp_close(cached.scores, uncached.scores, **gpt_fp32(*spec))
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("spec", [CONFIGS[1], CONFIGS[3]], ids=["gpt2", "gpt"])
+@pytest.mark.parametrize("spec", [GPT_CONFIGS[1], GPT_CONFIGS[3]], ids=["gpt2", "gpt"])
 def test_batched_rows_equal_single_prompts(spec):
-    _, model = reference_pair(*spec)
+    _, model = gpt_reference_pair(*spec)
     prompts = [[5, 6, 7, 8, 9], [3, 1]]
     batch = generate_ids(model, prompts, max_new_tokens=8, return_scores=True)
     for i, prompt in enumerate(prompts):
         alone = generate_ids(model, [prompt], max_new_tokens=8, return_scores=True)
         assert batch.tokens[i] == alone.tokens[0]
-        assert_fp_close(batch.scores[i], alone.scores[0], **fp32(*spec))
+        assert_fp_close(batch.scores[i], alone.scores[0], **gpt_fp32(*spec))
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("spec", [CONFIGS[0], CONFIGS[2]], ids=["gpt2", "gpt"])
+@pytest.mark.parametrize("spec", [GPT_CONFIGS[0], GPT_CONFIGS[2]], ids=["gpt2", "gpt"])
 def test_greedy_continuation_equals_reference_generate(spec):
-    ref, model = reference_pair(*spec)
+    ref, model = gpt_reference_pair(*spec)
     prompt = [11, 12, 13, 14]
     expected = ref.generate(torch.tensor([prompt]), max_new_tokens=15, do_sample=False, pad_token_id=0,
                             attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):]
@@ -42,7 +44,7 @@ def test_greedy_continuation_equals_reference_generate(spec):
 
 
 def test_eos_ends_a_row_and_generation_stops_at_context():
-    _, model = reference_pair(*CONFIGS[0])  # 64 positions
+    _, model = gpt_reference_pair(*GPT_CONFIGS[0])  # 64 positions
     first = generate_ids(model, [[1, 2, 3]], max_new_tokens=5).tokens[0]
     eos = first[2]
     out = generate_ids(model, [[1, 2, 3]], max_new_tokens=5, eos_id=eos).tokens[0]
@@ -52,7 +54,7 @@ def test_eos_ends_a_row_and_generation_stops_at_context():
 
 
 def test_sampling_is_seeded_and_filters_apply():
-    _, model = reference_pair(*CONFIGS[0])
+    _, model = gpt_reference_pair(*GPT_CONFIGS[0])
     kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=5, seed=3)
     assert generate_ids(model, [[1, 2]], **kwargs).tokens == generate_ids(model, [[1, 2]], **kwargs).tokens
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])

@@ -6,11 +6,10 @@ They skip on machines without a CUDA GPU (CI has none); `pytest tests/test_gpu.p
 import pytest
 import torch
 
-from conftest import metrics_records
 from ctxlm.config import BertConfig, GPTConfig
 from ctxlm.generate import generate_ids
 from ctxlm.models import build_model
-from test_cli import ctxlm
+from helpers import metrics_records, run_cli
 from tolerances import assert_fp_close
 
 pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(),
@@ -66,10 +65,10 @@ def test_lm_loss_and_greedy_generation_match_the_cpu():
 def test_pretrain_cli_trains_on_the_gpu(monkeypatch, capsys, corpus_dir, tiny_model_dir, tmp_path):
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
-        code, _, err = ctxlm(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
-                             "--layers", 2, "--dim", 32, "--heads", 2, "--block-size", 32, "--batch-size", 8,
-                             "--steps", 30, "--lr", 3e-3, "--warmup", 3, "--eval-every", 30, "--save-every", 30,
-                             "--device", "cuda", "--precision", precision, "--out", out)
+        code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
+                               "--layers", 2, "--dim", 32, "--heads", 2, "--block-size", 32, "--batch-size", 8,
+                               "--steps", 30, "--lr", 3e-3, "--warmup", 3, "--eval-every", 30, "--save-every", 30,
+                               "--device", "cuda", "--precision", precision, "--out", out)
         assert code == 0, err
         losses = [r["loss"] for r in metrics_records(out) if "loss" in r]
         assert losses[-1] < losses[0]

@@ -23,7 +23,7 @@ def mean_pooled(model, texts, batch_size=64):
     """Mean of the top layer over real tokens, L2-normalised: the model's sentence-embedding recipe."""
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = model.tokenizer.encode_bert_batch(texts[i:i + batch_size], max_length=256)
+        enc = model.tokenizer.encode_text_batch(texts[i:i + batch_size], max_length=256)
         width = max(len(e) for e in enc)
         ids = torch.tensor([e.ids + [0] * (width - len(e)) for e in enc])
         mask = torch.tensor([[True] * len(e) + [False] * (width - len(e)) for e in enc])

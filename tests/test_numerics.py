@@ -6,11 +6,9 @@ import math
 import pytest
 import torch
 
-from conftest import metrics_records
 from ctxlm.pretrain.causal_lm import causal_lm_objective
 from ctxlm.train import MAX_SKIPPED_IN_A_ROW, NonFiniteLoss, TrainConfig, Trainer
-from test_cli import ctxlm
-from test_train import synthetic_batches, tiny_model
+from helpers import TRAINING_GPT, metrics_records, run_cli, synthetic_batches, tiny
 
 
 def poisoned_objective(bad_steps: set[int], counter: list[int], poison: str = "nan"):
@@ -28,7 +26,7 @@ def poisoned_objective(bad_steps: set[int], counter: list[int], poison: str = "n
 
 
 def train(run_dir, bad_steps=(), steps=12, poison="nan", **options):
-    model = tiny_model()
+    model = tiny("gpt2", **TRAINING_GPT)
     config = TrainConfig(steps=steps, lr=1e-2, warmup_steps=2, save_every=4, eval_every=100, log_every=1, **options)
     trainer = Trainer(model, poisoned_objective(set(bad_steps), [0], poison), synthetic_batches().batch, config,
                       run_dir)
@@ -43,7 +41,7 @@ def test_a_nan_step_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, poison
         train(tmp_path, bad_steps={5}, poison=poison)
     state = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 4  # the checkpoint before the NaN, untouched
-    weights = tiny_model().state_dict()
+    weights = tiny("gpt2", **TRAINING_GPT).state_dict()
     from ctxlm.checkpoint import load_checkpoint
 
     saved = load_checkpoint(tmp_path / "checkpoint").state_dict()
@@ -72,12 +70,12 @@ def test_a_diverged_run_stops_even_when_skipping(tmp_path):
 
 
 def test_gradient_norm_is_logged_before_clipping(tmp_path):
-    model = tiny_model()
+    model = tiny("gpt2", **TRAINING_GPT)
     batches = synthetic_batches()
     config = TrainConfig(steps=1, lr=1e-9, warmup_steps=1, log_every=1, eval_every=100, save_every=100,
                          grad_clip=1e-3)
     Trainer(model, causal_lm_objective, batches.batch, config, tmp_path).fit()
-    expected = tiny_model()
+    expected = tiny("gpt2", **TRAINING_GPT)
     causal_lm_objective(expected.train(), batches.batch(0))[0].backward()  # dropout differs; norm is close
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in expected.parameters()]))
     logged = metrics_records(tmp_path)[0]["grad_norm"]
@@ -96,10 +94,10 @@ def test_deterministic_mode_gives_bitwise_equal_runs_and_is_restored(tmp_path):
 
 def test_cli_options_and_the_run_log(monkeypatch, capsys, corpus_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
-                         "--layers", 1, "--dim", 16, "--heads", 2, "--block-size", 16, "--batch-size", 4,
-                         "--steps", 6, "--warmup", 2, "--eval-every", 6, "--save-every", 3, "--seed", 1,
-                         "--deterministic", "--on-nonfinite", "skip", "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
+                           "--layers", 1, "--dim", 16, "--heads", 2, "--block-size", 16, "--batch-size", 4,
+                           "--steps", 6, "--warmup", 2, "--eval-every", 6, "--save-every", 3, "--seed", 1,
+                           "--deterministic", "--on-nonfinite", "skip", "--out", out)
     assert code == 0, err
     config = json.loads((out / "train_config.json").read_text())
     assert config["deterministic"] is True and config["on_nonfinite"] == "skip"
@@ -109,11 +107,11 @@ def test_cli_options_and_the_run_log(monkeypatch, capsys, corpus_dir, tiny_model
     assert "corpus:" in log and "model saved in" in log and "train: 100%" in log
     assert "\r" not in log
     # a failing run logs its error, appended to the same file
-    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
-                         "--layers", 1, "--dim", 16, "--heads", 2, "--block-size", 16, "--steps", 12, "--resume",
-                         "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
+                           "--layers", 1, "--dim", 16, "--heads", 2, "--block-size", 16, "--steps", 12, "--resume",
+                           "--out", out)
     assert code == 0, err  # resumes at step 6 and trains to 12
-    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", "--data", tmp_path / "missing", "--out", out)
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", tmp_path / "missing", "--out", out)
     assert code == 1
     log = (out / "train.log").read_text()
     assert log.count("end of run") == 3 and "error: " in log.splitlines()[-2]
@@ -124,7 +122,7 @@ def test_the_same_corpus_trains_the_same_tokenizer(corpus_dir, kind):
     """HF's trainers number symbols in hash-map order (randomly seeded) and break ties between merges by those
     numbers (huggingface/tokenizers#1794): on this small corpus 6 WordPiece trainings gave 6 different
     vocabularies before ctxlm fixed the numbers up front."""
-    from ctxlm.tokenization import Tokenizer
+    from ctxlm.tokenizers import Tokenizer
 
     files = sorted(corpus_dir.iterdir())
     made = {Tokenizer.train(files, kind=kind, vocab_size=400).backend.to_str() for _ in range(4)}

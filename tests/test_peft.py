@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 import ctxlm
-from ctxlm.config import BertConfig, ElmoConfig, GPTConfig, TransformerXLConfig, config_from_dict
+import helpers
+from ctxlm.config import ElmoConfig, TransformerXLConfig, config_from_dict
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
-from ctxlm.models.bert import BertModel
-from ctxlm.models.gpt import GPTLanguageModel
 from ctxlm.nn.attention import DecodingLinear
 from ctxlm.nn.blocks import use_gradient_checkpointing
 from ctxlm.nn.peft import (
@@ -37,10 +36,7 @@ TINY = dict(vocab_size=50, max_positions=16, dim=16, n_layers=3, n_heads=2, drop
 
 def tiny(kind: str = "gpt2", **fields) -> nn.Module:
     """A 3-block GPT-2, GPT or BERT in eval mode, seeded."""
-    torch.manual_seed(0)
-    if kind == "bert":
-        return BertModel(BertConfig(**{**TINY, **fields})).eval()
-    return GPTLanguageModel(GPTConfig(model_type=kind, **{**TINY, **fields})).eval()
+    return helpers.tiny(kind, **{**TINY, **fields}).eval()
 
 
 def outputs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:

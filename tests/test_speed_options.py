@@ -3,14 +3,13 @@
 import pytest
 import torch
 
-from conftest import metrics_records
 from ctxlm.config import BertConfig, ElmoConfig, GPTConfig
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.nn.blocks import use_gradient_checkpointing
 from ctxlm.train import TrainConfig, Trainer
 from ctxlm.transfer.inputs import batches_per_epoch, bucketed_batches
-from test_cli import ctxlm
+from helpers import metrics_records, run_cli
 from tolerances import assert_fp_close
 
 
@@ -60,9 +59,9 @@ def test_trainer_refuses_checkpointing_without_transformer_blocks(tmp_path):
 
 
 def pretrain_tiny(monkeypatch, capsys, corpus_dir, tiny_model_dir, out, *extra):
-    code, _, err = ctxlm(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
-                         "--layers", 2, "--dim", 32, "--heads", 2, "--block-size", 32, "--batch-size", 8,
-                         "--warmup", 5, "--eval-every", 40, "--save-every", 40, "--out", out, *extra)
+    code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,
+                           "--layers", 2, "--dim", 32, "--heads", 2, "--block-size", 32, "--batch-size", 8,
+                           "--warmup", 5, "--eval-every", 40, "--save-every", 40, "--out", out, *extra)
     assert code in (0, None), err
     return metrics_records(out)
 
@@ -108,6 +107,6 @@ def test_device_names_are_checked(monkeypatch, capsys, tmp_path):
         pick_device("tpu-ish")
     if not torch.cuda.is_available():  # asking for a GPU this machine lacks is a user error, not a crash
         assert pick_device("auto") == torch.device("cpu")
-        code, _, err = ctxlm(monkeypatch, capsys, "pretrain", "--device", "cuda", "--data", tmp_path,
-                             "--out", tmp_path / "run")
+        code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--device", "cuda", "--data", tmp_path,
+                               "--out", tmp_path / "run")
         assert code == 1 and "no CUDA GPU" in err, err

@@ -16,9 +16,9 @@ import ctxlm
 import ctxlm.models.transformer_xl as xl
 from ctxlm.config import TransformerXLConfig, config_from_dict
 from ctxlm.errors import UserError
-from ctxlm.models import build_model
 from ctxlm.nn.attention import memory_attention_mask, relative_shift, sinusoidal_relative_positions
-from ctxlm.word_tokenizer import WordTokenizer
+from ctxlm.tokenizers import WordTokenizer
+from helpers import tiny
 from tolerances import assert_fp_close
 
 TINY = dict(vocab_size=40, dim=16, n_layers=2, n_heads=2, head_dim=8, mlp_dim=32, mem_len=8, clamp_len=0,
@@ -30,8 +30,7 @@ FP32 = dict(terms=40, depth=5)
 
 
 def tiny_model(**overrides):
-    torch.manual_seed(0)
-    model = build_model(TransformerXLConfig(**{**TINY, **overrides}))
+    model = tiny("transformer-xl", **{**TINY, **overrides})
     with torch.no_grad():  # non-zero biases and LayerNorms, so that a wrong mapping shows
         for p in model.parameters():
             if p.dim() == 1:

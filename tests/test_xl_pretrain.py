@@ -9,11 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import ctxlm
-from conftest import metrics_records
-from ctxlm.config import TransformerXLConfig
 from ctxlm.generate import generate_ids
 from ctxlm.models import build_model
 from ctxlm.pretrain import xl
@@ -21,14 +18,8 @@ from ctxlm.pretrain.causal_lm import LMData
 from ctxlm.pretrain.corpus import TokenSpan
 from ctxlm.pretrain.xl import SegmentRecurrence, StreamBatches, eval_segments, evaluate_xl, pretrain_xl
 from ctxlm.train import TrainConfig
+from helpers import metrics_records, run_cli, tiny_config
 from tolerances import assert_fp_close, fp_close
-
-
-def tiny_config(**changes) -> TransformerXLConfig:
-    shape = dict(vocab_size=100, dim=32, n_layers=2, n_heads=2, head_dim=16, mlp_dim=64, mem_len=16, clamp_len=0,
-                 same_length=False, dropout=0.0, attn_dropout=0.0)
-    return TransformerXLConfig(**(shape | changes))
-
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -40,7 +31,8 @@ def trained(tmp_path_factory, corpus_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CTXLM_CACHE", str(run_dir.parent / "cache"))
         train = TrainConfig(steps=40, lr=1e-2, warmup_steps=3, eval_every=20, save_every=20, log_every=5)
-        model = pretrain_xl(LMData.resolve(corpus_dir), run_dir, tiny_config(), train, tgt_len=8, batch_size=8)
+        model = pretrain_xl(LMData.resolve(corpus_dir), run_dir, tiny_config("transformer-xl"), train, tgt_len=8,
+                            batch_size=8)
     return model, run_dir
 
 
@@ -61,7 +53,7 @@ def test_batch_rows_continue_across_steps_and_epochs_restart():
 
 def test_the_memory_is_carried_between_segments_and_reset_at_epoch_start():
     torch.manual_seed(0)
-    model = build_model(tiny_config(mem_len=5))
+    model = build_model(tiny_config("transformer-xl", mem_len=5))
     seen = []
 
     class Spy(torch.nn.Module):
@@ -130,8 +122,8 @@ class Interrupt(Exception):
 def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
     def run(run_dir, resume=False):
         train = TrainConfig(steps=8, lr=1e-2, warmup_steps=2, eval_every=4, save_every=4, log_every=1)
-        return pretrain_xl(LMData.resolve(corpus_dir), run_dir, tiny_config(dropout=0.2), train, tgt_len=8,
-                           batch_size=4, resume=resume, eval_batches=3)
+        return pretrain_xl(LMData.resolve(corpus_dir), run_dir, tiny_config("transformer-xl", dropout=0.2), train,
+                           tgt_len=8, batch_size=4, resume=resume, eval_batches=3)
 
     reference = run(tmp_path / "a")
 
@@ -169,7 +161,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
 @pytest.mark.parametrize("mem_len", [32, 6])
 def test_generation_with_memory_equals_recomputing_the_context(mem_len):
     torch.manual_seed(0)
-    model = build_model(tiny_config(mem_len=mem_len, vocab_size=50))
+    model = build_model(tiny_config("transformer-xl", mem_len=mem_len, vocab_size=50))
     prompts = [[5, 6, 7, 8, 9], [3, 1], [4, 4, 4], [9, 8, 7, 6, 5]]
     cached = generate_ids(model, prompts, max_new_tokens=12, return_scores=True)
     recomputed = generate_ids(model, prompts, max_new_tokens=12, return_scores=True, use_cache=False)
@@ -199,15 +191,12 @@ def test_text_generation_and_eos(trained):
     assert out[-1] == tok.eos_id and tok.eos_id not in out[:-1]  # a sentence, then the end of its line
 
 
-def test_cli_pretrains_a_transformer_xl_that_loads_and_generates(tmp_path, corpus_dir):
-    from ctxlm.cli import cli
-
+def test_cli_pretrains_a_transformer_xl_that_loads_and_generates(monkeypatch, capsys, tmp_path, corpus_dir):
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["pretrain", "--model", "transformer-xl", "--data", str(corpus_dir), "--out",
-                                      str(run_dir), "--steps", "4", "--block-size", "8", "--mem-len", "8",
-                                      "--eval-mem-len", "24", "--batch-size", "4", "--dim", "16", "--heads", "2",
-                                      "--layers", "2", "--eval-every", "2", "--softmax", "adaptive", "--cutoffs",
-                                      "6,12"])
+    result = run_cli(monkeypatch, capsys, "pretrain", "--model", "transformer-xl", "--data", str(corpus_dir), "--out",
+                     str(run_dir), "--steps", "4", "--block-size", "8", "--mem-len", "8", "--eval-mem-len", "24",
+                     "--batch-size", "4", "--dim", "16", "--heads", "2", "--layers", "2", "--eval-every", "2",
+                     "--softmax", "adaptive", "--cutoffs", "6,12")
     assert result.exit_code == 0, result.output
     assert "validation perplexity" in result.output and "memory 24" in result.output and "sample:" in result.output
     model = ctxlm.load(run_dir)
@@ -215,6 +204,6 @@ def test_cli_pretrains_a_transformer_xl_that_loads_and_generates(tmp_path, corpu
     assert model.config.adaptive_cutoffs == [6, 12] and model.config.n_layers == 2
     assert model.tokenizer.kind == "transformer-xl" and model.tokenizer.vocab_size == model.config.vocab_size
     assert json.loads((run_dir / "data.json").read_text())["eval_mem_len"] == 24
-    result = CliRunner().invoke(cli, ["generate", str(run_dir), "the cat", "--max-new-tokens", "5"])
+    result = run_cli(monkeypatch, capsys, "generate", str(run_dir), "the cat", "--max-new-tokens", "5")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("the cat")  # (4 steps of training may end the line at once)

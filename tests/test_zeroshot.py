@@ -25,7 +25,7 @@ from ctxlm.qa.zeroshot import (
     sample_questions,
     zero_shot,
 )
-from test_cli import assert_user_error, ctxlm
+from helpers import assert_user_error, run_cli, tiny, tiny_tokenizer
 
 PASSAGE = ("The committee was founded in 1975 in a small town. It met in Paris in 1998, when the chairman, "
            "John Smith, opened the session. The club that hosted it had 250 members, and it hired 3 coaches "
@@ -66,14 +66,7 @@ def tokenizer(tiny_model_dir):
 @pytest.fixture(scope="module")
 def qa_model_dir(tmp_path_factory, tokenizer):
     """A tiny GPT-2 (untrained) with room for a short passage, a question and an answer."""
-    from ctxlm.config import GPTConfig
-    from ctxlm.models.gpt import GPTLanguageModel
-
-    torch.manual_seed(0)
-    model = GPTLanguageModel(GPTConfig(vocab_size=tokenizer.vocab_size, max_positions=160, dim=32, n_layers=2,
-                                       n_heads=2))
-    model.tokenizer = tokenizer
-    return api.save(model, tmp_path_factory.mktemp("models") / "qa")
+    return tiny("gpt2", tokenizer=tokenizer, max_positions=160, save_to=tmp_path_factory.mktemp("models") / "qa")
 
 
 def question(qid="q1", text="Who opened the session?", context=PASSAGE, answer="John Smith", title="t"):
@@ -186,26 +179,20 @@ def test_batches_keep_each_answer_with_its_question(qa_model_dir):
 
 
 def test_transformer_xl_sees_line_breaks_as_eos_and_answers():
-    from ctxlm.config import TransformerXLConfig
-    from ctxlm.models import build_model
     from ctxlm.qa.zeroshot import encode
-    from ctxlm.word_tokenizer import WordTokenizer
+    from ctxlm.tokenizers import WordTokenizer
 
     words = WordTokenizer(["<eos>", "<unk>", "the", "cat", "sat", "Q:", "A:", "who"])
     assert encode(words, "the cat\nQ: who\nA:") == [2, 3, 0, 5, 7, 0, 6]  # no <eos> after the open last line
-    torch.manual_seed(0)
-    model = build_model(TransformerXLConfig(vocab_size=8, dim=16, n_layers=1, n_heads=2, head_dim=8, mlp_dim=32,
-                                            mem_len=8, dropout=0.0))
-    model.tokenizer = words
+    model = tiny("transformer-xl", tokenizer=words, dim=16, n_layers=1, head_dim=8, mlp_dim=32, mem_len=8,
+                 clamp_len=1000, same_length=True)
     result = zero_shot(model, [question(text="who sat?", context="the cat sat", answer="the cat")],
                        max_answer_tokens=5)
     assert set(result.predictions["q1"].split()) <= set(words.words[1:])  # words, never the <eos> that ends it
 
 
 def test_a_tokenizer_without_line_breaks_is_warned_about(corpus_dir):
-    from ctxlm.tokenization import Tokenizer
-
-    gpt = Tokenizer.train([corpus_dir / "train.txt"], kind="gpt", vocab_size=300)
+    gpt = tiny_tokenizer("gpt", corpus_dir)
     with pytest.warns(UserWarning, match="drops line breaks"):
         zero_shot(ForcedDecoder(gpt, "the cat"), [question(context="the cat sat .")], max_answer_tokens=2)
 
@@ -222,10 +209,7 @@ def test_answers_are_scored_with_the_squad_metric(tokenizer):
 
 
 def test_encoders_are_refused_with_a_pointer_to_fine_tuning():
-    from ctxlm.config import BertConfig
-    from ctxlm.models.bert import BertModel
-
-    encoder = BertModel(BertConfig(vocab_size=50, max_positions=16, dim=16, n_layers=1, n_heads=2))
+    encoder = tiny("bert", seed=None, vocab_size=50, dim=16, n_layers=1)
     with pytest.raises(UserError, match="BERT encoder.*ctxlm finetune --model ... --task squad"):
         zero_shot(encoder, [question()])
 
@@ -319,8 +303,8 @@ def test_cli_answers_scores_and_writes_jsonl(monkeypatch, capsys, tmp_path, qa_m
                                              ("b", "When does the cat see the house?", "1990")]),
         ("A dog follows the tall tree.", [("c", "What does the dog follow?", "the tall tree")])])
     out = tmp_path / "answers.jsonl"
-    code, stdout, err = ctxlm(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--task", "coqa-style",
-                              "--data", data, "--max-answer-tokens", "4", "--device", "cpu", "--out", out)
+    code, stdout, err = run_cli(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--task", "coqa-style",
+                                "--data", data, "--max-answer-tokens", "4", "--device", "cpu", "--out", out)
     assert code == 0, err
     assert "| model (" in stdout and "| heuristic (answer type + window) " in stdout
     assert "3 questions (coqa-style" in stdout and "prompts cut to the model's context: 0" in stdout
@@ -332,9 +316,9 @@ def test_cli_answers_scores_and_writes_jsonl(monkeypatch, capsys, tmp_path, qa_m
 
 def test_cli_refuses_bad_input_in_one_line(monkeypatch, capsys, tmp_path, qa_model_dir):
     data = write_squad(tmp_path / "squad.json", [("The cat sat.", [("a", "Who sat?", "The cat")])])
-    assert_user_error(ctxlm(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--data", data,
-                            "--prompt", "{passage} {question}"), "unknown placeholder {passage}")
-    assert_user_error(ctxlm(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--data", data,
-                            "--task", "coqa-style", "--prompt", "{document}\\nQ: {question}\\nA:"), "no {history}")
-    assert_user_error(ctxlm(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--data", tmp_path / "no.json"),
+    assert_user_error(run_cli(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--data", data,
+                              "--prompt", "{passage} {question}"), "unknown placeholder {passage}")
+    assert_user_error(run_cli(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--data", data,
+                              "--task", "coqa-style", "--prompt", "{document}\\nQ: {question}\\nA:"), "no {history}")
+    assert_user_error(run_cli(monkeypatch, capsys, "zeroshot", "--model", qa_model_dir, "--data", tmp_path / "no.json"),
                       "no.json")
