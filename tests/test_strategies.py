@@ -17,9 +17,7 @@ from ctxlm.transfer.strategies import (
     Strategy,
     Thawing,
     get_strategy,
-    lr_multiplier,
     param_groups,
-    plan,
     thawing_stages,
 )
 
@@ -60,8 +58,8 @@ def test_presets_are_as_documented():
 def test_gradual_presets_thaw_one_group_per_epoch_unless_told():
     def every(spec, per_epoch=17, total=1000):
         model, head = tiny()
-        steps = plan(get_strategy(spec), model.layer_groups(), list(head.parameters()), lr=1e-3, head_lr=None,
-                     weight_decay=0.0, steps_per_epoch=per_epoch, total_steps=total)
+        steps = get_strategy(spec).plan(model.layer_groups(), list(head.parameters()), lr=1e-3, head_lr=None,
+                                        weight_decay=0.0, steps_per_epoch=per_epoch, total_steps=total)
         return steps.before_step.__self__.every if steps.before_step else None
 
     assert every("gradual") == every("ulmfit") == 17
@@ -120,16 +118,16 @@ def test_slanted_triangular_follows_ulmfit_eq3():
         return (1 + p * 31) / 32
 
     for step in (0, 1, 50, 99, 100, 101, 400, 999):
-        assert lr_multiplier(strategy, step, total) == pytest.approx(ulmfit(step))
-    assert lr_multiplier(strategy, 0, total) == pytest.approx(1 / 32)
-    assert lr_multiplier(strategy, cut, total) == pytest.approx(1.0)
-    assert lr_multiplier(strategy, total - 1, total) == pytest.approx(1 / 32, abs=2e-3)
-    assert lr_multiplier(strategy, total, total) == pytest.approx(1 / 32)
-    assert max(lr_multiplier(strategy, t, total) for t in range(total)) == pytest.approx(1.0)
+        assert strategy.lr_factor(step, total) == pytest.approx(ulmfit(step))
+    assert strategy.lr_factor(0, total) == pytest.approx(1 / 32)
+    assert strategy.lr_factor(cut, total) == pytest.approx(1.0)
+    assert strategy.lr_factor(total - 1, total) == pytest.approx(1 / 32, abs=2e-3)
+    assert strategy.lr_factor(total, total) == pytest.approx(1 / 32)
+    assert max(strategy.lr_factor(t, total) for t in range(total)) == pytest.approx(1.0)
 
 
 def test_slanted_triangular_survives_short_runs():
-    values = [lr_multiplier(get_strategy("slanted"), t, 7) for t in range(7)]  # floor(0.7) = 0 steps of rise
+    values = [get_strategy("slanted").lr_factor(t, 7) for t in range(7)]  # floor(0.7) = 0 steps of rise
     assert all(1 / 32 <= v <= 1 for v in values) and values[0] == pytest.approx(1 / 32)
 
 
@@ -137,18 +135,18 @@ def test_linear_and_cosine_warm_up_then_decay_to_zero():
     total = 100  # warm-up: ceil(0.1 * 100) = 10 steps
     linear, cosine = get_strategy("full"), get_strategy("full:schedule=cosine")
     for strategy in (linear, cosine):
-        warm_up = [lr_multiplier(strategy, t, total) for t in range(10)]
+        warm_up = [strategy.lr_factor(t, total) for t in range(10)]
         assert warm_up == pytest.approx([(t + 1) / 10 for t in range(10)])
-        assert lr_multiplier(strategy, 10, total) == pytest.approx(1.0)
-        assert lr_multiplier(strategy, total, total) == pytest.approx(0.0)
-        values = [lr_multiplier(strategy, t, total) for t in range(10, total)]
+        assert strategy.lr_factor(10, total) == pytest.approx(1.0)
+        assert strategy.lr_factor(total, total) == pytest.approx(0.0)
+        values = [strategy.lr_factor(t, total) for t in range(10, total)]
         assert all(a > b > 0 for a, b in zip(values, values[1:], strict=False))
-    assert lr_multiplier(linear, 55, total) == pytest.approx(0.5)  # halfway through the 90 decay steps
-    assert lr_multiplier(cosine, 55, total) == pytest.approx(0.5)
-    assert lr_multiplier(linear, 30, total) == pytest.approx(1 - 20 / 90)
-    assert lr_multiplier(cosine, 30, total) == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 90)))
-    assert lr_multiplier(get_strategy("gpt"), 0, 1000) == pytest.approx(0.5)  # 0.2% of 1000 steps: 2 of warm-up
-    assert lr_multiplier(get_strategy("features"), 0, 100) == 1.0 == lr_multiplier(get_strategy("features"), 99, 100)
+    assert linear.lr_factor(55, total) == pytest.approx(0.5)  # halfway through the 90 decay steps
+    assert cosine.lr_factor(55, total) == pytest.approx(0.5)
+    assert linear.lr_factor(30, total) == pytest.approx(1 - 20 / 90)
+    assert cosine.lr_factor(30, total) == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 90)))
+    assert get_strategy("gpt").lr_factor(0, 1000) == pytest.approx(0.5)  # 0.2% of 1000 steps: 2 of warm-up
+    assert get_strategy("features").lr_factor(0, 100) == 1.0 == get_strategy("features").lr_factor(99, 100)
 
 
 # -- parameter groups ---------------------------------------------------------------------------------------
@@ -248,8 +246,8 @@ def test_chain_thaw_trains_the_head_then_each_group_alone_bottom_up_then_all():
 def test_a_frozen_unit_gets_no_gradient_and_does_not_move():
     model, head = tiny()
     layers = model.layer_groups()
-    steps = plan(get_strategy("gradual:unfreeze_every=2"), layers, list(head.parameters()), lr=1e-2, head_lr=None,
-                 weight_decay=0.1, steps_per_epoch=10, total_steps=10)
+    steps = get_strategy("gradual:unfreeze_every=2").plan(layers, list(head.parameters()), lr=1e-2, head_lr=None,
+                                                          weight_decay=0.1, steps_per_epoch=10, total_steps=10)
     optimizer = make_optimizer(steps.param_groups, TrainConfig(weight_decay=0.1))
     before = [[p.detach().clone() for p in g] for g in [*layers, list(head.parameters())]]
     ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -297,22 +295,18 @@ def train_without_task_gradient(spec: str, steps: int, lr: float = 1e-3, shift: 
     model, head = tiny()
     pretrained = [p.detach().clone() for p in model.parameters()]
     head_start = head.weight.detach().clone()
-    steps_plan = plan(get_strategy(spec), model.layer_groups(), list(head.parameters()), lr=lr, head_lr=None,
-                      weight_decay=weight_decay, steps_per_epoch=steps, total_steps=steps)
+    steps_plan = get_strategy(spec).plan(model.layer_groups(), list(head.parameters()), lr=lr, head_lr=None,
+                                         weight_decay=weight_decay, steps_per_epoch=steps, total_steps=steps)
     shift_backbone(model.parameters(), shift)
     whole = Checkpointless(model, head)
 
-    def objective(module, batch):  # zero, with a (zero) gradient for every parameter
-        loss = sum(p.sum() for p in module.parameters()) * 0.0
-        if steps_plan.penalty is not None:
-            loss = loss + steps_plan.penalty()
-        return loss, {}
+    def objective(module, batch):  # zero, with a (zero) gradient for every parameter; the trainer adds a penalty
+        return sum(p.sum() for p in module.parameters()) * 0.0, {}
 
     config = TrainConfig(steps=steps, lr=lr, weight_decay=weight_decay, log_every=steps, eval_every=steps,
                          save_every=steps, grad_clip=None)
     with tempfile.TemporaryDirectory() as run:
-        Trainer(whole, objective, lambda i: None, config, run, param_groups=steps_plan.param_groups,
-                lr_schedule=steps_plan.lr_schedule, after_step=steps_plan.after_step).fit()
+        Trainer(whole, objective, lambda i: None, config, run, plan=steps_plan).fit()
     return model, head, pretrained, head_start
 
 
@@ -387,11 +381,11 @@ def test_the_pull_uses_each_groups_current_rate_and_skips_frozen_parameters():
 
 def test_coupled_mode_is_the_papers_penalty_in_the_loss():
     model, head = tiny()
-    steps = plan(get_strategy("l2sp:sp_mode=coupled"), model.layer_groups(), list(head.parameters()), lr=1e-3,
-                 head_lr=None, weight_decay=0.1, steps_per_epoch=1, total_steps=1)
+    steps = get_strategy("l2sp:sp_mode=coupled").plan(model.layer_groups(), list(head.parameters()), lr=1e-3,
+                                                      head_lr=None, weight_decay=0.1, steps_per_epoch=1, total_steps=1)
     assert steps.after_step is None and isinstance(steps.penalty, SPPenalty)
-    decoupled = plan(get_strategy("l2sp"), model.layer_groups(), list(head.parameters()), lr=1e-3, head_lr=None,
-                     weight_decay=0.1, steps_per_epoch=1, total_steps=1)
+    decoupled = get_strategy("l2sp").plan(model.layer_groups(), list(head.parameters()), lr=1e-3, head_lr=None,
+                                          weight_decay=0.1, steps_per_epoch=1, total_steps=1)
     assert decoupled.penalty is None and isinstance(decoupled.after_step, SPPull)
 
 

@@ -234,24 +234,35 @@ def rank_suffix(rank: int) -> str:
     return f".rank{rank}" if rank else ""
 
 
+@dataclass
+class Plan:
+    """What the trainer applies, whoever made it (a fine-tuning strategy's `plan`; pretraining's default: every
+    parameter, matrices decayed, the config's warm-up + decay). The trainer never asks where it came from.
+
+    `lr_schedule(step)`: the multiplier of each group's base rate at that step.
+    `before_step(step)`: called before each optimizer step, e.g. to unfreeze layers on a schedule; it must depend
+    on the step alone, so that a resumed run behaves as an uninterrupted one.
+    `after_step(optimizer)`: called after each applied optimizer step, e.g. a decoupled pull of the weights (L2-SP)
+    at each group's current rate.
+    `penalty()`: added to each training step's loss, e.g. the coupled L2-SP penalty."""
+
+    param_groups: list[dict]
+    lr_schedule: Callable[[int], float]
+    before_step: Callable[[int], object] | None = None
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None
+    penalty: Callable[[], Tensor] | None = None
+
+
 class Trainer:
     def __init__(self, model: nn.Module, objective: Objective, train_batch: Callable[[int], Any],
                  config: TrainConfig, run_dir: str | Path, *,
-                 eval_batches: Callable[[], Iterable[Any]] | None = None,
-                 param_groups: list[dict] | None = None, tokens_per_batch: int | None = None,
-                 evaluator: Callable[[], dict[str, float]] | None = None,
-                 lr_schedule: Callable[[int], float] | None = None,
-                 before_step: Callable[[int], object] | None = None,
-                 after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+                 eval_batches: Callable[[], Iterable[Any]] | None = None, plan: Plan | None = None,
+                 tokens_per_batch: int | None = None, evaluator: Callable[[], dict[str, float]] | None = None,
                  find_unused_parameters: bool = False) -> None:
         """`evaluator()`: replaces the mean-of-objective evaluation (metrics over a whole split, such as F1 or
         Spearman, are not means over batches); it returns names starting with "valid_"; under torchrun every
         process calls it.
-        `lr_schedule(step)`: the learning-rate multiplier, instead of the config's warm-up + decay.
-        `before_step(step)`: called before each optimizer step, e.g. to unfreeze layers on a schedule; it must
-        depend on the step alone, so that a resumed run behaves as an uninterrupted one.
-        `after_step(optimizer)`: called after each applied optimizer step, e.g. a decoupled pull of the weights
-        (L2-SP) at each group's current rate.
+        `plan`: the parameter groups, schedule and step hooks to apply (see `Plan`); None: pretraining's.
         `tokens_per_batch`: of one process's micro-batch; tokens/s counts every process's.
         `find_unused_parameters`: under torchrun, some parameters may get no gradient in a step."""
         config.validate()
@@ -265,15 +276,14 @@ class Trainer:
         # processes in backward), else the model itself (sharded in place with fsdp). Evaluation and checkpoints
         # use the model.
         self.replicated = distributed.wrap(model, find_unused_parameters=find_unused_parameters, sharded=config.fsdp)
-        if distributed.is_sharded(model) and param_groups is not None:
-            raise ValueError("FSDP replaces the model's parameters: param_groups made before cannot be optimized")
+        if distributed.is_sharded(model) and plan is not None:
+            raise ValueError("FSDP replaces the model's parameters: a plan's groups made before cannot be optimized")
         if config.compile:  # after DDP's wrapper, as PyTorch recommends: its hooks then see the compiled graph
             self.replicated = torch.compile(self.replicated)
         self.config, self.run_dir, self.eval_batches = config, Path(run_dir), eval_batches
         self.tokens_per_batch, self.evaluator = tokens_per_batch, evaluator
-        self.before_step, self.after_step = before_step, after_step
-        self.lr_schedule = lr_schedule or (lambda step: lr_factor(step, config))
-        self.optimizer = make_optimizer(param_groups or default_param_groups(model, config.weight_decay), config)
+        self.plan = plan or Plan(default_param_groups(model, config.weight_decay), lambda s: lr_factor(s, config))
+        self.optimizer = make_optimizer(self.plan.param_groups, config)
         self.step = 0
         self.window = LogWindow()
         self.history: list[dict] = []
@@ -380,9 +390,9 @@ class Trainer:
         both are finite). A non-finite step changes nothing (its gradients are dropped). Reading that flag is the
         step's one host-device synchronisation (free on a CPU; a few microseconds per step on a GPU)."""
         config = self.config
-        if self.before_step is not None:
-            self.before_step(self.step)
-        factor = self.lr_schedule(self.step)
+        if self.plan.before_step is not None:
+            self.plan.before_step(self.step)
+        factor = self.plan.lr_schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         total = 0.0
@@ -392,6 +402,8 @@ class Trainer:
             with contextlib.nullcontext() if last_micro else distributed.no_sync(self.replicated):
                 with self.autocast():
                     loss, _ = self.objective(self.replicated, batch)
+                    if self.plan.penalty is not None:
+                        loss = loss + self.plan.penalty()
                 (loss / config.grad_accum).backward()
             total = total + loss.detach().float() / config.grad_accum  # stays on the device: no sync
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf)
@@ -403,8 +415,8 @@ class Trainer:
         finite = bool(torch.isfinite(grad_norm)) and not bad_loss
         if finite:
             self.optimizer.step()
-            if self.after_step is not None:
-                self.after_step(self.optimizer)
+            if self.plan.after_step is not None:
+                self.plan.after_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return total, grad_norm.detach(), finite
 

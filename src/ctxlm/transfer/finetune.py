@@ -28,7 +28,7 @@ from ctxlm.train import TrainConfig, Trainer, pick_device
 from ctxlm.transfer.config import FinetuneConfig
 from ctxlm.transfer.data import TaskData
 from ctxlm.transfer.model import HeadedModel
-from ctxlm.transfer.strategies import Strategy, get_strategy, lr_multiplier, param_groups, plan, prepare_model
+from ctxlm.transfer.strategies import Strategy, get_strategy
 from ctxlm.transfer.task import Task, task_named, to_device
 
 
@@ -68,10 +68,8 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
 
     if strategy.freeze_backbone:  # the head alone, on features the backbone computes once
         module, train = task.on_features(model, device)
-        trainer = head_trainer(module, strategy, loss_of, train, train_config, config, run_dir, evaluator)
-    else:
-        trainer = strategy_trainer(model, strategy, train.per_epoch, loss_of, train.train_batch, train_config,
-                                   config, run_dir, evaluator)
+    trainer = plan_trainer(module, strategy, train.per_epoch, loss_of, train.train_batch, train_config, config,
+                           run_dir, evaluator)
     share = report_trainable(trainer, model)
     last = trainer.fit(resume=resume)  # the trainer evaluates dev after its last step: no need to repeat it
     minutes = (time.perf_counter() - start) / 60
@@ -98,24 +96,22 @@ def save_run(model: HeadedModel, result: dict, finished: bool, config: FinetuneC
     return result
 
 
-def strategy_trainer(model: HeadedModel, strategy: Strategy, per_epoch: int, loss_of, train_batch,
-                     train_config: TrainConfig, config: FinetuneConfig, run_dir: Path, evaluator) -> Trainer:
-    """A Trainer that adapts `model` (a backbone + `head`) by `strategy`'s plan: its parameter groups and rates,
-    schedule, thawing stages and L2-SP terms. `loss_of(model, batch)` is the task's loss."""
-    only = prepare_model(strategy, model.lm)
-    head = list(model.head.parameters())
-    steps = plan(strategy, model.layer_groups(), head, lr=config.lr, head_lr=config.head_lr,
-                 weight_decay=config.weight_decay, steps_per_epoch=per_epoch, total_steps=train_config.steps,
-                 only=only)
-    penalty = steps.penalty
+def plan_trainer(model: nn.Module, strategy: Strategy, per_epoch: int, loss_of, train_batch,
+                 train_config: TrainConfig, config: FinetuneConfig, run_dir: Path, evaluator) -> Trainer:
+    """A Trainer that adapts `model` (a backbone `lm` + `head`, or the head alone on cached features) by
+    `strategy`'s plan: parameter groups and rates, schedule, thawing stages, SP terms. `loss_of(model, batch)` is
+    the task's loss."""
+    lm = getattr(model, "lm", None)
+    only = strategy.prepare(lm) if lm is not None else None
+    groups = model.layer_groups() if lm is not None and not strategy.freeze_backbone else []
+    plan = strategy.plan(groups, list(model.head.parameters()), lr=config.lr, head_lr=config.head_lr,
+                         weight_decay=config.weight_decay, steps_per_epoch=per_epoch,
+                         total_steps=train_config.steps, only=only)
 
-    def objective(module: HeadedModel, batch: dict[str, Tensor]):
-        loss = loss_of(module, batch)
-        return (loss + penalty() if penalty is not None else loss), {}
+    def objective(module: nn.Module, batch: dict[str, Tensor]):
+        return loss_of(module, batch), {}
 
-    return Trainer(model, objective, train_batch, train_config, run_dir, param_groups=steps.param_groups,
-                   evaluator=evaluator, lr_schedule=steps.lr_schedule, before_step=steps.before_step,
-                   after_step=steps.after_step)
+    return Trainer(model, objective, train_batch, train_config, run_dir, plan=plan, evaluator=evaluator)
 
 
 def report_trainable(trainer: Trainer, model: nn.Module) -> float:
@@ -124,17 +120,3 @@ def report_trainable(trainer: Trainer, model: nn.Module) -> float:
     share = trainer.trainable_parameters / total
     print(f"trainable parameters: {trainer.trainable_parameters:,} of {total:,} ({100 * share:.2f} %)", flush=True)
     return share
-
-
-def head_trainer(head: nn.Module, strategy: Strategy, loss_of, train, train_config: TrainConfig,
-                 config: FinetuneConfig, run_dir: Path, evaluator) -> Trainer:
-    """A Trainer of `head` alone (its `head` parameters, at `head_lr`) on a frozen backbone's cached features,
-    by the strategy's schedule."""
-    groups = param_groups([], list(head.head.parameters()), strategy, config.head_lr,
-                          weight_decay=config.weight_decay)
-
-    def objective(module: nn.Module, batch: dict[str, Tensor]):
-        return loss_of(module, batch), {}
-
-    return Trainer(head, objective, train.train_batch, train_config, run_dir, param_groups=groups,
-                   evaluator=evaluator, lr_schedule=lambda step: lr_multiplier(strategy, step, train_config.steps))

@@ -31,7 +31,7 @@ Presets in `STRATEGIES`; `get_strategy("discriminative:lr_decay=2.0")` picks one
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ctxlm.errors import UserError
 from ctxlm.nn.peft import add_adapters, add_lora, peft_parameters
 from ctxlm.schedules import slanted_triangular, warmup_decay
-from ctxlm.train import split_decay
+from ctxlm.train import Plan, split_decay
 
 SCHEDULES = ("linear", "cosine", "constant", "slanted")
 SP_NORMS = ("l2", "l1")
@@ -105,6 +105,51 @@ class Strategy:
             if not ok:
                 raise UserError(f"strategy {self.name!r}: {message}")
 
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """Multiplier of the base learning rate at optimizer step `step` (0-based) of `total_steps`."""
+        if self.schedule == "slanted":
+            return slanted_triangular(step, total_steps, cut_frac=self.cut_frac, ratio=self.ratio)
+        warm = 0 if self.schedule == "constant" else math.ceil(self.warmup * max(1, total_steps))
+        return warmup_decay(step, total_steps, warmup_steps=warm, shape=self.schedule)
+
+    def prepare(self, model: nn.Module) -> list[nn.Parameter] | None:
+        """Insert a parameter-efficient method's modules into `model` in place (near the identity: the model's
+        outputs hardly change); return the backbone parameters that then train, or None when any may."""
+        if self.peft == "adapters":
+            add_adapters(model, self.adapter_dim)
+        elif self.peft == "lora":
+            add_lora(model, self.lora_rank, alpha=self.lora_alpha, targets=self.lora_targets)
+        else:
+            return None
+        return peft_parameters(model, self.peft)
+
+    def plan(self, groups: list[list[nn.Parameter]], head: list[nn.Parameter], *, lr: float,
+             head_lr: float | None, weight_decay: float, steps_per_epoch: int, total_steps: int,
+             only: list[nn.Parameter] | None = None) -> Plan:
+        """The optimizer groups, schedule and step hooks of this strategy over a backbone's layer `groups` (bottom
+        → top) and a new `head`: what the trainer applies. `only`: the backbone parameters that may train at all
+        (a parameter-efficient method's, from `prepare`); the others are frozen here for good."""
+        if only is not None:
+            keep = {id(p) for p in only}
+            freeze(p for g in groups for p in g if id(p) not in keep)
+            groups = [[p for p in g if id(p) in keep] for g in groups]
+        optimizer_groups = param_groups(groups, head, self, lr, weight_decay=weight_decay, head_lr=head_lr)
+        result = Plan(optimizer_groups, lambda step: self.lr_factor(step, total_steps))
+        if self.thaw != "all":
+            stages = thawing_stages(self.thaw, len(groups))
+            every = self.unfreeze_every or (max(1, steps_per_epoch) if self.thaw == "gradual"
+                                            else max(1, math.ceil(total_steps / len(stages))))
+            result.before_step = Thawing(groups, head, stages, every).update
+        if self.sp_alpha or self.sp_beta:
+            backbone = [p for g in groups for p in g]
+            kind = SPPull if self.sp_mode == "decoupled" else SPPenalty
+            terms = kind(backbone, head, self.sp_alpha, self.sp_beta, self.sp_norm)
+            if self.sp_mode == "decoupled":
+                result.after_step = terms
+            else:
+                result.penalty = terms
+        return result
+
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("features", freeze_backbone=True, schedule="constant"),
@@ -158,14 +203,6 @@ def get_strategy(spec: str) -> Strategy:
         except ValueError:
             raise UserError(f"strategy {spec!r}: {key} expects a {_FIELD_TYPES[key]}, got {value!r}") from None
     return replace(STRATEGIES[preset], name=spec, **changes)
-
-
-def lr_multiplier(strategy: Strategy, step: int, total_steps: int) -> float:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based) of `total_steps`."""
-    if strategy.schedule == "slanted":
-        return slanted_triangular(step, total_steps, cut_frac=strategy.cut_frac, ratio=strategy.ratio)
-    warm = 0 if strategy.schedule == "constant" else math.ceil(strategy.warmup * max(1, total_steps))
-    return warmup_decay(step, total_steps, warmup_steps=warm, shape=strategy.schedule)
 
 
 def _unique(params: Iterable[nn.Parameter], seen: set[int]) -> list[nn.Parameter]:
@@ -320,54 +357,3 @@ class SPPenalty:
         for w in self.head:
             total = total + w.square().sum() * self.beta / 2
         return total
-
-
-def prepare_model(strategy: Strategy, model: nn.Module) -> list[nn.Parameter] | None:
-    """Insert a parameter-efficient method's modules into `model` in place (near the identity: the model's
-    outputs hardly change); return the backbone parameters that then train, or None when any may."""
-    if strategy.peft == "adapters":
-        add_adapters(model, strategy.adapter_dim)
-    elif strategy.peft == "lora":
-        add_lora(model, strategy.lora_rank, alpha=strategy.lora_alpha, targets=strategy.lora_targets)
-    else:
-        return None
-    return peft_parameters(model, strategy.peft)
-
-
-@dataclass
-class Plan:
-    """What the trainer applies for a strategy: it never needs to know which strategy made it."""
-
-    param_groups: list[dict]
-    lr_schedule: Callable[[int], float]
-    before_step: Callable[[int], object] | None = None  # thawing stages
-    after_step: Callable[[torch.optim.Optimizer], None] | None = None  # the decoupled SP pull
-    penalty: Callable[[], Tensor] | None = None  # added to the loss: the coupled SP penalty
-
-
-def plan(strategy: Strategy, groups: list[list[nn.Parameter]], head: list[nn.Parameter], *, lr: float,
-         head_lr: float | None, weight_decay: float, steps_per_epoch: int, total_steps: int,
-         only: list[nn.Parameter] | None = None) -> Plan:
-    """The optimizer groups, schedule and step hooks of `strategy` over a backbone's layer `groups` (bottom → top)
-    and a new `head`. `only`: the backbone parameters that may train at all (a parameter-efficient method's);
-    the others are frozen here for good."""
-    if only is not None:
-        keep = {id(p) for p in only}
-        freeze(p for g in groups for p in g if id(p) not in keep)
-        groups = [[p for p in g if id(p) in keep] for g in groups]
-    optimizer_groups = param_groups(groups, head, strategy, lr, weight_decay=weight_decay, head_lr=head_lr)
-    result = Plan(optimizer_groups, lambda step: lr_multiplier(strategy, step, total_steps))
-    if strategy.thaw != "all":
-        stages = thawing_stages(strategy.thaw, len(groups))
-        every = strategy.unfreeze_every or (max(1, steps_per_epoch) if strategy.thaw == "gradual"
-                                            else max(1, math.ceil(total_steps / len(stages))))
-        result.before_step = Thawing(groups, head, stages, every).update
-    if strategy.sp_alpha or strategy.sp_beta:
-        backbone = [p for g in groups for p in g]
-        kind = SPPull if strategy.sp_mode == "decoupled" else SPPenalty
-        terms = kind(backbone, head, strategy.sp_alpha, strategy.sp_beta, strategy.sp_norm)
-        if strategy.sp_mode == "decoupled":
-            result.after_step = terms
-        else:
-            result.penalty = terms
-    return result
