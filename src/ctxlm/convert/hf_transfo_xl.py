@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ctxlm.config import TransformerXLConfig
 from ctxlm.errors import UserError
+from ctxlm.models.transformer_xl import AdaptiveEmbedding, AdaptiveSoftmax, cluster_bounds
 from ctxlm.tokenizers import WordTokenizer
 
 # ctxlm name (under backbone.blocks.{l}.) ← HF name (under layers.{l}.)
@@ -68,8 +69,6 @@ def config_from_hf(hf: dict) -> TransformerXLConfig:
 
 def state_dict_from_hf(hf_state: dict[str, Tensor], config: TransformerXLConfig) -> dict[str, Tensor]:
     """Rename a Hub TransfoXLLMHeadModel state dict into a `TransformerXLLanguageModel` state dict."""
-    from ctxlm.models.transformer_xl import AdaptiveEmbedding, AdaptiveSoftmax, cluster_bounds
-
     hf_state = {re.sub(r"^transformer\.", "", k): v for k, v in hf_state.items()}
     if not any(k.startswith("crit.") for k in hf_state):
         raise UserError("checkpoint has no adaptive softmax (crit.*): a bare TransfoXLModel; ctxlm needs the LM "

@@ -34,7 +34,10 @@ from torch import Tensor, nn
 
 from ctxlm import distributed
 from ctxlm.errors import UserError
+from ctxlm.models import build_model
+from ctxlm.pretrain.causal_lm import run_tokenizer
 from ctxlm.textfiles import read_documents
+from ctxlm.train import Trainer
 
 IGNORE = -100  # the label of positions the masked-LM loss skips (PyTorch's default ignore_index)
 IS_NEXT, NOT_NEXT = 0, 1
@@ -483,10 +486,6 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
     documents are held out.
     """
-    from ctxlm.models import build_model
-    from ctxlm.pretrain.causal_lm import run_tokenizer
-    from ctxlm.train import Trainer
-
     run_dir = Path(run_dir)
     if max_length > model_config.max_positions:
         raise UserError(f"max length {max_length} exceeds the model's {model_config.max_positions} positions")

@@ -37,13 +37,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ctxlm import distributed
-from ctxlm.checkpoint import read_safetensors_header
+from ctxlm.checkpoint import has_tokenizer, load_tokenizer, read_safetensors_header
 from ctxlm.errors import UserError
 from ctxlm.paths import cache_root
 from ctxlm.pretrain.causal_lm import LMData, corpus_spans, seeded_model, tokenize, write_data_json
 from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan
 from ctxlm.runlog import last_validation
 from ctxlm.textfiles import find_text_files
+from ctxlm.tokenizers import WordTokenizer
 from ctxlm.train import TrainConfig, Trainer
 
 MEMORY_DIR = "memory"
@@ -252,15 +253,11 @@ def xl_tokenizer(data: LMData, run_dir: Path, config, *, given, resume: bool, vo
     """The run's tokenizer: the checkpoint's when resuming, else the one given (a word list, or any sub-word
     tokenizer such as GPT-2's BPE), else a word list trained on the training text (the `vocab_size` most frequent
     words, or all of them). The config takes the tokenizer's exact size; adaptive cut-offs past it are dropped."""
-    from ctxlm.checkpoint import has_tokenizer, load_tokenizer
-
     if resume and has_tokenizer(run_dir / "checkpoint"):
         tokenizer = load_tokenizer(run_dir / "checkpoint")
     elif given is not None:
         tokenizer = given
     else:
-        from ctxlm.tokenizers import WordTokenizer
-
         files = find_text_files(data.train)
         limit = f"the {vocab_size:,} most frequent words" if vocab_size else "every word"
         print(f"training a word-level vocabulary ({limit}, <eos> at line ends) on {len(files)} file(s)")

@@ -27,6 +27,7 @@ from ctxlm.qa.model import SpanModel, span_loss
 from ctxlm.qa.options import SquadOptions
 from ctxlm.qa.spans import Span, Window, WindowBatches, best_spans, make_windows
 from ctxlm.qa.squad import Question, read_squad, split_by_article, squad_metrics
+from ctxlm.textfiles import check_json_unicode
 from ctxlm.transfer.config import FinetuneConfig
 from ctxlm.transfer.data import TaskData
 from ctxlm.transfer.strategies import Strategy
@@ -193,8 +194,6 @@ def answer_questions(model: SpanModel, pairs: list[tuple[str, str]], *, n_best: 
 def read_pairs(lines, source: str) -> list[tuple[str, str]]:
     """(question, passage) pairs for `ctxlm predict`: one JSON object {"question": ..., "context": ...} per line
     (str lines, e.g. a text file; blank lines are no pairs; a UTF-8 byte-order mark before the first is dropped)."""
-    from ctxlm.textfiles import check_json_unicode
-
     pairs = []
     for number, line in enumerate(lines, 1):
         if number == 1:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ctxlm.api import load
 from ctxlm.checkpoint import load_weights
 from ctxlm.errors import UserError
 from ctxlm.transfer.data import TaskSpec
@@ -78,8 +79,6 @@ class SpanModel(HeadedModel):
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> SpanModel:
-        from ctxlm.api import load
-
         path, config = finetuned_folder(path)
         options = {k: config[k] for k in ("max_length", "doc_stride", "max_question_tokens", "max_answer_tokens",
                                           "no_answer", "dropout")}

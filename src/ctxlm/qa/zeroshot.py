@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
 from ctxlm.generate import generate_ids, has_memory
+from ctxlm.paths import dataset_path
 from ctxlm.qa.squad import Question, read_squad, squad_metrics
 from ctxlm.textfiles import check_json_unicode, read_text
 
@@ -451,8 +452,6 @@ def load_questions(task: str, data: str | Path | None = None, *, limit: int | No
                    seed: int = 0) -> tuple[list[Question], dict[str, tuple[Turn, ...]] | None]:
     """(questions, conversation histories or None for "squad") from `data`, by default SQuAD v1.1 dev under
     $CTXLM_DATA. The histories come from the whole file, so that a sampled question keeps all its earlier turns."""
-    from ctxlm.paths import dataset_path
-
     if task not in TASKS:
         raise UserError(f"task {task!r}: expected one of {', '.join(TASKS)}")
     questions = read_questions(data if data is not None else dataset_path("squad_v1", "dev-v1.1.json.gz"))

@@ -12,6 +12,7 @@ absent token; the sentence markers <S> and </S> have their own marker characters
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ from tokenizers import Regex, pre_tokenizers
 from torch import Tensor
 
 from ctxlm.errors import UserError
+from ctxlm.textfiles import read_documents, read_text
 from ctxlm.tokenizers.protocol import Encoding, check_pairs
 
 PAD, BOS, EOS, UNK = "<pad>", "<S>", "</S>", "<unk>"
@@ -118,8 +120,6 @@ class CharTokenizer:
         """Words of `files` by frequency; the softmax keeps the `vocab_size` - 4 most frequent that occur at least
         `min_count` times. Every word of `files` and `extra_files` (e.g. the validation text) gets an id, so that
         encoding them later adds nothing."""
-        from ctxlm.textfiles import read_documents
-
         counts: Counter[str] = Counter()
         for file in files:
             for line in read_documents(file):
@@ -138,14 +138,11 @@ class CharTokenizer:
     def from_files(cls, directory: str | os.PathLike) -> CharTokenizer:
         """What `save` wrote: words.txt, one word per line in id order ("\\n" ends a line, a "\\r" before it is
         dropped, and so is a byte-order mark at the start), and char_tokenizer.json."""
-        import json
-
         directory = Path(directory)
         words_path, config_path = directory / WORDS_FILE, directory / CONFIG_FILE
         for path in (words_path, config_path):
             if not path.is_file():
                 raise UserError(f"{path}: missing (an ELMo tokenizer is {WORDS_FILE} + {CONFIG_FILE})")
-        from ctxlm.textfiles import read_text
 
         words = [w.removesuffix("\r") for w in read_text(words_path).split("\n")]
         if words and words[-1] == "":
@@ -169,8 +166,6 @@ class CharTokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         """words.txt (one word per line, in id order) and char_tokenizer.json. A word with a line break (given to
         `encode_words`) cannot be written one per line: that is a UserError, before anything is written."""
-        import json
-
         directory = Path(directory)
         broken = next((i for i, w in enumerate(self.words.words) if "\n" in w or "\r" in w), None)
         if broken is not None:

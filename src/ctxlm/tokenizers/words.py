@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ctxlm.errors import UserError
+from ctxlm.textfiles import check_json_unicode, read_documents, read_text
 from ctxlm.tokenizers.protocol import Encoding, length_budget
 
 EOS, UNK = "<eos>", "<unk>"
@@ -89,8 +90,6 @@ class WordTokenizer:
               min_count: int = 1, *, lowercase: bool = False) -> WordTokenizer:
         """<eos>, <unk>, then the words of `files` (text files or folders of them, .gz too) by decreasing count,
         those seen at least `min_count` times, at most `vocab_size` entries in all (None: every such word)."""
-        from ctxlm.textfiles import read_documents
-
         if vocab_size is not None and vocab_size < 2:
             raise UserError(f"WordTokenizer.train: vocab_size={vocab_size}; it needs at least 2 (<eos>, <unk>)")
         if min_count < 1:
@@ -138,7 +137,6 @@ class WordTokenizer:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        from ctxlm.textfiles import check_json_unicode
 
         check_json_unicode(data, text, path)
         if isinstance(data, dict):
@@ -236,7 +234,5 @@ class WordTokenizer:
 def _read_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 file, split on "\\n" alone (so numbers agree with editors; a "\\r\\n" ending loses
     its "\\r"), a byte-order mark at the start dropped; line n is item n - 1."""
-    from ctxlm.textfiles import read_text
-
     lines = [line.removesuffix("\r") for line in read_text(path).split("\n")]
     return lines[:-1] if lines and lines[-1] == "" else lines

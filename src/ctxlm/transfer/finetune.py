@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ctxlm.api import load
 from ctxlm.nn.peft import merge_lora
 from ctxlm.train import TrainConfig, Trainer, pick_device
 from ctxlm.transfer.config import FinetuneConfig
@@ -38,8 +39,6 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
 
     The task comes from `task.task_named(config.task)` (the classification family unless a registered task
     claims the name); `data`, if given, is the classification family's already-read `TaskData`."""
-    from ctxlm.api import load
-
     run_dir = Path(run_dir)
     strategy = get_strategy(config.strategy)
     task: Task = task_named(config.task)(config, data)

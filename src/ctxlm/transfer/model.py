@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ctxlm.api import load
 from ctxlm.checkpoint import load_weights, save
 from ctxlm.errors import UserError
 from ctxlm.nn.pooling import POOLINGS
@@ -183,8 +184,6 @@ class TaskModel(HeadedModel):
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> TaskModel:
         """A fine-tuned model folder (or a run folder holding one in model/ or checkpoint/)."""
-        from ctxlm.api import load
-
         path, config = finetuned_folder(path)
         kind = config["spec"]["kind"]
         if kind not in cls.kinds:
