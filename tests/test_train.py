@@ -82,3 +82,28 @@ def test_a_run_folder_loads_its_checkpoint(tmp_path):
     loaded = ctxlm.load(tmp_path / "run")  # the folder `ctxlm pretrain --out` wrote, as the README uses it
     for (name, p), q in zip(reference.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_after_training_a_decoding_forward_reads_the_new_weights(tmp_path):
+    """Small no-grad products (decoding) use transposed copies of the weights, remade when a weight's version
+    moves; the fused AdamW kernel does not move it by itself, so the trainer does, or an evaluation (or a sample)
+    after training would read the weights of before it."""
+    from ctxlm.pretrain.causal_lm import causal_lm_objective
+    from ctxlm.train import Trainer
+    from helpers import synthetic_batches
+    from tolerances import assert_fp_close
+
+    model = tiny("gpt2", **TRAINING_GPT).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        model(ids)  # makes the copies
+    batches = synthetic_batches()
+    Trainer(model, causal_lm_objective, batches.batch, TrainConfig(steps=3, lr=1e-2, warmup_steps=1), tmp_path).fit()
+    model.eval()
+    with torch.no_grad():
+        decoded = model(ids).logits
+    with torch.enable_grad():  # more than a decoding product: no copies
+        direct = model(ids).logits
+    # the same weights through two kernels: rounding of a few chained sums of dim terms (stale weights differ by
+    # a step of lr 1e-2, far outside)
+    assert_fp_close(decoded, direct, terms=model.config.dim, depth=2 * model.config.n_layers + 1)

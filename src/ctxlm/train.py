@@ -35,6 +35,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 from tqdm.auto import tqdm
 
 from ctxlm import distributed
@@ -86,6 +87,8 @@ class TrainConfig:
     # checkpoint untouched) or "skip" (no update from that batch; the run stops after MAX_SKIPPED_IN_A_ROW in a row)
     on_nonfinite: str = "stop"
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable runs, some ops slower
+    # evaluate once before the first step (logged as step 0): where a run from pretrained weights starts
+    eval_first: bool = False
 
     def validate(self) -> None:
         if self.schedule not in SHAPES:
@@ -143,6 +146,15 @@ def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.AdamW
     for group in optimizer.param_groups:  # strategies may give groups their own rates; the schedule scales them
         group.setdefault("base_lr", group["lr"])
     return optimizer
+
+
+def mark_updated(optimizer: torch.optim.Optimizer) -> None:
+    """Move the version counter of every parameter the optimizer holds, as any in-place change does: the fused
+    AdamW kernel updates the weights without it, and what caches a product of a weight by its version (the
+    decoding copies of `ctxlm.nn.attention.TransposedCopy`) would otherwise keep the weights of before."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            increment_version(p)
 
 
 @contextlib.contextmanager
@@ -323,6 +335,8 @@ class Trainer:
                 (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
         if main:
             (self.run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        if config.eval_first and self.step == 0 and (self.eval_batches is not None or self.evaluator is not None):
+            self.log({"step": 0, **(self.evaluator() if self.evaluator is not None else self.evaluate())})
         start = time.perf_counter()
         self.model.train()
         bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -415,6 +429,7 @@ class Trainer:
         finite = bool(torch.isfinite(grad_norm)) and not bad_loss
         if finite:
             self.optimizer.step()
+            mark_updated(self.optimizer)
             if self.plan.after_step is not None:
                 self.plan.after_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
