@@ -13,6 +13,10 @@ keywords and returns the job's result.
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import re
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from torch import nn
 from ctxlm.api import load
 from ctxlm.errors import UserError
 from ctxlm.generate import generate
+from ctxlm.paths import cache_root
 from ctxlm.pretrain import job
 from ctxlm.train import pick_device
 
@@ -33,8 +38,9 @@ PROMPT = "In 1990 , the"  # WikiText's own tokenisation style: the pretraining j
 
 
 @functools.wraps(job.pretrain, assigned=())  # its signature (inspect, help) is the job's
-def pretrain(model: str = "gpt2", data: str | Path = "wikitext2", *, out: str | Path, seed: int = 0,
-             **options) -> dict[str, Any] | None:
+def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: str | Path, seed: int = 0,
+             text_column: str | None = None, pair_column: str | None = None, **options) -> dict[str, Any] | None:
+    data = task_corpus(data, text_column=text_column, pair_column=pair_column)
     result = job.pretrain(model, data, out=out, seed=seed, **options)
     if result is not None:
         result |= glimpse(result["objective"], result["model"], seed)
@@ -43,11 +49,69 @@ def pretrain(model: str = "gpt2", data: str | Path = "wikitext2", *, out: str | 
 
 pretrain.__doc__ = f"""{job.pretrain.__doc__.rstrip()}
 
+    `data` may also be "task:NAME", the training texts of a fine-tuning task (sst2, mrpc, ...) without their
+    labels, or "csv:PATH", the texts of your own .csv, .tsv or .jsonl file: its `text_column` (default "text")
+    and `pair_column`, read as `ctxlm finetune --task csv:PATH` reads them, less the rows finetune holds out as
+    dev (see `task_corpus`).
+
     The result also shows what the model learned: a "sample" continuing {PROMPT!r} for a causal LM ({{"prompt",
     "continuation"}}), a "fill_in" of a masked word for a masked LM ({{"text", "best"}}: its five likeliest
     words), "next_words" for a biLM ({{"left", "forward", "right", "backward"}}: the forward LM's five likeliest
     words after `left`, the backward LM's before `right`).
     """
+
+
+def task_corpus(data: str | Path, *, text_column: str | None = None,
+                pair_column: str | None = None) -> str | Path:
+    """`data` as the pretraining job reads it: "task:NAME" and "csv:PATH" become a text file of the task's
+    training texts (`ctxlm.transfer.data.task_texts`: no labels, no dev or test text); other data as given.
+
+    The file holds one example per paragraph: its texts one per line (a pair's two texts, a question's context
+    then its choices), line breaks inside a text made spaces, and a blank line between examples. The corpus
+    reader makes the file one document, which the causal LM and the biLM read as one stream of lines. The masked
+    LM's next-sentence prediction cuts documents at blank lines, so each example is a document of its own:
+    IsNext pairs what belongs together (a premise and its hypothesis, a question and its choices, the halves of
+    a single text) and NotNext a text with another example's, never two unrelated examples as if one followed
+    the other. The file is written once, atomically, under $CTXLM_CACHE/task-text, named by the task and a hash
+    of its text: the same text is the same file, so its tokens, cached by file, are reused.
+    """
+    name = str(data) if isinstance(data, str) else ""
+    if not name.startswith(("task:", "csv:")):
+        if text_column is not None or pair_column is not None:
+            raise UserError("--text-column and --pair-column apply to --data csv:PATH only")
+        return data
+    from ctxlm.transfer.data import UserTaskOptions, task_texts
+
+    task = name.removeprefix("task:")
+    if not task.startswith("csv:") and (text_column is not None or pair_column is not None):
+        raise UserError(f"--text-column and --pair-column apply to --data csv:PATH only, not {name}")
+    options = UserTaskOptions(text_column=text_column or "text", text_pair_column=pair_column or None)
+    examples = task_texts(task, options if task.startswith("csv:") else None)
+    paragraphs = ["\n".join(lines) for texts in examples if (lines := [line for t in texts if (line := _one_line(t))])]
+    if not paragraphs:
+        raise UserError(f"{name}: no text in its training examples")
+    text = "\n\n".join(paragraphs) + "\n"
+    label = re.sub(r"[^\w.-]+", "_", "csv-" + Path(task[4:]).name if task.startswith("csv:") else task)
+    path = cache_root() / "task-text" / f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
+                file.write(text)
+            os.replace(temporary, path)  # a reader (another process under torchrun) sees all of it or nothing
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process makes (or finds) it; rank 0 says so
+        print(f"{name}: the texts of {len(paragraphs):,} training examples, without labels ({path})")
+    return path
+
+
+def _one_line(text: str) -> str:
+    """A text on one line: its lines (as str.splitlines, which the masked LM's reader splits on), stripped and
+    joined by spaces; "" for a blank text, which the corpus leaves out."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def glimpse(objective: str, model: nn.Module, seed: int) -> dict[str, Any]:

@@ -18,6 +18,9 @@ Examples:
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --max-minutes 5
   # the 2018 GPT variant (post-LN, BPE with end-of-word markers) on your own text files
   ctxlm pretrain --model gpt --data my_corpus/ --valid my_valid.txt --out runs/gpt --steps 2000
+  # on a task's own text, without its labels: SST-2's training sentences, or a column of your file
+  ctxlm pretrain --model bert --data task:sst2 --out runs/bert-sst2 --block-size 64
+  ctxlm pretrain --model gpt2 --data csv:reviews.csv --text-column review --out runs/gpt2-reviews
   # BERT: masked LM (15 %, 80/10/10) + next-sentence prediction, whole-word masking
   ctxlm pretrain --model bert --data wikitext2 --out runs/bert-wt2 --block-size 128 --whole-word-masking
   # ELMo: a character CNN under forward and backward LSTMs (biLM), softmax over every wikitext2 word
@@ -27,6 +30,10 @@ Examples:
   # Transformer-XL over wikitext2's words: segments of 128, 128 states of memory in training, 512 to evaluate
   ctxlm pretrain --model transformer-xl --data wikitext2 --out runs/xl --block-size 128 --mem-len 128 \\
       --eval-mem-len 512 --softmax adaptive --cutoffs 2000,10000 --dim 256 --max-minutes 10
+  # ULMFiT's stage 2: continue a checkpoint's objective on your text (its tokenizer, sizes and weights kept);
+  # minilm gets a masked-LM head tied to its token embeddings
+  ctxlm pretrain --init minilm --data my_corpus/ --out runs/minilm-tapt --block-size 128 --lr 1e-4 --steps 1000
+  ctxlm pretrain --init runs/gpt2-wt2 --data my_corpus/ --out runs/gpt2-tapt --lr 3e-4 --warmup 20
   # continue an interrupted run exactly where its last checkpoint left it
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --resume
   # data-parallel on 4 GPUs (or CPU processes): each takes 16 rows of a global batch of 64
@@ -35,10 +42,17 @@ Examples:
   torchrun --nproc_per_node=8 -m ctxlm pretrain --model gpt2 --dim 2048 --layers 24 --heads 16 --fsdp --out runs/big
 """)
 @click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl"]),
-              default="gpt2", show_default=True, help="architecture family (and objective: causal LM, masked LM + "
-              "NSP for bert, forward + backward LM for elmo, causal LM over segments with memory for transformer-xl)")
+              help="architecture family (and objective: causal LM, masked LM + NSP for bert, forward + backward LM "
+              "for elmo, causal LM over segments with memory for transformer-xl) [default: gpt2; with --init: the "
+              "checkpoint's]")
+@click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
+              "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,
-              help="text file or folder (.txt/.txt.gz), or a data set name under $CTXLM_DATA")
+              help="text file or folder (.txt/.txt.gz), or a data set name under $CTXLM_DATA; task:NAME: the "
+              "training texts of a fine-tuning task (sst2, mrpc, ...), without labels; csv:PATH: the texts of "
+              "your .csv, .tsv or .jsonl file (less the 10% finetune holds out as dev)")
+@click.option("--text-column", help="csv:PATH only: the column of the texts [default: text]")
+@click.option("--pair-column", help="csv:PATH only: the column of each text's second text (pair tasks)")
 @click.option("--valid", type=click.Path(), help="validation text (default: the folder's valid split, or 5% held out)")
 @click.option("--out", type=click.Path(), required=True, help="run folder: checkpoint, metrics, loss.png")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), help="use this tokenizer folder")
@@ -47,18 +61,18 @@ Examples:
               "words of its vocabulary, the most frequent [default: all]")
 @click.option("--layers", type=int, help="transformer layers [default: 4]; elmo: LSTM layers per direction "
               "[default: 2]")
-@click.option("--dim", default=256, show_default=True, help="model width; elmo: token and LSTM projection width "
+@click.option("--dim", type=int, help="model width [default: 256]; elmo: token and LSTM projection width "
               "(the character CNN's filters scale with it: the published 2,048 at 512)")
-@click.option("--heads", default=4, show_default=True, help="attention heads (not elmo)")
+@click.option("--heads", type=int, help="attention heads (not elmo) [default: 4]")
 @click.option("--cell-dim", type=int, help="elmo: LSTM memory cells [default: 4 x dim]")
-@click.option("--clip/--no-clip", default=False, show_default=True,
+@click.option("--clip/--no-clip", default=None,
               help="elmo: clip LSTM cells and projections at ±3 as the published ELMo does. Off lets PyTorch's "
-              "fused nn.LSTM kernel run; on runs a step-by-step LSTM, several times slower")
-@click.option("--softmax", type=click.Choice(["full", "adaptive"]), default="full", show_default=True,
+              "fused nn.LSTM kernel run; on runs a step-by-step LSTM, several times slower [default: no-clip]")
+@click.option("--softmax", type=click.Choice(["full", "adaptive"]),
               help="elmo, transformer-xl: full softmax, or adaptive (frequent words full, rarer ones in cheaper "
-              "clusters; transformer-xl: adaptive input embeddings too)")
-@click.option("--cutoffs", default="2000,10000", show_default=True,
-              help="elmo, transformer-xl, --softmax adaptive: word ranks where the clusters start")
+              "clusters; transformer-xl: adaptive input embeddings too) [default: full]")
+@click.option("--cutoffs", help="elmo, transformer-xl, --softmax adaptive: word ranks where the clusters start "
+              "[default: 2000,10000]")
 @click.option("--block-size", default=256, show_default=True, help="tokens per training sequence (context); "
               "transformer-xl: tokens per segment (tgt_len)")
 @click.option("--mem-len", type=int, help="transformer-xl: states of memory per layer in training [default: "
@@ -72,7 +86,7 @@ Examples:
 @click.option("--warmup", default=100, show_default=True, help="warm-up steps")
 @click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine",
               show_default=True)
-@click.option("--dropout", default=0.1, show_default=True)
+@click.option("--dropout", type=float, help="[default: 0.1; with --init: the checkpoint's]")
 @click.option("--whole-word-masking", is_flag=True, help="bert: mask all pieces of a chosen word together")
 @click.option("--eval-every", default=200, show_default=True)
 @click.option("--save-every", default=200, show_default=True, help="checkpoint period in steps")
@@ -96,9 +110,9 @@ Examples:
 @click.option("--resume", is_flag=True, help="continue from OUT/checkpoint")
 @logged_to("out")
 def pretrain(**options) -> None:
-    """Pretrain a model from scratch on raw text: causal LM (GPT, GPT-2), masked LM + next sentence (BERT),
-    forward + backward LM over words read by their characters (ELMo), or causal LM over segments that attend to
-    the previous segments' states (Transformer-XL, over words).
+    """Pretrain a model from scratch, or continue from a checkpoint with --init, on raw text: causal LM (GPT,
+    GPT-2), masked LM + next sentence (BERT), forward + backward LM over words read by their characters (ELMo), or
+    causal LM over segments that attend to the previous segments' states (Transformer-XL, over words).
 
     Under torchrun (not Transformer-XL), N processes train data-parallel: --batch-size is each process's share of
     a global batch of N x batch-size rows; rank 0 writes the run folder. With --fsdp they shard the model
@@ -119,8 +133,9 @@ def report(result: dict) -> None:
                    f"perplexity {final['valid_perplexity']:.1f} (per {result['model'].config.model_type} token)")
     if final and result["objective"] == MASKED_LM:
         click.echo(f"step {final['step']}: masked-LM accuracy {final['valid_mlm_accuracy']:.3f} "
-                   f"(perplexity {math.exp(final['valid_mlm_loss']):.1f}), next-sentence accuracy "
-                   f"{final['valid_nsp_accuracy']:.3f}")
+                   f"(perplexity {math.exp(final['valid_mlm_loss']):.1f})"
+                   + (f", next-sentence accuracy {final['valid_nsp_accuracy']:.3f}" if "valid_nsp_accuracy" in final
+                      else ""))
     if "sample" in result:
         click.echo(f"sample: {result['sample']['prompt']}{result['sample']['continuation']}")
     if "fill_in" in result:

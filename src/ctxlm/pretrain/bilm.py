@@ -25,7 +25,7 @@ from ctxlm.config import ElmoConfig
 from ctxlm.errors import UserError
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.paths import cache_root
-from ctxlm.pretrain.causal_lm import LMData, corpus_spans, seeded_model, write_data_json
+from ctxlm.pretrain.causal_lm import LMData, corpus_spans, starting_model, write_data_json
 from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus
 from ctxlm.runlog import last_validation
 from ctxlm.textfiles import find_text_files, read_documents
@@ -138,15 +138,20 @@ def tokenize_words(path: Path, tokenizer: CharTokenizer) -> TokenizedCorpus:
 
 def pretrain_bilm(data: LMData, run_dir: str | Path, config: ElmoConfig, train: TrainConfig, *,
                   block_size: int = 256, batch_size: int = 16, tokenizer: CharTokenizer | None = None,
-                  resume: bool = False, eval_batches: int = 50) -> ElmoLanguageModel:
+                  resume: bool = False, eval_batches: int = 50,
+                  init: ElmoLanguageModel | None = None) -> ElmoLanguageModel:
     """Pretrain an ELMo biLM on raw text; the model (with its word list) ends in run_dir/checkpoint.
 
     Batches are contiguous windows of block_size + 1 words (each direction scores block_size of them); each
     sequence starts from zero LSTM states. Validation reports each direction's loss and perplexity
     (valid_forward_perplexity, valid_backward_perplexity in metrics.jsonl), printed at the end.
+
+    `init`: continue this model (a checkpoint's, its config `config`): its word list, extended with the corpus's
+    new words (read by their characters, outside the softmax), instead of a new one.
     """
     run_dir = Path(run_dir)
-    tokenizer = bilm_tokenizer(data, run_dir, config, given=tokenizer, resume=resume)
+    tokenizer = bilm_tokenizer(data, run_dir, config, given=init.tokenizer if init is not None else tokenizer,
+                               resume=resume)
 
     train_span, valid_span = corpus_spans(data, lambda path: tokenize_words(path, tokenizer))
     rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows
@@ -156,7 +161,7 @@ def pretrain_bilm(data: LMData, run_dir: str | Path, config: ElmoConfig, train: 
           f"({len(train_batches):,} batches of {rows}x{block_size + 1} per epoch); {len(tokenizer.words):,} "
           f"distinct words, softmax over {tokenizer.vocab_size:,}")
 
-    model = seeded_model(config, tokenizer, train.seed)
+    model = starting_model(config, tokenizer, train.seed, init)
     clipped = "clipped step-by-step LSTM" if config.cell_clip is not None or config.proj_clip is not None \
         else "fused nn.LSTM"
     print(f"model: elmo, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {clipped}")

@@ -119,14 +119,27 @@ def seeded_model(config, tokenizer, seed: int) -> nn.Module:
     return model
 
 
+def starting_model(config, tokenizer, seed: int, init: nn.Module | None) -> nn.Module:
+    """The model a run trains: `init` (a checkpoint's, see `ctxlm.pretrain.init.start_from`, whose config is
+    `config`) with the run's tokenizer, or else the family's freshly initialised model."""
+    if init is None:
+        return seeded_model(config, tokenizer, seed)
+    init.tokenizer = tokenizer
+    return init.train()
+
+
 def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfig, train: TrainConfig, *,
                        block_size: int = 256, batch_size: int = 16, tokenizer: Tokenizer | None = None,
-                       resume: bool = False, eval_batches: int = 50) -> nn.Module:
-    """Pretrain a GPT / GPT-2 on raw text; the model (with its tokenizer) ends in run_dir/checkpoint."""
+                       resume: bool = False, eval_batches: int = 50, init: nn.Module | None = None) -> nn.Module:
+    """Pretrain a GPT / GPT-2 on raw text; the model (with its tokenizer) ends in run_dir/checkpoint.
+
+    `init`: continue this model (a checkpoint's, with its tokenizer; `model_config` is its config) instead of
+    a freshly initialised one."""
     run_dir = Path(run_dir)
     if block_size > model_config.max_positions:
         raise UserError(f"block size {block_size} exceeds the model's {model_config.max_positions} positions")
-    tokenizer = run_tokenizer(data, run_dir, model_config, given=tokenizer, resume=resume)
+    tokenizer = init.tokenizer if init is not None else run_tokenizer(data, run_dir, model_config, given=tokenizer,
+                                                                       resume=resume)
 
     train_span, valid_span = corpus_spans(data, lambda path: tokenize(path, tokenizer))
     rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows
@@ -135,7 +148,7 @@ def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfi
     print(f"corpus: {len(train_span):,} training tokens, {len(valid_span):,} validation tokens "
           f"({len(train_batches):,} batches of {rows}x{block_size} per epoch)")
 
-    model = seeded_model(model_config, tokenizer, train.seed)
+    model = starting_model(model_config, tokenizer, train.seed, init)
     print(f"model: {model_config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     write_data_json(run_dir, data, block_size=block_size, batch_size=batch_size)
     trainer = Trainer(model, causal_lm_objective, train_batches.batch, train, run_dir,

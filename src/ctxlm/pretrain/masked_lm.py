@@ -34,8 +34,7 @@ from torch import Tensor, nn
 
 from ctxlm import distributed
 from ctxlm.errors import UserError
-from ctxlm.models import build_model
-from ctxlm.pretrain.causal_lm import run_tokenizer
+from ctxlm.pretrain.causal_lm import run_tokenizer, starting_model
 from ctxlm.textfiles import read_documents
 from ctxlm.train import Trainer
 
@@ -459,7 +458,8 @@ def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
 
     The model is called as `model(ids, mask=, segments=, masked_positions=)` and returns `.mlm_logits` for the
     chosen positions only, (n_chosen, vocab), which skips 85 % of the vocabulary projection, and `.nsp_logits`
-    (batch, 2). Metrics are detached scalar tensors: nothing here waits for the device.
+    (batch, 2). A model without a next-sentence head (`.nsp_logits` None: a checkpoint continued without one)
+    trains the masked LM alone. Metrics are detached scalar tensors: nothing here waits for the device.
     """
     device = next(model.parameters()).device
     batch = {name: value.to(device) for name, value in batch.items()}
@@ -467,29 +467,34 @@ def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
     out = model(batch["ids"], mask=batch["mask"], segments=batch["segments"], masked_positions=chosen)
     targets = batch["mlm_labels"][chosen]
     mlm_loss = F.cross_entropy(out.mlm_logits.float(), targets)
+    with torch.no_grad():
+        metrics = {"mlm_loss": mlm_loss.detach(),
+                   "mlm_accuracy": (out.mlm_logits.argmax(-1) == targets).float().mean()}
+    if out.nsp_logits is None:
+        return mlm_loss, metrics
     nsp_loss = F.cross_entropy(out.nsp_logits.float(), batch["nsp_labels"])
     with torch.no_grad():
-        metrics = {
-            "mlm_loss": mlm_loss.detach(), "nsp_loss": nsp_loss.detach(),
-            "mlm_accuracy": (out.mlm_logits.argmax(-1) == targets).float().mean(),
-            "nsp_accuracy": (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean(),
-        }
+        metrics |= {"nsp_loss": nsp_loss.detach(),
+                    "nsp_accuracy": (out.nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean()}
     return mlm_loss + nsp_loss, metrics
 
 
 # -- the job ----------------------------------------------------------------------------------------------------
 def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_length: int = 128,
                        batch_size: int = 32, tokenizer=None, resume: bool = False, whole_word: bool = False,
-                       dupe_factor: int = 1, eval_batches: int = 50) -> nn.Module:
+                       dupe_factor: int = 1, eval_batches: int = 50, init: nn.Module | None = None) -> nn.Module:
     """Pretrain a BERT by masked LM + next-sentence prediction; the model ends in run_dir/checkpoint.
 
     `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
-    documents are held out.
+    documents are held out. `init`: continue this model (a checkpoint's, with its tokenizer and a masked-LM
+    head; `model_config` is its config) instead of a freshly initialised one; without a next-sentence head
+    (`nsp_head` false) it trains the masked LM alone.
     """
     run_dir = Path(run_dir)
     if max_length > model_config.max_positions:
         raise UserError(f"max length {max_length} exceeds the model's {model_config.max_positions} positions")
-    tokenizer = run_tokenizer(data, run_dir, model_config, given=tokenizer, resume=resume)
+    tokenizer = init.tokenizer if init is not None else run_tokenizer(data, run_dir, model_config, given=tokenizer,
+                                                                       resume=resume)
     vocab = Vocabulary.of(tokenizer)
 
     documents = load_documents(data.train, tokenizer.encode_batch)
@@ -508,12 +513,13 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     print(f"corpus: {train_pairs.describe()} ({len(train_batches):,} batches of {rows} per epoch); "
           f"validation: {valid_pairs.describe()}")
 
-    torch.manual_seed(train.seed)
-    model = build_model(model_config)
-    model.tokenizer = tokenizer
-    print(f"model: bert, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    model = starting_model(model_config, tokenizer, train.seed, init)
+    objectives = "masked LM + next sentence" if model_config.nsp_head else "masked LM (no next-sentence head)"
+    print(f"model: bert, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {objectives}")
+    # A pooler without the next-sentence head gets no gradient: DDP must be told.
     trainer = Trainer(model, mlm_nsp_objective, train_batches.batch, train, run_dir,
                       eval_batches=lambda: valid_batches.eval_batches(eval_batches),
-                      tokens_per_batch=int(train_pairs.lengths().mean() * batch_size))
+                      tokens_per_batch=int(train_pairs.lengths().mean() * batch_size),
+                      find_unused_parameters=model_config.pooler and not model_config.nsp_head)
     trainer.fit(resume=resume)
     return model

@@ -40,7 +40,7 @@ from ctxlm import distributed
 from ctxlm.checkpoint import has_tokenizer, load_tokenizer, read_safetensors_header
 from ctxlm.errors import UserError
 from ctxlm.paths import cache_root
-from ctxlm.pretrain.causal_lm import LMData, corpus_spans, seeded_model, tokenize, write_data_json
+from ctxlm.pretrain.causal_lm import LMData, corpus_spans, starting_model, tokenize, write_data_json
 from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan
 from ctxlm.runlog import last_validation
 from ctxlm.textfiles import find_text_files
@@ -274,7 +274,7 @@ def xl_tokenizer(data: LMData, run_dir: Path, config, *, given, resume: bool, vo
 def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *, tgt_len: int = 128,
                 batch_size: int = 16, tokenizer=None, resume: bool = False, eval_mem_len: int | None = None,
                 eval_batches: int | None = None, eval_streams: int | None = None,
-                vocab_size: int | None = None) -> nn.Module:
+                vocab_size: int | None = None, init: nn.Module | None = None) -> nn.Module:
     """Pretrain a Transformer-XL on raw text with segment-level recurrence; the model (with its tokenizer) ends in
     run_dir/checkpoint.
 
@@ -283,12 +283,14 @@ def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *
     `batch_size`; `eval_batches` segments at most, default all) with memory `eval_mem_len` (default the
     training's); its per-token perplexity is `valid_perplexity` in metrics.jsonl. Without `tokenizer` a word
     list is trained on the training text: `vocab_size` words (default every word), so perplexity is per word.
+    `init`: continue this model (a checkpoint's, its config `config`) and its tokenizer instead.
     """
     if distributed.world_size() > 1:
         raise UserError("Transformer-XL pretraining runs in one process: its memory streams are not split between "
                         "processes yet (start it without torchrun)")
     run_dir = Path(run_dir)
-    tokenizer = xl_tokenizer(data, run_dir, config, given=tokenizer, resume=resume, vocab_size=vocab_size)
+    tokenizer = xl_tokenizer(data, run_dir, config, given=init.tokenizer if init is not None else tokenizer,
+                             resume=resume, vocab_size=vocab_size)
     train_span, valid_span = corpus_spans(data, lambda path: tokenize_stream(path, tokenizer))
     batches = StreamBatches(train_span, tgt_len, batch_size)
     eval_mem_len = config.mem_len if eval_mem_len is None else eval_mem_len
@@ -298,7 +300,7 @@ def pretrain_xl(data: LMData, run_dir: str | Path, config, train: TrainConfig, *
           f"segments of {batch_size}x{tgt_len} per epoch, memory {config.mem_len} in training, "
           f"{eval_mem_len} in evaluation)")
 
-    model = seeded_model(config, tokenizer, train.seed)
+    model = starting_model(config, tokenizer, train.seed, init)
     print(f"model: transformer-xl, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     write_data_json(run_dir, data, tgt_len=tgt_len, batch_size=batch_size, mem_len=config.mem_len,
                     eval_mem_len=eval_mem_len, eval_streams=streams)
