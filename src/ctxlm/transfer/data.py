@@ -277,18 +277,34 @@ class BuiltinTask:
     read: Callable[[], Splits]
     regression: bool = False
     order_matters: bool = True  # pair tasks: see TaskSpec
+    # the training split alone, where it has files of its own (else `read()`'s first split): pretraining text
+    read_train: Callable[[], list[Example]] | None = None
+
+    def train_examples(self) -> list[Example]:
+        """The training split, labels as written; a task whose training split has files of its own reads no
+        other file."""
+        return self.read_train() if self.read_train is not None else self.read()[0]
+
+
+def _glue_task(name: str, kind: str, metrics: tuple[str, ...], layout: _Glue, train: str = "train.tsv",
+               **options) -> BuiltinTask:
+    """A GLUE task, whose training split is a file of its own (`BuiltinTask.read_train`)."""
+    return BuiltinTask(kind, metrics, _glue(name, layout, train),
+                       read_train=lambda: layout.read(dataset_path(name, train)), **options)
 
 
 TASKS: dict[str, BuiltinTask] = {
-    "sst2": BuiltinTask("single", ("accuracy",), _glue("sst2", _Glue(2, (0,), 1), train="train.tsv.gz")),
-    "mrpc": BuiltinTask("pair", ("f1", "accuracy"), _glue("mrpc", _Glue(5, (3, 4), 0)), order_matters=False),
-    "stsb": BuiltinTask("pair", ("spearman", "pearson"), _glue("stsb", _Glue(10, (7, 8), 9)), True,
-                        order_matters=False),
-    "rte": BuiltinTask("pair", ("accuracy",), _glue("rte", _Glue(4, (1, 2), 3))),
-    "cola": BuiltinTask("single", ("mcc", "accuracy"), _glue("cola", _Glue(4, (3,), 1, header=False))),
-    "conll2003": BuiltinTask("tag", ("entity_f1", "accuracy"), _read_conll),
-    "copa": BuiltinTask("choice", ("accuracy",), _read_copa),
-    "arc_easy": BuiltinTask("choice", ("accuracy",), _read_arc),
+    "sst2": _glue_task("sst2", "single", ("accuracy",), _Glue(2, (0,), 1), train="train.tsv.gz"),
+    "mrpc": _glue_task("mrpc", "pair", ("f1", "accuracy"), _Glue(5, (3, 4), 0), order_matters=False),
+    "stsb": _glue_task("stsb", "pair", ("spearman", "pearson"), _Glue(10, (7, 8), 9), regression=True,
+                       order_matters=False),
+    "rte": _glue_task("rte", "pair", ("accuracy",), _Glue(4, (1, 2), 3)),
+    "cola": _glue_task("cola", "single", ("mcc", "accuracy"), _Glue(4, (3,), 1, header=False)),
+    "conll2003": BuiltinTask("tag", ("entity_f1", "accuracy"), _read_conll,
+                             read_train=lambda: _conll(dataset_path("conll2003", "train.txt.gz"))),
+    "copa": BuiltinTask("choice", ("accuracy",), _read_copa),  # train and dev share one file
+    "arc_easy": BuiltinTask("choice", ("accuracy",), _read_arc,
+                            read_train=lambda: _choice_questions(dataset_path("arc_easy", "train.json"))),
     "commonsenseqa": BuiltinTask("choice", ("accuracy",), _read_commonsenseqa),
 }
 
@@ -331,9 +347,11 @@ def _csv_records(path: Path, delimiter: str, columns: list[str]) -> list[tuple[s
     return records
 
 
-def _user_examples(path: Path, options: UserTaskOptions) -> list[Example]:
-    """The examples of a .csv, .tsv or JSON-lines file (optionally gzipped), format by suffix."""
-    columns = [options.text_column, *filter(None, [options.text_pair_column]), options.label_column]
+def _user_examples(path: Path, options: UserTaskOptions, labelled: bool = True) -> list[Example]:
+    """The examples of a .csv, .tsv or JSON-lines file (optionally gzipped), format by suffix. Not `labelled`:
+    the texts alone (label None), and the file needs no label column."""
+    texts = [options.text_column, *filter(None, [options.text_pair_column])]
+    columns = [*texts, options.label_column] if labelled else texts
     suffix = path.name.removesuffix(".gz").rpartition(".")[2].lower()
     if suffix in ("csv", "tsv"):
         records = _csv_records(path, "," if suffix == "csv" else "\t", columns)
@@ -348,15 +366,18 @@ def _user_examples(path: Path, options: UserTaskOptions) -> list[Example]:
         missing = [c for c in columns if c not in record]
         if missing:
             raise UserError(f"{where}: no field {missing[0]!r} (fields: {', '.join(record)})")
-        texts = tuple(record[c] for c in columns[:-1])
-        if not all(isinstance(t, str) for t in texts):
-            raise UserError(f"{where}: the text fields ({', '.join(columns[:-1])}) should be strings")
+        values = tuple(record[c] for c in texts)
+        if not all(isinstance(t, str) for t in values):
+            raise UserError(f"{where}: the text fields ({', '.join(texts)}) should be strings")
+        if not labelled:
+            examples.append(Example(values, None, where))
+            continue
         label = record[options.label_column]
         if label is None or str(label).strip() == "":
             raise UserError(f"{where}: no label in {options.label_column!r}")
         if not isinstance(label, str | int | float):  # bool is an int
             raise UserError(f"{where}: label {label!r} in {options.label_column!r} should be a string or a number")
-        examples.append(Example(texts, str(label).strip(), where))
+        examples.append(Example(values, str(label).strip(), where))
     return _nonempty(path, examples)
 
 
@@ -364,12 +385,21 @@ def _read_user(path: Path, options: UserTaskOptions) -> Splits:
     train = _user_examples(path, options)
     if options.dev_path:
         return train, _user_examples(Path(options.dev_path), options), None
-    if len(train) < 2:
-        raise UserError(f"{path}: only {len(train)} example, need at least 2 to hold one out as dev "
+    kept, held_out = _user_split(len(train), path)
+    return [train[i] for i in kept], [train[i] for i in held_out], None
+
+
+def _user_split(count: int, path: Path) -> tuple[list[int], list[int]]:
+    """The rows (indices in file order) of a user file without a dev file that finetune trains on and holds out
+    as dev: after a seeded shuffle, the same for every run, the last 10 % (at least one) is dev. Both lists are in
+    the shuffled order, which is finetune's."""
+    if count < 2:
+        raise UserError(f"{path}: only {count} example, need at least 2 to hold one out as dev "
                         f"(or give a dev file)")
-    random.Random(_DEV_SEED).shuffle(train)
-    cut = len(train) - max(1, len(train) // _DEV_FRACTION)
-    return train[:cut], train[cut:], None
+    order = list(range(count))
+    random.Random(_DEV_SEED).shuffle(order)  # the permutation depends on the count alone, not on the rows
+    cut = count - max(1, count // _DEV_FRACTION)
+    return order[:cut], order[cut:]
 
 
 # ---------------------------------------------------------------------------------------------------- labels, load
@@ -435,8 +465,36 @@ def load_task(name: str, *, train_size: int | None = None, seed: int = 0,
         task = TASKS[name]
         data = _task_data(name, task.kind, task.metrics, task.regression, task.read(), task.order_matters)
     else:
-        raise UserError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}, or csv:PATH for your own "
-                        f".csv, .tsv or .jsonl file")
+        raise _unknown_task(name)
     if train_size is not None and train_size < len(data.train):
         data.train = random.Random(seed).sample(data.train, train_size)
     return data
+
+
+def _unknown_task(name: str) -> UserError:
+    return UserError(f"unknown task {name!r}: expected one of {', '.join(TASKS)}, or csv:PATH for your own "
+                     f".csv, .tsv or .jsonl file")
+
+
+def task_texts(name: str, csv_options: UserTaskOptions | None = None) -> list[tuple[str, ...]]:
+    """The texts of a task's training examples, never their labels: text to pretrain on (`ctxlm pretrain --data
+    task:NAME` or `csv:PATH`). One tuple per example, in file order: (text,); a pair's (a, b); a multiple-choice
+    question's (context, *choices); a tagged sentence's (its words joined by spaces,).
+
+    A built-in task's dev and test examples are never among them: where its training split has files of its own
+    (GLUE, CoNLL-2003, ARC), no other file is read. `csv:PATH` reads `csv_options`' text columns and needs no label
+    column; with a dev file (`dev_path`) the whole file is training text, else only the rows that finetune trains
+    on, so pretraining never sees the 10 % that finetune holds out as dev.
+    """
+    if name.startswith("csv:"):
+        options, path = csv_options or UserTaskOptions(), Path(name[4:])
+        examples = _user_examples(path, options, labelled=False)
+        if not options.dev_path:
+            kept, _ = _user_split(len(examples), path)
+            examples = [examples[i] for i in sorted(kept)]
+        return [e.texts for e in examples]
+    if name not in TASKS:
+        raise _unknown_task(name)
+    task = TASKS[name]
+    examples = task.train_examples()
+    return [(" ".join(e.texts),) if task.kind == "tag" else e.texts for e in examples]
