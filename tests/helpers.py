@@ -106,6 +106,19 @@ class Interrupt(Exception):
     """Raised by `train_tiny`'s batches at `stop_at`: as if the process were killed."""
 
 
+def dying_at(batches: type, index: int) -> type:
+    """A subclass of the batch source `batches` whose `batch(index)` raises `Interrupt`: a process killed while
+    it makes that batch (patch it in where a pretraining job builds its batches)."""
+
+    class Killed(batches):
+        def batch(self, i):
+            if i == index:
+                raise Interrupt
+            return super().batch(i)
+
+    return Killed
+
+
 def train_tiny(run_dir: Path, *, stop_at: int | None = None, ctrl_c_at: int | None = None, resume: bool = False,
                steps: int = 12):
     """Train a tiny GPT-2 (vocabulary 50, 4 heads) on `synthetic_batches()` into `run_dir`, with checkpoints every

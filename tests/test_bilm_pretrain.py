@@ -12,7 +12,7 @@ from ctxlm.pretrain.bilm import pretrain_bilm, windows
 from ctxlm.pretrain.causal_lm import LMData
 from ctxlm.pretrain.corpus import BlockBatches, TokenSpan
 from ctxlm.train import TrainConfig
-from helpers import metrics_records, run_cli, tiny_config
+from helpers import Interrupt, dying_at, metrics_records, run_cli, tiny_config
 from tolerances import assert_fp_close
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -70,10 +70,6 @@ def test_perplexities_are_exp_of_the_mean_loss_over_validation_words(trained, co
     assert final["valid_loss"] == pytest.approx((final["valid_forward_loss"] + final["valid_backward_loss"]) / 2)
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
     def run(run_dir, resume=False):
         train = TrainConfig(steps=8, lr=1e-2, warmup_steps=2, eval_every=4, save_every=4, log_every=1)
@@ -82,11 +78,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
 
     reference = run(tmp_path / "a")
 
-    class Killed(BlockBatches):
-        def batch(self, step):
-            if step == 6:
-                raise Interrupt  # as if the process died in step 7; the last checkpoint is step 4
-            return super().batch(step)
+    Killed = dying_at(BlockBatches, 6)  # as if the process died in step 7; the last checkpoint is step 4
 
     with monkeypatch.context() as patch:
         patch.setattr(bilm, "BlockBatches", Killed)

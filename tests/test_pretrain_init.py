@@ -13,7 +13,16 @@ import ctxlm
 from ctxlm.pretrain import causal_lm, job
 from ctxlm.pretrain.corpus import BlockBatches
 from ctxlm.pretrain.init import start_from
-from helpers import assert_user_error, metrics_records, run_cli, tiny, tiny_tokenizer, write_documents
+from helpers import (
+    Interrupt,
+    assert_user_error,
+    dying_at,
+    metrics_records,
+    run_cli,
+    tiny,
+    tiny_tokenizer,
+    write_documents,
+)
 
 GPT_RUN = dict(block_size=16, batch_size=4, lr=3e-3, warmup=5)
 
@@ -124,14 +133,7 @@ def test_an_interrupted_init_run_resumes_exactly(tmp_path, corpus_dir, isolated_
 
     reference = run(tmp_path / "a", init=str(init))
 
-    class Interrupt(Exception):
-        pass
-
-    class Killed(BlockBatches):
-        def batch(self, index):
-            if index == 5:
-                raise Interrupt  # as if the process died in step 6; the last checkpoint is step 4
-            return super().batch(index)
+    Killed = dying_at(BlockBatches, 5)  # as if the process died in step 6; the last checkpoint is step 4
 
     with monkeypatch.context() as patch:
         patch.setattr(causal_lm, "BlockBatches", Killed)

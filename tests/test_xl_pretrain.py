@@ -18,7 +18,7 @@ from ctxlm.pretrain.causal_lm import LMData
 from ctxlm.pretrain.corpus import TokenSpan
 from ctxlm.pretrain.xl import SegmentRecurrence, StreamBatches, eval_segments, evaluate_xl, pretrain_xl
 from ctxlm.train import TrainConfig
-from helpers import metrics_records, run_cli, tiny_config
+from helpers import Interrupt, dying_at, metrics_records, run_cli, tiny_config
 from tolerances import assert_fp_close, fp_close
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
@@ -115,10 +115,6 @@ def test_longer_memory_helps_on_a_repetitive_corpus(trained, corpus_dir):
     assert loss[64] <= loss[0], loss  # more memory than in training does not hurt
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
     def run(run_dir, resume=False):
         train = TrainConfig(steps=8, lr=1e-2, warmup_steps=2, eval_every=4, save_every=4, log_every=1)
@@ -127,11 +123,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
 
     reference = run(tmp_path / "a")
 
-    class Killed(StreamBatches):
-        def batch(self, index):
-            if index == 6:
-                raise Interrupt  # as if the process died in step 7; the last checkpoint is step 4
-            return super().batch(index)
+    Killed = dying_at(StreamBatches, 6)  # as if the process died in step 7; the last checkpoint is step 4
 
     def interrupted(run_dir):
         with monkeypatch.context() as patch:
