@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
 from ctxlm.transfer.config import FinetuneConfig
-from ctxlm.transfer.data import Example, TaskData, TaskSpec, UserTaskOptions, load_task
+from ctxlm.transfer.data import TASKS, Example, TaskData, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.heads import predictions, task_loss
 from ctxlm.transfer.inputs import TaskBatches, encode_examples, label_tensor
 from ctxlm.transfer.model import HeadedModel, TaskModel, discover_tasks
@@ -249,13 +249,16 @@ class ClassificationTask:
         task = task or model.spec.name
         if task == "csv":
             raise UserError("the model was fine-tuned on a user file: name it with --task csv:PATH (and its columns)")
+        mismatch = (f"the model was fine-tuned for {model.spec.name} ({model.spec.kind}, labels "
+                    f"{list(model.spec.labels)}), which does not match task {task!r}")
+        if task in TASKS and TASKS[task].kind != model.spec.kind:  # known before any file is read
+            raise UserError(mismatch)
         data = load_task(task, csv_options=csv_options)
         examples = {"train": data.train, "dev": data.dev, "test": data.test}.get(split)
         if examples is None:
             raise UserError(f"task {task!r} has no labelled {split} split")
         if data.spec.kind != model.spec.kind or data.spec.labels != model.spec.labels:
-            raise UserError(f"the model was fine-tuned for {model.spec.name} ({model.spec.kind}, labels "
-                            f"{list(model.spec.labels)}), which does not match task {task!r}")
+            raise UserError(mismatch)
         model.eval()
         source = _batches(model, examples, batch_size, labelled=True)
         preds, loss = gather_predictions(model, source, next(model.parameters()).device)
