@@ -1,31 +1,41 @@
 """Does pretraining pay? SST-2 dev accuracy against the number of labelled training sentences, for one network
-(a ~5M-parameter GPT-2) started four ways, and for the packaged MiniLM with and without stage 2:
+per family (a ~5M-parameter GPT-2, a ~4M ELMo biLM) started four ways, and for the packaged MiniLM with and
+without stage 2:
 
-  scratch      the same network, random weights;
-  general      pretrained on WikiText-2 + the Project Gutenberg books (their licence headers stripped);
-  general+2    general, then ULMFiT's stage 2: the causal LM continued on SST-2's unlabelled training text;
-  stage2-only  task-adaptive pretraining alone: the causal LM on SST-2's training text from random weights;
-  minilm, minilm+2   the packaged all-MiniLM-L6-v2, and the same after masked-LM on SST-2's training text.
+  scratch        the same network, random weights;
+  general        pretrained on WikiText-2 + the Project Gutenberg books (their licence headers stripped);
+  general+2      general, then ULMFiT's stage 2: its LM objective continued on SST-2's unlabelled training text;
+  general+2dt    the same stage 2 as ULMFiT runs it: discriminative rates (/2.6 per layer group) + slanted
+                 triangular rates (GPT-2 only: the Table 6 comparison);
+  stage2-only    task-adaptive pretraining alone: the LM on SST-2's training text from random weights;
+  minilm, minilm+2   the packaged all-MiniLM-L6-v2, and the same after masked LM on SST-2's training text.
+ELMo's rows carry an "elmo-" prefix.
 
 Every row fine-tunes on the same label subsets (`--train-size N --seed S` draws the same sentences for every
-model) with the same strategy. Stage 2 and the task text never read SST-2's dev split.
+model). A row's recipe (features, full or ulmfit fine-tuning) is chosen on held-out training labels: `select`
+fine-tunes each recipe on 80 % of the 1,000-label subset (seed 0) and scores it on the other 20 %, never on
+SST-2's dev split; stage 2 and the task text never read the dev split either.
 
-    python benchmarks/pretraining_pays.py build --out runs/pays --general-minutes 15 --stage2-minutes 4
+    python benchmarks/pretraining_pays.py build --out runs/pays --general-minutes 60 --stage2-minutes 15
+    python benchmarks/pretraining_pays.py select --out runs/pays
     python benchmarks/pretraining_pays.py table --out runs/pays --sizes 100,300,1000,3000 --seeds 0,1,2
 
 `build` makes the models (in --out, never committed; each step is skipped once done and resumes when
-interrupted); `table` fine-tunes every row at every size and seed (each run's result in results/) and writes
+interrupted); `select` writes selection.md and chosen.json; `table` fine-tunes every row with its chosen recipe
+(or `--recipe R` for all) at every size and seed (each run's result in results/, not run again) and writes
 pays.md and pays.png (accuracy against labels on a log axis, as ULMFiT's Fig. 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import re
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,8 +44,22 @@ import ctxlm
 from ctxlm.checkpoint import is_checkpoint
 from ctxlm.models import build_model
 from ctxlm.paths import cache_root, dataset_path
+from ctxlm.transfer.data import load_task
 
-GPT2_SHAPE = dict(layers=4, dim=256, heads=4, vocab_size=8192, block_size=128, batch_size=16)
+# Each family's general pretraining: its shape, batch and schedule (runs stop on time, so ELMo's rate is constant
+# after a short warm-up, as in elmo_wikitext2.py; its softmax over the corpus' words is adaptive, half the time).
+FAMILIES = {
+    "gpt2": dict(model="gpt2", layers=4, dim=256, heads=4, vocab_size=8192, block_size=128, batch_size=16,
+                 lr=2e-3, warmup=100),
+    "elmo": dict(model="elmo", dim=128, softmax="adaptive", block_size=128, batch_size=32, lr=1e-3, warmup=20,
+                 schedule="constant"),
+}
+# The fine-tuning recipes a row chooses from: feature extraction; full fine-tuning at GPT's rate (§4.1, for 117M
+# parameters) and at a rate for a network 20 times smaller; ULMFiT (gradual unfreezing, discriminative and
+# slanted triangular rates).
+RECIPES = {"features": dict(strategy="features"), "full": dict(strategy="full"),
+           "full-5e-4": dict(strategy="full", lr=5e-4), "ulmfit": dict(strategy="ulmfit", lr=2e-3)}
+SELECT_SIZE, HELD_OUT = 1000, 0.2
 _BODY_START = re.compile(r"\*END\*? ?THE SMALL PRINT|^\*\*\* START OF", re.M)
 _BODY_END = re.compile(r"^End of (the )?Project Gutenberg", re.M | re.I)
 
@@ -78,91 +102,161 @@ def random_copy(source: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def once(run: Path, train) -> None:
+    """Train `run` unless a "done" marker says it was; an interrupted one resumes."""
+    if not (run / "done").exists():
+        train(resume=(run / "checkpoint").exists())
+        (run / "done").touch()  # a later build does not train it further
+
+
 def build(args) -> None:
     out = Path(args.out)
     valid = dataset_path("wikitext2", "valid.txt.gz")
-    general = out / "gpt2-general"
-    if not (general / "done").exists():
-        ctxlm.pretrain("gpt2", general_corpus(), out=general, valid=valid, steps=args.general_steps, lr=2e-3,
-                       warmup=100, max_minutes=args.general_minutes, resume=(general / "checkpoint").exists(),
-                       **GPT2_SHAPE)
-        (general / "done").touch()  # a marker: a later build does not train it further
-    stage2 = dict(data="task:sst2", steps=args.stage2_steps, lr=args.stage2_lr, warmup=20,
-                  max_minutes=args.stage2_minutes, block_size=GPT2_SHAPE["block_size"],
-                  batch_size=GPT2_SHAPE["batch_size"])
-    for name, init in (("gpt2-general+2", general / "checkpoint"),
-                       ("gpt2-stage2-only", random_copy(general / "checkpoint", out / "gpt2-scratch"))):
-        run = out / name
-        if not (run / "done").exists():
-            ctxlm.pretrain(init=str(init), out=run, resume=(run / "checkpoint").exists(), **stage2)
-            (run / "done").touch()
-    run = out / "minilm+2"
-    if args.minilm and not (run / "done").exists():
-        ctxlm.pretrain(init="minilm", out=run, data="task:sst2", steps=args.minilm_stage2_steps, lr=5e-5,
-                       warmup=20, max_minutes=args.stage2_minutes, block_size=64, batch_size=32,
-                       resume=(run / "checkpoint").exists())
-        (run / "done").touch()
+    for family in args.families.split(","):
+        recipe = FAMILIES[family]
+        general = out / f"{family}-general"
+        once(general, partial(ctxlm.pretrain, data=general_corpus(), out=general, valid=valid,
+                              steps=args.general_steps, max_minutes=args.general_minutes, **recipe))
+        stage2 = dict(data="task:sst2", steps=args.stage2_steps, lr=args.stage2_lr, warmup=20,
+                      max_minutes=args.stage2_minutes, block_size=recipe["block_size"],
+                      batch_size=recipe["batch_size"])
+        starts = {"general+2": (general / "checkpoint", {}),
+                  "stage2-only": (random_copy(general / "checkpoint", out / f"{family}-scratch"), {})}
+        if family == "gpt2":  # ULMFiT Table 6: stage 2 with discriminative + slanted rates
+            starts["general+2dt"] = (general / "checkpoint", dict(lr_decay=2.6, schedule="slanted"))
+        for name, (init, extra) in starts.items():
+            run = out / f"{family}-{name}"
+            once(run, partial(ctxlm.pretrain, init=str(init), out=run, **(stage2 | extra)))
+    if args.minilm:
+        run = out / "minilm+2"
+        once(run, partial(ctxlm.pretrain, init="minilm", out=run, data="task:sst2", steps=args.minilm_stage2_steps,
+                          lr=5e-5, warmup=20, max_minutes=args.stage2_minutes, block_size=64, batch_size=32))
 
 
-def rows(out: Path, minilm: bool) -> dict[str, str]:
-    found = {"scratch": out / "gpt2-scratch", "general": out / "gpt2-general" / "checkpoint",
-             "general+2": out / "gpt2-general+2" / "checkpoint",
-             "stage2-only": out / "gpt2-stage2-only" / "checkpoint"}
-    if minilm:
-        found |= {"minilm": "minilm", "minilm+2": out / "minilm+2" / "checkpoint"}
-    return {name: str(path) for name, path in found.items()}
+def rows(out: Path) -> dict[str, str]:
+    """Every row whose model exists: name → what `ctxlm.finetune` loads."""
+    found = {}
+    for family in FAMILIES:
+        prefix = "" if family == "gpt2" else f"{family}-"  # GPT-2's rows keep their first names
+        found[f"{prefix}scratch"] = out / f"{family}-scratch"
+        for name in ("general", "general+2", "general+2dt", "stage2-only"):
+            found[f"{prefix}{name}"] = out / f"{family}-{name}" / "checkpoint"
+    found |= {"minilm": "minilm", "minilm+2": out / "minilm+2" / "checkpoint"}
+    return {name: str(path) for name, path in found.items() if path == "minilm" or is_checkpoint(path)}
+
+
+def held_out_task(out: Path) -> dict:
+    """The 1,000-label subset of seed 0 split 80/20 into csv files: the recipes train on the first part and are
+    scored on the second (a csv task with a dev file)."""
+    folder = out / "select"
+    folder.mkdir(parents=True, exist_ok=True)
+    train = load_task("sst2", train_size=SELECT_SIZE, seed=0).train
+    cut = round(len(train) * (1 - HELD_OUT))
+    for name, part in (("train.csv", train[:cut]), ("held-out.csv", train[cut:])):
+        with open(folder / name, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows((example.texts[0], example.label) for example in part)
+    return dict(task=f"csv:{folder / 'train.csv'}", user_task=dict(dev_path=str(folder / "held-out.csv")))
+
+
+def select(args) -> None:
+    """Fine-tune every row with every recipe on the held-out split; the best held-out accuracy wins."""
+    out = Path(args.out)
+    task = held_out_task(out)
+    chosen, lines = {}, []
+    recipes = {r: RECIPES[r] for r in args.recipes.split(",")} if args.recipes else RECIPES
+    for name, model in pick_rows(out, args.rows).items():
+        scores = {}
+        for recipe, options in recipes.items():
+            result = out / "select" / "results" / f"{name}-{recipe}.json"
+            if not result.exists():
+                metrics = ctxlm.finetune(model=model, seed=0, epochs=args.epochs,
+                                         out=out / "select" / "runs" / name / recipe, **task, **options)
+                result.parent.mkdir(parents=True, exist_ok=True)
+                result.write_text(json.dumps({"accuracy": metrics["dev_accuracy"]}) + "\n")
+            scores[recipe] = json.loads(result.read_text())["accuracy"]
+        chosen[name] = max(scores, key=scores.get)
+        lines.append(f"| {name} | " + " | ".join(f"{100 * s:.1f}" for s in scores.values()) + f" | {chosen[name]} |")
+        print(lines[-1], flush=True)
+    previous = json.loads((out / "chosen.json").read_text()) if (out / "chosen.json").exists() else {}
+    (out / "chosen.json").write_text(json.dumps(previous | chosen, indent=1) + "\n")
+    (out / "selection.md").write_text(
+        f"Held-out accuracy ×100: {SELECT_SIZE} SST-2 training labels (seed 0), trained on "
+        f"{round(SELECT_SIZE * (1 - HELD_OUT))}, scored on {round(SELECT_SIZE * HELD_OUT)}\n\n"
+        f"| model | {' | '.join(recipes)} | chosen |\n|---|{'---:|' * len(recipes)}---|\n" + "\n".join(lines) + "\n")
+
+
+def pick_rows(out: Path, names: str | None) -> dict[str, str]:
+    found = rows(out)
+    if not names:
+        return found
+    missing = [n for n in names.split(",") if n not in found]
+    if missing:
+        raise SystemExit(f"no model for rows {', '.join(missing)} in {out} (run build first); have {', '.join(found)}")
+    return {n: found[n] for n in names.split(",")}
 
 
 def table(args) -> None:
-    """Fine-tune every row (or `--rows`) at every size and seed; a finished run's result is kept in
-    results/ROW-SIZE-SEED.json and not run again, so several `table` processes can share the work."""
+    """Fine-tune every row (or `--rows`) at every size and seed with its chosen recipe (or `--recipe`); a
+    finished run's result is kept in results/ROW-RECIPE-SIZE-SEED.json and not run again, so several `table`
+    processes can share the work."""
     out = Path(args.out)
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     (out / "results").mkdir(parents=True, exist_ok=True)
-    chosen = rows(out, args.minilm)
-    if args.rows:
-        chosen = {name: chosen[name] for name in args.rows.split(",")}
-    for name, model in chosen.items():
+    chosen = json.loads((out / "chosen.json").read_text()) if (out / "chosen.json").exists() else {}
+    for name, model in pick_rows(out, args.rows).items():
+        recipe = args.recipe or chosen.get(name)
+        if recipe is None:
+            raise SystemExit(f"row {name}: no recipe chosen yet (run select, or give --recipe)")
         row_sizes = sizes if not name.startswith("minilm") else [s for s in sizes if s in args.minilm_sizes]
         for size in row_sizes:
             for seed in seeds:
-                tag = "" if args.strategy == "full" else f"-{args.strategy}"
-                result = out / "results" / f"{name}{tag}-{size}-{seed}.json"
+                result = out / "results" / f"{name}-{recipe}-{size}-{seed}.json"
                 if result.exists():
                     continue
                 start = time.perf_counter()
-                metrics = ctxlm.finetune(model=model, task="sst2", strategy=args.strategy, train_size=size,
-                                         seed=seed, epochs=args.epochs,
-                                         out=out / "finetune" / f"{name}{tag}" / f"{size}-{seed}")
-                record = {"row": name, "strategy": args.strategy, "size": size, "seed": seed,
+                metrics = ctxlm.finetune(model=model, task="sst2", train_size=size, seed=seed, epochs=args.epochs,
+                                         out=out / "finetune" / f"{name}-{recipe}" / f"{size}-{seed}",
+                                         **RECIPES[recipe])
+                record = {"row": name, "recipe": recipe, "size": size, "seed": seed,
                           "accuracy": metrics["dev_accuracy"],
                           "minutes": round((time.perf_counter() - start) / 60, 2)}
                 result.write_text(json.dumps(record) + "\n")
-                print(f"{name} {size} labels seed {seed}: {100 * metrics['dev_accuracy']:.1f}", flush=True)
+                print(f"{name} ({recipe}) {size} labels seed {seed}: {100 * metrics['dev_accuracy']:.1f}", flush=True)
     records = [json.loads(f.read_text()) for f in sorted((out / "results").glob("*.json"))]
-    write_table(out, records, sizes, args)
+    write_table(out, records, sizes, chosen)
 
 
-def write_table(out: Path, records: list[dict], sizes: list[int], args) -> None:
-    for r in records:
-        r.setdefault("strategy", "full")
-    names = [(name, strategy) for strategy in dict.fromkeys(r["strategy"] for r in records)
-             for name in rows(out, True) if any(r["row"] == name and r["strategy"] == strategy for r in records)]
-    lines = [f"SST-2 dev accuracy ×100 (mean over the seeds run), {platform.processor() or platform.machine()}", "",
-             "| model | " + " | ".join(f"{s:,} labels" for s in sizes) + " |",
+def write_table(out: Path, records: list[dict], sizes: list[int], chosen: dict[str, str]) -> None:
+    """pays.md: each row with its chosen recipe (mean ± std where several seeds ran), the other recipes measured
+    below; pays.png: the chosen recipes' curves."""
+    order = list(rows(out))
+    keys = sorted({(r["row"], r["recipe"]) for r in records},
+                  key=lambda k: (chosen.get(k[0]) != k[1], order.index(k[0]) if k[0] in order else 99, k[1]))
+    lines = [f"SST-2 dev accuracy ×100 (mean ± std over the seeds run; [n] seeds), "
+             f"{platform.processor() or platform.machine()}", "",
+             "| model (recipe) | " + " | ".join(f"{s:,} labels" for s in sizes) + " |",
              "|---|" + "---:|" * len(sizes)]
     curves = {}
-    for name, strategy in names:
+    for name, recipe in keys:
         cells, curve = [], []
         for size in sizes:
-            values = [r["accuracy"] for r in records
-                      if r["row"] == name and r["strategy"] == strategy and r["size"] == size]
-            cells.append(f"{100 * statistics.mean(values):.1f}" if values else "")
-            if values:
-                curve.append((size, 100 * statistics.mean(values)))
-        curves[f"{name} ({strategy})"] = curve
-        lines.append(f"| {name} ({strategy}) | " + " | ".join(cells) + " |")
+            values = [100 * r["accuracy"] for r in records
+                      if r["row"] == name and r["recipe"] == recipe and r["size"] == size]
+            if not values:
+                cells.append("")
+                continue
+            mean = statistics.mean(values)
+            spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+            cells.append(f"{mean:.1f}{spread} [{len(values)}]")
+            curve.append((size, mean))
+        mark = " ✓" if chosen.get(name) == recipe else ""
+        lines.append(f"| {name} ({recipe}{mark}) | " + " | ".join(cells) + " |")
+        if chosen.get(name) == recipe:
+            curves[name] = curve
+    lines += ["", "✓: the recipe chosen on held-out training labels (selection.md)"]
     (out / "pays.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
@@ -170,23 +264,25 @@ def write_table(out: Path, records: list[dict], sizes: list[int], args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, curve in curves.items():
-        if curve:
-            ax.plot(*zip(*curve, strict=True), marker="o", label=name)
+        if len(curve) > 1:
+            ax.plot(*zip(*curve, strict=True), marker="o", label=f"{name} ({chosen[name]})",
+                    linestyle="--" if name.startswith("elmo") else "-")
     ax.set_xscale("log")
     ax.set_xlabel("labelled training sentences (log scale)")
     ax.set_ylabel("SST-2 dev accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "pays.png", dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["build", "table"])
+    parser.add_argument("stage", choices=["build", "select", "table"])
     parser.add_argument("--out", default="runs/pays")
+    parser.add_argument("--families", default="gpt2,elmo", help="build: which families' rows")
     parser.add_argument("--general-steps", type=int, default=20000)
     parser.add_argument("--general-minutes", type=float, default=60.0)
     parser.add_argument("--stage2-steps", type=int, default=2000)
@@ -197,11 +293,12 @@ def main() -> None:
     parser.add_argument("--minilm-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1000])
     parser.add_argument("--sizes", default="100,300,1000,3000")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--strategy", default="full")
+    parser.add_argument("--recipe", choices=list(RECIPES), help="table: this recipe for every row, not the chosen")
+    parser.add_argument("--recipes", help="select: only these candidates (comma-separated) [default: all]")
     parser.add_argument("--rows", help="only these rows (comma-separated), e.g. scratch,general")
     parser.add_argument("--epochs", type=float, default=None)
     args = parser.parse_args()
-    build(args) if args.stage == "build" else table(args)
+    {"build": build, "select": select, "table": table}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -190,3 +190,32 @@ def test_word_level_families_continue_from_a_checkpoint(monkeypatch, capsys, tmp
     assert_user_error(run_cli(monkeypatch, capsys, "pretrain", "--init", init, "--data", corpus_dir, "--out",
                               tmp_path / "other", "--softmax", "adaptive", "--block-size", 8),
                       "--softmax adaptive", "softmax is full")
+
+
+def test_stage_two_as_ulmfit_runs_it_uses_discriminative_and_slanted_rates(tmp_path, corpus_dir, isolated_cache):
+    """ULMFiT §3.2, stage 2: the top layer group at the peak rate, each group below / 2.6; slanted triangular
+    rates over the run (eq. 3)."""
+    from ctxlm.schedules import slanted_triangular
+    from ctxlm.train import default_param_groups
+
+    general = tmp_path / "general"
+    ctxlm.pretrain(model="gpt2", data=corpus_dir, out=general, steps=4, vocab_size=300, layers=2, dim=32, heads=2,
+                   **GPT_RUN)
+    model = ctxlm.load(general)
+    layer_groups = model.layer_groups()
+    top = len(layer_groups) - 1
+    groups = default_param_groups(model, 0.1, lr=1e-3, lr_decay=2.6)
+    rate_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(rate_of) == len(list(model.parameters()))  # each once
+    for k, group in enumerate(layer_groups):
+        for p in group:  # a tied weight (the LM decoder is the token embedding) sits in its lowest group
+            assert rate_of[id(p)] == pytest.approx(1e-3 / 2.6 ** (top - k))
+    assert max(rate_of.values()) == pytest.approx(1e-3) and min(rate_of.values()) == pytest.approx(1e-3 / 2.6 ** top)
+
+    ctxlm.pretrain(init=str(general), data=corpus_dir, out=tmp_path / "stage2", steps=20, lr=1e-3, lr_decay=2.6,
+                   schedule="slanted", block_size=16, batch_size=4)
+    logged = [r for r in metrics_records(tmp_path / "stage2") if "lr" in r]
+    assert [r["step"] for r in logged] == [10, 20]
+    for r in logged:  # the first group is the embeddings': the lowest rate, at the schedule's value of that step
+        expected = 1e-3 / 2.6 ** top * slanted_triangular(r["step"] - 1, 20, cut_frac=0.1, ratio=32.0)
+        assert r["lr"] == pytest.approx(expected)

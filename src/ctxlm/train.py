@@ -43,11 +43,12 @@ from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_safetensors_header
 from ctxlm.errors import UserError
 from ctxlm.nn.blocks import use_gradient_checkpointing
 from ctxlm.runlog import METRICS_FILE, append_metrics, drop_metrics_after, plot_losses
-from ctxlm.schedules import SHAPES, warmup_decay
+from ctxlm.schedules import SHAPES, slanted_triangular, warmup_decay
 
 Objective = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]
 STATE_FILE = "trainer_state.json"
 PRECISIONS = ("fp32", "bf16")
+SCHEDULES = (*SHAPES, "slanted")
 OPTIMIZER_FILE = "optimizer.safetensors"
 NONFINITE_POLICIES = ("stop", "skip")
 MAX_SKIPPED_IN_A_ROW = 10  # more non-finite steps than this in a row is a diverged run, not a bad batch
@@ -63,7 +64,12 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 6e-4
     warmup_steps: int = 100
-    schedule: str = "cosine"  # "cosine", "linear" (decay to min_lr_ratio * lr after warm-up) or "constant"
+    # "cosine", "linear" (decay to min_lr_ratio * lr after warm-up), "constant", or ULMFiT's "slanted" triangular
+    # rates (eq. 3: cut_frac 0.1, ratio 32; it has its own rise, so warmup_steps is not used)
+    schedule: str = "cosine"
+    # discriminative rates (ULMFiT §3.2, its stage 2 included): the top layer group and whatever is in no group
+    # (an objective's own head) at lr, each group below at the rate of the one above / lr_decay; None: one rate
+    lr_decay: float | None = None
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -91,8 +97,10 @@ class TrainConfig:
     eval_first: bool = False
 
     def validate(self) -> None:
-        if self.schedule not in SHAPES:
-            raise UserError(f"schedule must be one of {', '.join(SHAPES)}, got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.lr_decay is not None and self.lr_decay < 1:
+            raise UserError(f"lr_decay must be at least 1 (each lower layer group trains slower), got {self.lr_decay}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "grad_accum", "eval_every", "save_every", "log_every"):
@@ -121,7 +129,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Multiplier of the base learning rate at optimizer step `step` (0-based): linear warm-up, then decay."""
+    """Multiplier of the base learning rate at optimizer step `step` (0-based): linear warm-up, then decay; or
+    ULMFiT's slanted triangular rates."""
+    if config.schedule == "slanted":
+        return slanted_triangular(step, config.steps, cut_frac=0.1, ratio=32.0)
     return warmup_decay(step, config.steps, warmup_steps=config.warmup_steps, shape=config.schedule,
                         floor=config.min_lr_ratio)
 
@@ -133,10 +144,37 @@ def split_decay(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], lis
     return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
 
 
-def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Every trainable parameter in one of two groups: matrices decay, vectors do not."""
-    decay, no_decay = split_decay(p for p in model.parameters() if p.requires_grad)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def default_param_groups(model: nn.Module, weight_decay: float, *, lr: float | None = None,
+                         lr_decay: float | None = None) -> list[dict]:
+    """Every trainable parameter: matrices decay, vectors do not. With `lr_decay`, one rate per layer group of
+    `model.layer_groups()` (bottom → top): the top group and the parameters in no group at `lr`, each group below
+    at the rate of the one above / lr_decay (ULMFiT's discriminative fine-tuning of the language model)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not lr_decay:
+        decay, no_decay = split_decay(trainable)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if lr is None:
+        raise ValueError("discriminative rates need the peak lr")
+    groups = model.layer_groups()
+    top = len(groups) - 1
+    named = [(f"layer{k}", [p for p in group if p.requires_grad], lr / lr_decay ** (top - k), weight_decay)
+             for k, group in enumerate(groups)]
+    return named_param_groups([*named, ("rest", trainable, lr, weight_decay)])
+
+
+def named_param_groups(named: list[tuple[str, Iterable[nn.Parameter], float, float]]) -> list[dict]:
+    """AdamW groups from (name, parameters, rate, weight decay): each split into "NAME.decay" (matrices) and
+    "NAME.no_decay" (vectors, never decayed). A parameter listed twice (a tied weight) stays in its first group."""
+    seen: set[int] = set()
+    out = []
+    for name, params, rate, decay in named:
+        unique = [p for p in params if id(p) not in seen]
+        seen.update(id(p) for p in unique)
+        matrices, vectors = split_decay(unique)
+        for suffix, part, wd in (("decay", matrices, decay), ("no_decay", vectors, 0.0)):
+            if part:
+                out.append({"params": part, "lr": rate, "weight_decay": wd, "name": f"{name}.{suffix}"})
+    return out
 
 
 def make_optimizer(groups: list[dict], config: TrainConfig) -> torch.optim.AdamW:
@@ -294,7 +332,8 @@ class Trainer:
             self.replicated = torch.compile(self.replicated)
         self.config, self.run_dir, self.eval_batches = config, Path(run_dir), eval_batches
         self.tokens_per_batch, self.evaluator = tokens_per_batch, evaluator
-        self.plan = plan or Plan(default_param_groups(model, config.weight_decay), lambda s: lr_factor(s, config))
+        self.plan = plan or Plan(default_param_groups(model, config.weight_decay, lr=config.lr,
+                                                      lr_decay=config.lr_decay), lambda s: lr_factor(s, config))
         self.optimizer = make_optimizer(self.plan.param_groups, config)
         self.step = 0
         self.window = LogWindow()

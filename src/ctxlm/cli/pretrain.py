@@ -34,6 +34,8 @@ Examples:
   # minilm gets a masked-LM head tied to its token embeddings
   ctxlm pretrain --init minilm --data my_corpus/ --out runs/minilm-tapt --block-size 128 --lr 1e-4 --steps 1000
   ctxlm pretrain --init runs/gpt2-wt2 --data my_corpus/ --out runs/gpt2-tapt --lr 3e-4 --warmup 20
+  # ... as ULMFiT runs it: discriminative rates (each layer group below / 2.6) and slanted triangular rates
+  ctxlm pretrain --init runs/gpt2-wt2 --data task:sst2 --out runs/gpt2-sst2 --lr-decay 2.6 --schedule slanted
   # continue an interrupted run exactly where its last checkpoint left it
   ctxlm pretrain --model gpt2 --data wikitext2 --out runs/gpt2-wt2 --resume
   # data-parallel on 4 GPUs (or CPU processes): each takes 16 rows of a global batch of 64
@@ -84,8 +86,11 @@ Examples:
 @click.option("--steps", default=2000, show_default=True, help="optimizer steps")
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--warmup", default=100, show_default=True, help="warm-up steps")
-@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine",
-              show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant", "slanted"]), default="cosine",
+              show_default=True, help="after --warmup: cosine or linear decay, or constant; slanted: ULMFiT's "
+              "slanted triangular rates (a rise over the first 10 % of the steps, then a linear fall; no --warmup)")
+@click.option("--lr-decay", type=float, help="discriminative rates (ULMFiT's stage 2 uses 2.6 with --schedule "
+              "slanted): the top layer group at --lr, each group below at the rate of the one above / this")
 @click.option("--dropout", type=float, help="[default: 0.1; with --init: the checkpoint's]")
 @click.option("--whole-word-masking", is_flag=True, help="bert: mask all pieces of a chosen word together")
 @click.option("--eval-every", default=200, show_default=True)

@@ -74,7 +74,8 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              softmax: str | None = None, cutoffs: str | list[int] | None = None, block_size: int = 256,
              mem_len: int | None = None, eval_mem_len: int | None = None, batch_size: int = 16, grad_accum: int = 1,
              steps: int = 2000, lr: float = 1e-3, warmup: int = 100, schedule: str = "cosine",
-             dropout: float | None = None, whole_word_masking: bool = False, eval_every: int = 200,
+             lr_decay: float | None = None, dropout: float | None = None, whole_word_masking: bool = False,
+             eval_every: int = 200,
              save_every: int = 200, max_minutes: float | None = None, precision: str = "fp32", compile: bool = False,
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
              deterministic: bool = False, seed: int = 0, resume: bool = False) -> dict[str, Any] | None:
@@ -99,6 +100,7 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
     if resume and init is None:
         init = recorded_init(run_dir)  # a run that continued a checkpoint resumes as one
     train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
+                        lr_decay=lr_decay,
                         eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes,
                         precision=precision, compile=compile, gradient_checkpointing=grad_checkpoint,
                         fsdp=fsdp, device=device, on_nonfinite=on_nonfinite, deterministic=deterministic,

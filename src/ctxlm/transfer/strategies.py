@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ctxlm.errors import UserError
 from ctxlm.nn.peft import add_adapters, add_lora, peft_parameters
 from ctxlm.schedules import slanted_triangular, warmup_decay
-from ctxlm.train import Plan, split_decay
+from ctxlm.train import Plan, named_param_groups
 
 SCHEDULES = ("linear", "cosine", "constant", "slanted")
 SP_NORMS = ("l2", "l1")
@@ -205,15 +205,6 @@ def get_strategy(spec: str) -> Strategy:
     return replace(STRATEGIES[preset], name=spec, **changes)
 
 
-def _unique(params: Iterable[nn.Parameter], seen: set[int]) -> list[nn.Parameter]:
-    out = []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
-
-
 def param_groups(groups: list[list[nn.Parameter]], head: list[nn.Parameter], strategy: Strategy, lr: float, *,
                  weight_decay: float = 0.01, head_lr: float | None = None) -> list[dict]:
     """AdamW parameter groups: one rate per backbone layer group (bottom → top) and one for the head.
@@ -233,15 +224,7 @@ def param_groups(groups: list[list[nn.Parameter]], head: list[nn.Parameter], str
             named.append((f"layer{k}", group, rate, backbone_decay))
     named.append(("head", head, lr if head_lr is None else head_lr, 0.0 if strategy.sp_beta > 0 else weight_decay))
 
-    seen: set[int] = set()
-    out = []
-    for name, params, rate, decay in named:
-        unique = _unique(params, seen)
-        matrices, vectors = split_decay(unique)
-        for suffix, part, wd in (("decay", matrices, decay), ("no_decay", vectors, 0.0)):
-            if part:
-                out.append({"params": part, "lr": rate, "weight_decay": wd, "name": f"{name}.{suffix}"})
-    return out
+    return named_param_groups(named)
 
 
 def freeze(params: Iterable[nn.Parameter]) -> None:
