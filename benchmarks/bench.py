@@ -10,7 +10,12 @@ rounds (common.median_rates). Sections:
   give ctxlm's rate alone. ctxlm's achieved GFLOP/s and its share of the machine's peak come with them
   (benchmarks/flops.py for the count).
 - generate: greedy decoding with a KV cache, batch 1 and 8, ctxlm.generate_ids against transformers' generate().
-- embed: sentence vectors from the packaged MiniLM, ctxlm.embed against sentence-transformers' encode.
+- embed: sentence vectors from the packaged MiniLM, ctxlm.embed in its default precision (auto: bf16 autocast
+  where the CPU or GPU has bf16 units, else fp32) against sentence-transformers' encode and, with the `bench`
+  extra, ONNX Runtime fp32 and dynamic int8 (benchmarks/onnx_embed.py), on SST-2 dev sentences and on long texts;
+  every contender's lowest cosine to ctxlm's fp32 vectors beside its rate. Without onnxruntime its rows say why.
+- precision: GPT-2 and BERT pretraining under bf16 autocast against fp32 (`--precision bf16` / `fp32`): tokens/s
+  and the loss after the same steps from the same start.
 - finetune: a sentence classifier's training step on MiniLM, ctxlm's TaskModel against
   BertForSequenceClassification.
 - memory: what a training step adds at its peak on top of the weights, each contender in a fresh process
@@ -38,7 +43,7 @@ from common import Shape, machine_info, machine_line, measured_peak_gflops, medi
 import ctxlm
 from ctxlm.errors import UserError
 
-SECTIONS = ("pretrain", "generate", "embed", "finetune", "memory", "scaling")
+SECTIONS = ("pretrain", "generate", "embed", "finetune", "memory", "precision", "scaling")
 DEFAULT_SECTIONS = SECTIONS[:-1]
 SIZES = {"tiny": Shape(layers=2, dim=128, heads=2, vocab=8192, block=128, batch=8),
          "small": Shape(layers=4, dim=256, heads=4, vocab=8192, block=256, batch=8)}
@@ -73,6 +78,9 @@ class Row:
     peer: float | None = None
     peer_name: str | None = None
     flops_per_unit: float | None = None  # model FLOPs per token / example, where the formula applies
+    ctxlm_cosine: float | None = None  # embeddings: the lowest cosine of each side's vectors to ctxlm's fp32 ones
+    peer_cosine: float | None = None
+    extra: dict[str, float] | None = None  # other figures of the row (the precision rows' losses)
 
     @property
     def ratio(self) -> float | None:
@@ -211,20 +219,46 @@ def generate_rows(settings: Settings, device: torch.device) -> list[Row]:
     return rows
 
 
-def embed_rows(settings: Settings, device: torch.device) -> list[Row]:
-    import embed_vs_sentence_transformers as embed
+EMBED_PEERS = {"sentence-transformers": "sentence-transformers encode, fp32",
+               "ONNX Runtime fp32": "ONNX Runtime fp32 (optimised graph)",
+               "ONNX Runtime int8": "ONNX Runtime dynamic int8"}
 
+
+def embed_rows(settings: Settings, device: torch.device) -> list[Row]:
+    """ctxlm.embed (its default precision) against each peer on two text sets; alternating rounds of all the
+    contenders, medians; each side's lowest cosine to ctxlm's fp32 vectors."""
+    import embed_vs_sentence_transformers as embed
+    import onnx_embed
+
+    from ctxlm.precision import choose
     from ctxlm.transfer.data import load_task
 
-    texts = [e.texts[0] for e in load_task("sst2").dev][:64 if settings.quick else None]
-    encode = embed.encoders(*embed.load_models(device), EMBED_BATCH)
+    model, reference = embed.load_models(device)
+    encode = embed.encoders(model, reference, EMBED_BATCH)
     contenders = {name: encode[name] for name in ("ctxlm", "sentence-transformers")}
-    for fn in contenders.values():
-        fn(texts)  # warm-up
-    rates = median_rates({name: embed.rate(fn, texts, device) for name, fn in contenders.items()}, settings.rounds)
-    return [Row("embed", f"MiniLM sentence embedding, SST-2 dev ({len(texts)} sentences), batch {EMBED_BATCH}, "
-                "fp32, mean pooling + normalisation", "sentences/s", rates["ctxlm"], rates["sentence-transformers"],
-                "sentence-transformers encode")]
+    why = onnx_embed.missing() if device.type == "cpu" else "ONNX Runtime is measured on the CPU only"
+    if why is None:
+        contenders |= onnx_embed.encoders(model, EMBED_BATCH)
+    choice = choose("auto", device)
+    text_sets = {"SST-2 dev": [e.texts[0] for e in load_task("sst2").dev][:64 if settings.quick else None],
+                 "long texts": embed.long_texts(16 if settings.quick else 200, 225)}
+    rows = []
+    for set_name, texts in text_sets.items():
+        exact = encode["ctxlm fp32"](texts)  # also the first call of each: a warm-up
+        cosine = {name: float((fn(texts).float() * exact).sum(-1).min()) for name, fn in contenders.items()}
+        rates = median_rates({name: embed.rate(fn, texts, device) for name, fn in contenders.items()},
+                             settings.rounds)
+        cut = ", cut at 256 tokens" if set_name == "long texts" else ""
+        label = (f"MiniLM sentence embedding, {set_name} ({len(texts)} texts{cut}), batch {EMBED_BATCH}, mean "
+                 f"pooling + normalisation; ctxlm default: {choice.name}")
+        for peer, peer_label in EMBED_PEERS.items():
+            if peer in rates:
+                rows.append(Row("embed", label, "sentences/s", rates["ctxlm"], rates[peer], peer_label,
+                                ctxlm_cosine=cosine["ctxlm"], peer_cosine=cosine[peer]))
+            else:
+                rows.append(Row("embed", label, "sentences/s", rates["ctxlm"], None, f"{peer_label}: skipped, {why}",
+                                ctxlm_cosine=cosine["ctxlm"]))
+    return rows
 
 
 def finetune_rows(settings: Settings, device: torch.device) -> list[Row]:
@@ -263,9 +297,65 @@ def memory_rows(settings: Settings, device: torch.device) -> list[Row]:
     return rows
 
 
+# -- precision ---------------------------------------------------------------------------------------------------
+
+def precision_rows(settings: Settings, device: torch.device) -> list[Row]:
+    """GPT-2 and BERT pretraining steps under bf16 autocast against fp32, at the first (smallest) size: tokens/s
+    in alternating rounds, and the loss after the same steps (10, or 2 with --quick) from the same weights, batch
+    and dropout masks. The bf16 rate is the `ctxlm` column, fp32 the `peer` one."""
+    import bert_vs_transformers as bert
+    import gpt2_vs_transformers as gpt2
+
+    size, s = next(iter(settings.sizes.items()))
+    steps_for_loss = 2 if settings.quick else 10
+    gx, gy = gpt2.batch(s, device)
+    bb = bert.pretraining_batch(s, device)
+    families = {"GPT-2": (lambda: gpt2.build_ctxlm(s).to(device), lambda m: gpt2.ctxlm_loss(m, gx, gy)),
+                "BERT (MLM + NSP)": (lambda: bert.build_ctxlm(s).to(device), lambda m: bert.ctxlm_loss(m, bb))}
+    rows = []
+    for family, (build, loss_of) in families.items():
+        rates = median_rates({precision: _rate(build(), loss_of, precision, s.batch * s.block, settings.steps)
+                              for precision in ("fp32", "bf16")}, settings.rounds)
+        losses = {precision: _loss_after(build, loss_of, precision, steps_for_loss) for precision in ("fp32", "bf16")}
+        rows.append(Row("precision", f"{family} pretraining, bf16 autocast (ctxlm) vs fp32 (peer), {size} {s.label}; "
+                        f"loss after {steps_for_loss} steps fp32 {losses['fp32']:.4f} / bf16 {losses['bf16']:.4f}",
+                        "tokens/s", rates["bf16"], rates["fp32"], "ctxlm fp32",
+                        extra={"loss_fp32": losses["fp32"], "loss_bf16": losses["bf16"], "loss_steps": steps_for_loss}))
+    return rows
+
+
+def _rate(model, loss_of, precision: str, tokens: int, steps: int) -> Callable[[], float]:
+    return lambda: train_rate(model, _autocast_loss(model, loss_of, precision), tokens, steps)
+
+
+def _autocast_loss(model, loss_of, precision: str) -> Callable[[], torch.Tensor]:
+    device = next(model.parameters()).device
+
+    def loss() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return loss_of(model)
+
+    return loss
+
+
+def _loss_after(build, loss_of, precision: str, steps: int) -> float:
+    """The training loss at step `steps` of a fresh model (seeded, so the same start and dropout masks for both
+    precisions), fused AdamW at 1e-3."""
+    model = build().train()
+    torch.manual_seed(1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    step_loss = _autocast_loss(model, loss_of, precision)
+    for _ in range(steps):
+        loss = step_loss()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 ROWS: dict[str, Callable[[Settings, torch.device], list[Row]]] = {
     "pretrain": pretrain_rows, "generate": generate_rows, "embed": embed_rows, "finetune": finetune_rows,
-    "memory": memory_rows}
+    "memory": memory_rows, "precision": precision_rows}
 
 
 # -- the report --------------------------------------------------------------------------------------------------
@@ -336,14 +426,16 @@ def _number(value: float | None) -> str:
 
 
 def print_rows(rows: list[Row], peak: float, peak_source: str, settings: Settings) -> None:
-    print("\n| measure | unit | ctxlm | peer | ratio | peer is | ctxlm GFLOP/s (% of peak) |")
-    print("|---|---|---:|---:|---:|---|---:|")
+    print("\n| measure | unit | ctxlm | peer | ratio | peer is | ctxlm GFLOP/s (% of peak) | min cosine to fp32, "
+          "ctxlm / peer |")
+    print("|---|---|---:|---:|---:|---|---:|---:|")
     for row in rows:
         gflops = row.gflops
         achieved = "–" if gflops is None else f"{gflops:,.1f} ({100 * gflops / peak:.0f} %)"
         ratio = "–" if row.ratio is None else f"{row.ratio:.2f}x"
+        cosines = " / ".join("–" if c is None else f"{c:.5f}" for c in (row.ctxlm_cosine, row.peer_cosine))
         print(f"| {row.measure} | {row.unit} | {_number(row.ctxlm)} | {_number(row.peer)} | {ratio} "
-              f"| {row.peer_name or '–'} | {achieved} |")
+              f"| {row.peer_name or '–'} | {achieved} | {cosines if row.ctxlm_cosine is not None else '–'} |")
     print(f"\nratio = ctxlm / peer: above 1, ctxlm is faster (rates) or uses more memory (MiB). Rates are medians of "
           f"{settings.rounds} alternating rounds ({settings.steps} timed training step(s) per round after a warm-up"
           f" step){'; --quick: a smoke run, not a measurement' if settings.quick else ''}.")

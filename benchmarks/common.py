@@ -128,11 +128,13 @@ def machine_line(info: dict | None = None) -> str:
             f"{versions}")
 
 
-def measured_peak_gflops(device: torch.device | str, size: int | None = None, repeats: int = 5) -> float:
-    """The fp32 GFLOP/s of a large square matrix product here, best of `repeats`: a peak the BLAS (or cuBLAS)
-    reaches in practice, below the datasheet's (which assumes every unit busy every cycle)."""
+def measured_peak_gflops(device: torch.device | str, size: int | None = None, repeats: int = 5,
+                         dtype: torch.dtype = torch.float32) -> float:
+    """The GFLOP/s of a large square matrix product here in `dtype` (fp32 by default), best of `repeats`: a peak
+    the BLAS (or cuBLAS, or oneDNN for bf16) reaches in practice, below the datasheet's (which assumes every unit
+    busy every cycle)."""
     size = size or (8192 if torch.device(device).type == "cuda" else 2048)
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     timed_rate(lambda: a @ b, 1, device)  # warm-up: threads, allocator, cuBLAS handles
     return max(timed_rate(lambda: a @ b, 2 * size**3, device) for _ in range(repeats)) / 1e9
 

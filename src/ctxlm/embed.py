@@ -10,14 +10,15 @@ token, [CLS] and [SEP] included. The options give the usual feature-based readin
   seen), one vector per word (its first sub-token, or the mean of its sub-tokens), or none.
 
 Inference only: texts are batched by length so that padding wastes little, and the model stops at the highest
-layer asked for. With dtype=torch.bfloat16 the backbone runs under autocast; on MiniLM the vectors keep a cosine
-similarity of at least 0.999 to the float32 ones (tests/test_embed.py checks it). Vectors come back as float32,
-on the CPU, in the order of the input.
+layer asked for. The backbone runs in the precision `ctxlm.precision` picks (dtype="auto", the default): under
+bfloat16 autocast on hardware with bf16 units (AMX or AVX512-BF16 CPUs, Ampere and later GPUs), in float32
+elsewhere; dtype="fp32" / "bf16" force one. On MiniLM the bf16 vectors keep a cosine similarity of at least 0.9999
+to the float32 ones (tests/test_precision.py checks it). Vectors come back as float32, on the CPU, in the order of
+the input.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ctxlm.api import load
@@ -33,6 +35,7 @@ from ctxlm.errors import UserError
 from ctxlm.nn.pooling import POOLINGS
 from ctxlm.nn.pooling import pool as pool_tokens
 from ctxlm.nn.scalar_mix import ScalarMix
+from ctxlm.precision import inference_context
 from ctxlm.tokenizers import Tokenizer
 
 __all__ = ["LAYER_NAMES", "POOLS", "WORD_POOLS", "ScalarMix", "embed"]
@@ -47,7 +50,7 @@ _loaded: dict[str, nn.Module] = {}  # models loaded by name: repeated calls must
 def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.PathLike | nn.Module = "minilm",
           *, layers: str | int | Sequence[int] = "last", pool: str = "mean", word_pool: str = "first",
           normalize: bool = False, batch_size: int = 64, max_length: int | None = None,
-          device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+          device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto",
           progress: bool = False) -> Tensor | list[Tensor]:
     """Contextual vectors of `texts` from `model`'s hidden states.
 
@@ -74,8 +77,9 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     (empty or, but for GPT-2's byte-level vocabulary, whitespace) is read as [CLS] [SEP] by BERT, and as one
     <|endoftext|> (else the start token) by a decoder; with pool="words" it has no words: a (0, D) tensor.
 
-    `device`: where to run, default the model's; another device moves the model there. `dtype`: torch.bfloat16
-    runs the backbone under autocast (see the module docstring). `progress`: a bar over batches.
+    `device`: where to run, default the model's; another device moves the model there. `dtype`: "auto" (bf16
+    autocast where the device has bf16 units, else fp32; see `ctxlm.precision`), "fp32" (also torch.float32 or
+    None) or "bf16" (also torch.bfloat16). `progress`: a bar over batches.
     """
     model = _resolve_model(model)
     config, tokenizer, backbone = model.config, model.tokenizer, model.backbone
@@ -92,9 +96,10 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size={batch_size!r}: expected a positive integer")
     device = _check_device(device, backbone)
-    precision = _autocast(dtype, device)
+    precision = inference_context(dtype, device)  # checked before the texts are tokenized
 
-    tokens = _tokenize(tokenizer, items, presplit=presplit, by_word=pool == "words", encoder=encoder)
+    with record_function("embed: tokenize"):  # the phases are named for torch.profiler (benchmarks/profile_embed.py)
+        tokens = _tokenize(tokenizer, items, presplit=presplit, by_word=pool == "words", encoder=encoder)
     cut = sum(len(t.ids) > max_length for t in tokens)
     if cut:
         dropped = "; words past the cut have no vector" if pool == "words" else ""
@@ -108,23 +113,29 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     # Longest first: equal lengths share a batch (little padding) and an out-of-memory error comes at once.
     order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i].ids))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    # One vector per text: written batch by batch into one ordinary tensor (an inference tensor could not take
+    # part in autograd later, e.g. training a ScalarMix on it). Per word or token: one ordinary copy per text.
+    pooled = torch.empty(len(tokens), *shape) if pool in POOLINGS else None
     results: list[Tensor | None] = [None] * len(tokens)
     was_training = backbone.training
     backbone.eval()  # dropout off; the caller's mode is restored below
     try:
-        for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress, dynamic_ncols=True):
-            vectors = _embed_batch(backbone, [tokens[i] for i in batch], tokenizer.pad_id, choice, pool,
-                                   word_pool, device, precision)
-            for i, vector in zip(batch, vectors, strict=True):
-                # An inference tensor cannot take part in autograd later (e.g. training a ScalarMix on it):
-                # hand back an ordinary copy.
-                vector = vector.clone().unflatten(-1, shape)
-                results[i] = F.normalize(vector, dim=-1) if normalize else vector
+        with precision:  # one autocast region for every batch: each weight is cast once, not once per batch
+            for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress, dynamic_ncols=True):
+                vectors = _embed_batch(backbone, [tokens[i] for i in batch], tokenizer.pad_id, choice, pool,
+                                       word_pool, device)
+                if pooled is not None:
+                    with record_function("embed: pool"):
+                        vectors = vectors.unflatten(-1, shape)
+                        pooled[batch] = F.normalize(vectors, dim=-1) if normalize else vectors
+                    continue
+                for i, vector in zip(batch, vectors, strict=True):
+                    vector = vector.clone().unflatten(-1, shape)
+                    results[i] = F.normalize(vector, dim=-1) if normalize else vector
     finally:
         backbone.train(was_training)
-    if pool in POOLINGS:
-        out = torch.stack(results) if results else torch.empty(0, *shape)
-        return out[0] if single else out
+    if pooled is not None:
+        return pooled[0] if single else pooled
     return results[0] if single else results
 
 
@@ -218,23 +229,27 @@ def _decoder_words(tokenizer: Tokenizer, sentences: list[list[str]], stand_in: i
 
 @torch.inference_mode()
 def _embed_batch(backbone: nn.Module, batch: list[_Tokens], pad_id: int, choice: _LayerChoice, pool: str,
-                 word_pool: str, device: torch.device, precision: contextlib.AbstractContextManager) -> list[Tensor]:
-    """One batch's vectors, each with its features flattened to one axis, on the CPU."""
-    width = max(len(t.ids) for t in batch)
-    ids = torch.tensor([t.ids + [pad_id] * (width - len(t.ids)) for t in batch], device=device)
-    mask = torch.tensor([[True] * len(t.ids) + [False] * (width - len(t.ids)) for t in batch], device=device)
-    # A batch without padding (long texts all cut at max_length, or equal lengths) passes no mask: SDPA then
-    # takes its fused kernel instead of the masked path.
-    padded = any(len(t.ids) < width for t in batch)
-    with precision:
-        hidden = backbone(ids, mask=mask if padded else None, n_blocks=max(choice.indices))
-    per_token = choice.combine(hidden.states).flatten(2)  # (batch, time, features)
-    if pool in POOLINGS:
-        return list(pool_tokens(per_token, mask, pool).cpu())
-    rows = [per_token[b, :len(t.ids)] for b, t in enumerate(batch)]
-    if pool == "none":
-        return [row.cpu() for row in rows]
-    return [_word_vectors(row, t.word_ids, word_pool).cpu() for row, t in zip(rows, batch, strict=True)]
+                 word_pool: str, device: torch.device) -> Tensor | list[Tensor]:
+    """One batch's vectors with their features flattened to one axis, on the CPU: a (batch, features) tensor for
+    cls/mean/last pooling, else one (words or tokens, features) tensor per text. The backbone runs in the caller's
+    autocast, if any; the layers are combined and pooled in float32."""
+    with record_function("embed: pad"):
+        lengths = [len(t.ids) for t in batch]
+        width = max(lengths)
+        ids = torch.tensor([t.ids + [pad_id] * (width - len(t.ids)) for t in batch], device=device)
+        # A batch without padding (long texts all cut at max_length, or equal lengths) passes no mask: SDPA then
+        # takes its fused kernel instead of the masked path.
+        padded = min(lengths) < width
+        mask = torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+    hidden = backbone(ids, mask=mask if padded else None, n_blocks=max(choice.indices))
+    with torch.autocast(device.type, enabled=False), record_function("embed: pool"):
+        per_token = choice.combine(hidden.states).flatten(2)  # (batch, time, features), float32
+        if pool in POOLINGS:
+            return pool_tokens(per_token, mask, pool).cpu()
+        rows = [per_token[b, :n] for b, n in enumerate(lengths)]
+        if pool == "none":
+            return [row.cpu() for row in rows]
+        return [_word_vectors(row, t.word_ids, word_pool).cpu() for row, t in zip(rows, batch, strict=True)]
 
 
 def _word_vectors(states: Tensor, word_ids: list[int | None], how: str) -> Tensor:
@@ -299,14 +314,6 @@ def _check_device(device: str | torch.device | None, backbone: nn.Module) -> tor
         return torch.device(device)
     except (RuntimeError, TypeError):
         raise UserError(f"device={device!r}: expected cpu, cuda, cuda:1, ...") from None
-
-
-def _autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    if dtype == torch.bfloat16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    raise UserError(f"dtype={dtype!r}: expected None, torch.float32 or torch.bfloat16")
 
 
 def _is_int(value: object) -> bool:

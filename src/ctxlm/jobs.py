@@ -28,6 +28,7 @@ from ctxlm.api import load
 from ctxlm.errors import UserError
 from ctxlm.generate import generate
 from ctxlm.paths import cache_root
+from ctxlm.precision import device_of, inference_context
 from ctxlm.pretrain import job
 from ctxlm.train import pick_device
 
@@ -158,7 +159,8 @@ def finetune(model: str, task: str, *, out: str | Path, strategy: str = "full", 
 
     `options`: the fields of `ctxlm.transfer.finetune.FinetuneConfig` (seed, train_size, epochs, batch_size, lr,
     head_lr, max_length, pooling, device, precision, ...); `user_task` (how to read a csv:PATH task) and `squad`
-    as their option classes or as dicts of their fields. `resume` continues an interrupted run from out/checkpoint.
+    as their option classes or as dicts of their fields. `resume` continues an interrupted run from out/checkpoint,
+    which is written at each evaluation (or every `save_every` steps) and every `save_every_minutes` (10).
     """
     from ctxlm.transfer.finetune import finetune as run
 
@@ -201,29 +203,32 @@ def compare(models: list[str], task: str, *, strategies: list[str], seeds: list[
 
 def evaluate(model: str | Path, *, task: str | None = None, split: str = "dev", batch_size: int = 64,
              device: str = "auto", squad_file: str | None = None, holdout_articles: int = 8,
-             csv_options=None) -> dict[str, Any]:
+             csv_options=None, dtype: str | torch.dtype | None = "auto") -> dict[str, Any]:
     """Metrics of a fine-tuned model (its folder) on a labelled split of `task` (default: the task it was
     fine-tuned on; `csv_options` for a csv:PATH task, a dict or `UserTaskOptions`). A question-answering model
     is scored on `squad_file`, whole, or else on finetune's split of the default SQuAD file (`holdout_articles`);
-    its metrics then include the number of "questions"."""
+    its metrics then include the number of "questions". `dtype`: "auto" (bf16 autocast where the device has bf16
+    units, else fp32; see `ctxlm.precision`), "fp32" or "bf16"."""
     import ctxlm.qa  # noqa: F401 - registers question answering's task and model with transfer/
     from ctxlm.transfer.model import load_finetuned
     from ctxlm.transfer.predict import evaluate as run
 
     task_model = load_finetuned(model, device=pick_device(device))
-    return run(task_model, task, split, batch_size=batch_size, squad_file=squad_file,
+    return run(task_model, task, split, batch_size=batch_size, dtype=dtype, squad_file=squad_file,
                holdout_articles=holdout_articles,
                csv_options=_user_task(csv_options) if csv_options is not None else None)
 
 
 def predict(model: str | Path, inputs: Iterable[str] | list[tuple[str, str]], *, n_best: int = 1,
-            batch_size: int = 64, device: str = "auto", source: str = "<inputs>") -> list[dict]:
+            batch_size: int = 64, device: str = "auto", source: str = "<inputs>",
+            dtype: str | torch.dtype | None = "auto") -> list[dict]:
     """Label inputs with a fine-tuned model (its folder): one JSON-ready dict per input.
 
     `inputs` are lines as `ctxlm predict` reads them: a text; "text_a<TAB>text_b" for pair tasks;
     {"context": ..., "choices": [...]} for multiple choice; space-separated words for tagging; for question
     answering {"question": ..., "context": ...}, or (question, context) pairs. A question's dict holds its best
-    answer and, with `n_best` > 1, the n best. `source` names the inputs in error messages."""
+    answer and, with `n_best` > 1, the n best. `source` names the inputs in error messages. `dtype`: as for
+    `evaluate`."""
     import ctxlm.qa  # noqa: F401 - registers question answering's task and model with transfer/
     from ctxlm.transfer.model import TaskModel, load_finetuned
     from ctxlm.transfer.predict import parse_inputs
@@ -235,14 +240,16 @@ def predict(model: str | Path, inputs: Iterable[str] | list[tuple[str, str]], *,
         from ctxlm.qa.finetune import answer_questions, read_pairs
 
         questions = list(inputs) if pairs else _decoded(lambda: read_pairs(inputs, source), source)
-        answers = answer_questions(task_model, questions, n_best=n_best, batch_size=batch_size)
+        with inference_context(dtype, device_of(task_model)):
+            answers = answer_questions(task_model, questions, n_best=n_best, batch_size=batch_size)
         return [{"question": q, **best[0], **({"n_best": best} if n_best > 1 else {})}
                 for (q, _), best in zip(questions, answers, strict=True)]
     if pairs:
         raise UserError(f"questions are for question-answering models; {model} is a {task_model.spec.kind} model")
     examples = _decoded(lambda: parse_inputs(inputs, task_model.spec, source), source)
     return [{"input": list(example.texts), **result}
-            for example, result in zip(examples, run(task_model, examples, batch_size=batch_size), strict=True)]
+            for example, result in zip(examples, run(task_model, examples, batch_size=batch_size, dtype=dtype),
+                                       strict=True)]
 
 
 def _decoded(read, name: str):
@@ -254,16 +261,19 @@ def _decoded(read, name: str):
 
 def zeroshot(model: str | nn.Module, task: str = "squad", *, template: str | None = None,
              data: str | Path | None = None, limit: int | None = 500, seed: int = 0, max_answer_tokens: int = 24,
-             batch_size: int = 16, device: str = "auto", progress: bool = False):
+             batch_size: int = 16, device: str = "auto", progress: bool = False,
+             dtype: str | torch.dtype | None = "auto", out: str | Path | None = None, resume: bool = False):
     """Zero-shot reading comprehension (GPT-2 §3.5): a decoder answers SQuAD questions (`task` "squad") or
     questions after the earlier turns of their conversation ("coqa-style") from a prompt alone, beside a no-model
     heuristic. `data`: a SQuAD or CoQA file (default SQuAD v1.1 dev under $CTXLM_DATA); `limit` questions, a
     seeded sample (None or 0: all). Returns a `ctxlm.qa.zeroshot.Evaluation` (model_metrics, heuristic_metrics,
-    questions, truncated, records())."""
+    questions, truncated, records()). `dtype`: as for `evaluate`. `out`: a JSON-lines file that gets each
+    question's record as the answers come; `resume` continues the one an interrupted run left, after its last
+    complete record (see `ctxlm.qa.zeroshot.evaluate`)."""
     from ctxlm.qa.zeroshot import DEFAULT_TEMPLATE, check_template, evaluate, load_questions
 
     template = check_template(DEFAULT_TEMPLATE if template is None else template, history=task == "coqa-style")
     questions, history = load_questions(task, data, limit=limit or None, seed=seed)
     lm = load(model, device=pick_device(device)) if isinstance(model, str | Path) else model
     return evaluate(lm, questions, history=history, template=template, max_answer_tokens=max_answer_tokens,
-                    batch_size=batch_size, progress=progress)
+                    batch_size=batch_size, progress=progress, dtype=dtype, out=out, resume=resume)

@@ -7,12 +7,16 @@ The trainer knows nothing of model families or tasks. It is given
   exactly the batches the uninterrupted one would have;
 - `eval_batches()`: an iterable of validation batches.
 A checkpoint folder holds the model (config.json + model.safetensors + tokenizer) and the training state
-(optimizer moments as safetensors, step and RNG states as JSON/safetensors), written together atomically.
+(optimizer moments as safetensors, step and RNG states as JSON/safetensors), written together atomically, every
+`save_every` steps and whenever `save_every_minutes` have passed since the last one (so that a kill loses at most
+that much work, however long a step period is), at a stop and at the end. Writing one reads no random number:
+where the checkpoints fall never changes the run.
 
 Under torchrun (`ctxlm.distributed`), `train_batch(i)` and the validation batches are global batches, the same in
 every process, of which each process takes its rows; DDP averages the gradients. Rank 0 alone logs, plots,
 shows progress and writes checkpoints (the optimizer state is replicated, so its copy is the whole state); every
-process resumes from the same checkpoint, and a stop (Ctrl-C, time budget) is agreed on so all stop at one step.
+process resumes from the same checkpoint, and a stop (Ctrl-C, time budget) is agreed on so all stop at one step;
+a checkpoint by time is rank 0's decision, sent to all, so that all write it at the same step.
 With `fsdp` the processes shard the model instead of replicating it: the checkpoint is gathered whole to rank 0
 (the same files), and on resume rank 0 reads it and sends each process its shards.
 """
@@ -42,12 +46,13 @@ from ctxlm import distributed
 from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_safetensors_header, read_weights, recover, save
 from ctxlm.errors import UserError
 from ctxlm.nn.blocks import use_gradient_checkpointing
+from ctxlm.precision import resolve_precision
 from ctxlm.runlog import METRICS_FILE, append_metrics, drop_metrics_after, plot_losses
 from ctxlm.schedules import SHAPES, slanted_triangular, warmup_decay
 
 Objective = Callable[[nn.Module, Any], tuple[Tensor, dict[str, Tensor]]]
 STATE_FILE = "trainer_state.json"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device has bf16 units (ctxlm.precision), else fp32
 SCHEDULES = (*SHAPES, "slanted")
 OPTIMIZER_FILE = "optimizer.safetensors"
 NONFINITE_POLICIES = ("stop", "skip")
@@ -76,10 +81,15 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     eval_every: int = 200
     save_every: int = 200
+    # also checkpoint once this much wall-clock time has passed since the last checkpoint (rank 0's clock decides
+    # for every process), so that a kill loses at most this much work whatever the step period; None: steps only
+    save_every_minutes: float | None = 10.0
     log_every: int = 10
     seed: int = 0
     max_minutes: float | None = None  # stop (and checkpoint) at the first step past this wall-clock budget
-    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast (weights, gradients, AdamW stay fp32)
+    # "bf16": forward and loss under bfloat16 autocast (weights, gradients, AdamW stay fp32); "auto": bf16 where the
+    # device has bf16 units, else fp32 (ctxlm.precision). fp32 stays the default for training (README: Precision).
+    precision: str = "fp32"
     compile: bool = False  # torch.compile the model's forward (the objective must call the model itself)
     gradient_checkpointing: bool = False  # transformer blocks recompute their activations in backward
     # under torchrun: shard parameters, gradients and optimizer moments across the processes (FSDP) instead of
@@ -106,6 +116,9 @@ class TrainConfig:
         for name in ("steps", "grad_accum", "eval_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.save_every_minutes is not None and not self.save_every_minutes > 0:
+            raise UserError(f"save_every_minutes must be positive (or None: by steps only), got "
+                            f"{self.save_every_minutes}")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
         if self.device is not None:
@@ -356,8 +369,9 @@ class Trainer:
         """bfloat16 autocast for the training forward and loss when asked (matrix products in bf16, reductions
         and the optimizer in fp32: about 1.4x faster steps on a CPU with AVX512-BF16, more on GPUs); evaluation
         always runs in fp32, so validation figures compare across precisions."""
-        if self.config.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        dtype = resolve_precision(self.config.precision, self.device)
+        if dtype is not None:
+            return torch.autocast(self.device.type, dtype=dtype)
         return contextlib.nullcontext()
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -396,6 +410,7 @@ class Trainer:
         window.restart_clock()
         last: dict[str, float] = {}
         stopped = False
+        last_save = time.perf_counter()  # checkpoints by time count from the last one (or the start)
         in_a_row = 0  # non-finite steps
         while self.step < config.steps:
             loss, grad_norm, finite = self.train_step()
@@ -408,8 +423,11 @@ class Trainer:
                 in_a_row, window.skipped = in_a_row + 1, window.skipped + 1
                 self.nonfinite(loss, grad_norm, in_a_row, bar)
             out_of_time = config.max_minutes is not None and time.perf_counter() - start > 60 * config.max_minutes
-            # Clocks and Ctrl-Cs differ between processes: a stop anywhere stops all at this step.
-            out_of_time, stopped = distributed.any_rank(out_of_time, interrupted.is_set())
+            # Clocks and Ctrl-Cs differ between processes: a stop anywhere stops all at this step. A checkpoint by
+            # time is rank 0's decision alone, sent to all with the stop flags: every process takes part in it.
+            save_due = (distributed.is_main() and config.save_every_minutes is not None
+                        and time.perf_counter() - last_save >= 60 * config.save_every_minutes)
+            out_of_time, stopped, save_due = distributed.any_rank(out_of_time, interrupted.is_set(), save_due)
             finished = self.step == config.steps or out_of_time or stopped
             if (self.step % config.log_every == 0 or finished) and window.steps:
                 # the mean over every process's rows; one sync per window
@@ -430,8 +448,9 @@ class Trainer:
                 self.log({"step": self.step, **last})
                 self.model.train()
                 window.restart_clock()  # tokens/s counts training time only
-            if self.step % config.save_every == 0 or finished:
-                self.save_state()
+            if self.step % config.save_every == 0 or finished or save_due:
+                self.save_state()  # touches no random state: a checkpoint never changes the run
+                last_save = time.perf_counter()
             if out_of_time:
                 bar.write(f"time budget of {config.max_minutes} min reached at step {self.step}")
             if finished:

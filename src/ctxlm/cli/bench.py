@@ -1,9 +1,9 @@
-"""`ctxlm bench`: ctxlm against transformers and sentence-transformers in
-one table.
+"""`ctxlm bench`: ctxlm against transformers, sentence-transformers and ONNX Runtime in one table.
 
 The measuring code lives in the source checkout's benchmarks/ folder, beside the other side-by-side scripts,
-because it needs the peers (transformers, sentence-transformers), which ctxlm itself never imports. So the
-command runs from a clone (`pip install -e '.[test]'`), and says so when installed from a wheel.
+because it needs the peers (transformers, sentence-transformers; onnxruntime from the `bench` extra), which ctxlm
+itself never imports. So the command runs from a clone (`pip install -e '.[test,bench]'`), and says so when
+installed from a wheel.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ def benchmarks_dir() -> Path:
 
 
 @click.command(epilog="""\b
-Sections (--only): pretrain, generate, embed, finetune, memory [the default: all five], and scaling (its own
-tables: GPT-2 step time and memory against sequence length and width).
+Sections (--only): pretrain, generate, embed (ctxlm's default precision against sentence-transformers and, with
+the bench extra, ONNX Runtime fp32 and int8, with each one's lowest cosine to fp32), finetune, memory, precision
+(bf16 autocast against fp32 pretraining: tokens/s, loss after the same steps) [the default: all six], and scaling
+(its own tables: GPT-2 step time and memory against sequence length and width).
 Examples:
   # the whole table, then the same as JSON for comparing over time
   ctxlm bench --json runs/bench.json
@@ -38,7 +40,7 @@ Examples:
   # the scaling tables (sequence length 128-2048, width 128-768)
   ctxlm bench --only scaling
 """)
-@click.option("--only", "sections", default="pretrain,generate,embed,finetune,memory", show_default=True,
+@click.option("--only", "sections", default="pretrain,generate,embed,finetune,memory,precision", show_default=True,
               help="comma-separated sections to run (scaling runs only when named)")
 @click.option("--quick", is_flag=True, help="1 round of 1 step, fewer tokens and texts: a smoke run, not a "
               "measurement [default: medians of 5 alternating rounds of 5 steps]")
@@ -47,8 +49,9 @@ Examples:
 @click.option("--peak-gflops", type=float, help="the machine's peak fp32 GFLOP/s for the '% of peak' column "
               "[default: measured here, the best of 5 large fp32 matrix products]")
 def bench(sections, quick, device, json_path, peak_gflops) -> None:
-    """Measure ctxlm against transformers and sentence-transformers: pretraining, generation, embedding and
-    fine-tuning rates, peak training memory, with ratios and the share of the machine's peak FLOP/s."""
+    """Measure ctxlm against transformers, sentence-transformers and ONNX Runtime: pretraining, generation,
+    embedding and fine-tuning rates, peak training memory, bf16 against fp32, with ratios and the share of the
+    machine's peak FLOP/s."""
     folder = benchmarks_dir()
     if peak_gflops is not None and peak_gflops <= 0:
         raise UserError(f"--peak-gflops must be positive, got {peak_gflops}")

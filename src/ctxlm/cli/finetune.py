@@ -11,7 +11,15 @@ from pathlib import Path
 import click
 
 from ctxlm import jobs
-from ctxlm.cli.options import deterministic_option, on_nonfinite_option, stacked
+from ctxlm.cli.options import (
+    deterministic_option,
+    inference_precision_option,
+    on_nonfinite_option,
+    save_every_minutes_option,
+    save_every_option,
+    stacked,
+    training_precision_option,
+)
 from ctxlm.errors import UserError
 from ctxlm.runlog import logged_to
 from ctxlm.textfiles import read_text
@@ -81,9 +89,11 @@ def training_options(f, *, strategy: bool = True):
         click.option("--evals-per-epoch", default=1, show_default=True),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)"),
         click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time"),
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-                     help="bf16: training forward under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on "
-                          "GPUs); evaluation stays fp32"),
+        save_every_option(None, "write the checkpoint (OUT/checkpoint, from which an interrupted run resumes) "
+                                "every this many steps, also in the middle of an epoch [default: at each "
+                                "evaluation, i.e. --evals-per-epoch times an epoch]"),
+        save_every_minutes_option(),
+        training_precision_option(),
         on_nonfinite_option(),
         deterministic_option(),
         click.option("--group-by-length", is_flag=True,
@@ -131,13 +141,17 @@ Examples:
   # ... or on the full SQuAD v1.1 training set
   ctxlm finetune --model path/to/bert-base-uncased --task squad --train-file train-v1.1.json --dev-file dev-v1.1.json \\
       --out runs/bert-squad
+  # checkpoints every 500 steps and every 5 minutes; after a crash or kill, the same command with --resume
+  ctxlm finetune --model minilm --task sst2 --save-every 500 --save-every-minutes 5 --out runs/minilm-sst2
+  ctxlm finetune --model minilm --task sst2 --save-every 500 --save-every-minutes 5 --out runs/minilm-sst2 --resume
 """)
 @click.option("--model", required=True, help="model folder, run folder, 'minilm', or a published name (gpt2, ...)")
 @training_options
 @click.option("--seed", default=0, show_default=True, help="seeds the subset, the head, dropout and batch order")
 @click.option("--out", type=click.Path(), required=True,
               help="run folder: model/, metrics.json, metrics.jsonl, loss.png")
-@click.option("--resume", is_flag=True, help="continue an interrupted run from OUT/checkpoint")
+@click.option("--resume", is_flag=True, help="continue an interrupted (killed, stopped) run from OUT/checkpoint: it "
+              "ends with the weights, logged losses and dev figures of a run that was never interrupted")
 @logged_to("out")
 def finetune(out, resume, **options) -> None:
     """Fine-tune a pretrained model on a task with a transfer strategy; report dev (and test) metrics."""
@@ -159,16 +173,17 @@ Examples:
 @click.option("--split", type=click.Choice(["train", "dev", "test"]), default="dev", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@inference_precision_option()
 @click.option("--squad-file", type=click.Path(exists=True, dir_okay=False),
               help="squad: SQuAD-format JSON to score on, whole [default: the held-out articles of the SQuAD v1.1 "
                    "dev file, --split dev, or the others, --split train]")
 @click.option("--holdout-articles", default=8, show_default=True,
               help="squad: articles held out when finetune split the default file")
 @user_task_options
-def evaluate(model, task, split, batch_size, device, squad_file, holdout_articles, **user) -> None:
+def evaluate(model, task, split, batch_size, device, precision, squad_file, holdout_articles, **user) -> None:
     """Metrics of a fine-tuned model on a labelled split."""
     _print_metrics(jobs.evaluate(model, task=task, split=split, batch_size=batch_size, device=device,
-                                 squad_file=squad_file, holdout_articles=holdout_articles,
+                                 dtype=precision, squad_file=squad_file, holdout_articles=holdout_articles,
                                  csv_options=_user_task(user)))
 
 
@@ -191,7 +206,8 @@ Examples:
 @click.option("--n-best", default=1, show_default=True, help="question answering: answers per question")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def predict(model, input_file, question, context, context_file, n_best, batch_size, device) -> None:
+@inference_precision_option()
+def predict(model, input_file, question, context, context_file, n_best, batch_size, device, precision) -> None:
     """Label new inputs with a fine-tuned model, or answer questions about a passage."""
     if question is not None:
         if (context is None) == (context_file is None):
@@ -199,7 +215,7 @@ def predict(model, input_file, question, context, context_file, n_best, batch_si
         inputs = [(question, context if context is not None else read_text(Path(context_file)))]
     else:
         inputs = input_file
-    for record in jobs.predict(model, inputs, n_best=n_best, batch_size=batch_size, device=device,
+    for record in jobs.predict(model, inputs, n_best=n_best, batch_size=batch_size, device=device, dtype=precision,
                                source=getattr(input_file, "name", "<stdin>")):
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -216,7 +232,8 @@ Examples:
               help="comma-separated strategies (see finetune --help)")
 @click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds")
 @click.option("--out", "out", type=click.Path(), required=True,
-              help="folder of runs (finished ones are reused), compare.md, compare.json, compare.png")
+              help="folder of runs (finished ones are reused, interrupted ones resume from their checkpoint), "
+                   "compare.md, compare.json, compare.png")
 @logged_to("out")
 def compare(models, strategies, seeds, out, **options) -> None:
     """Compare transfer strategies (× seeds × backbones) on one task: mean ± std table and plot."""

@@ -7,7 +7,13 @@ import math
 import click
 
 from ctxlm import jobs
-from ctxlm.cli.options import deterministic_option, on_nonfinite_option
+from ctxlm.cli.options import (
+    deterministic_option,
+    on_nonfinite_option,
+    save_every_minutes_option,
+    save_every_option,
+    training_precision_option,
+)
 from ctxlm.pretrain.job import CAUSAL_LM, MASKED_LM
 from ctxlm.runlog import logged_to
 
@@ -94,11 +100,10 @@ Examples:
 @click.option("--dropout", type=float, help="[default: 0.1; with --init: the checkpoint's]")
 @click.option("--whole-word-masking", is_flag=True, help="bert: mask all pieces of a chosen word together")
 @click.option("--eval-every", default=200, show_default=True)
-@click.option("--save-every", default=200, show_default=True, help="checkpoint period in steps")
+@save_every_option(200, "write the checkpoint (OUT/checkpoint, for --resume) every this many steps")
+@save_every_minutes_option()
 @click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: forward and loss under bfloat16 autocast, weights and optimizer in fp32 (about 1.4x "
-              "faster steps on CPUs with AVX512-BF16 or AMX, and on GPUs; evaluation stays fp32)")
+@training_precision_option()
 @click.option("--compile", is_flag=True, help="torch.compile the model (gpt, gpt2, bert: helps on "
               "GPUs; on a 2-core CPU it was slower, see README)")
 @click.option("--grad-checkpoint", is_flag=True, help="transformer blocks recompute their activations in backward: "

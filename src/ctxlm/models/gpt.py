@@ -115,8 +115,10 @@ class GPTLanguageModel(nn.Module):
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return self.backbone.layer_groups()
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        """A KV cache for `batch` rows of up to `max_len` positions, in `dtype` (default the weights'; the autocast
+        dtype when decoding runs under autocast, so that keys and values are not cast again at every step)."""
         c = self.config
         param = self.backbone.embed.tokens.weight
         return KVCache(c.n_layers, batch, c.n_heads, c.dim // c.n_heads, max_len or c.max_positions,
-                       dtype=param.dtype, device=param.device)
+                       dtype=dtype or param.dtype, device=param.device)

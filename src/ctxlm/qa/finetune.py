@@ -70,7 +70,7 @@ def window_logits(model: SpanModel, batches: WindowBatches, device: torch.device
     for batch in tqdm(batches.eval_batches(), desc=desc, total=math.ceil(len(starts) / batches.batch_size),
                       leave=False, dynamic_ncols=True):
         batch = to_device(batch, device)
-        start_logits, end_logits = model(batch)
+        start_logits, end_logits = (logits.float() for logits in model(batch))  # bf16 under autocast inference
         total += float(span_loss(start_logits, end_logits, batch["starts"], batch["ends"])) * len(batch["index"])
         lengths = batch["mask"].sum(1).tolist()
         for row, (i, n) in enumerate(zip(batch["index"].tolist(), lengths, strict=True)):

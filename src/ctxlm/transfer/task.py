@@ -284,7 +284,7 @@ def gather_predictions(logits_of, source: TaskBatches, device: torch.device) -> 
     total = 0.0
     for batch in source.eval_batches():
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = logits_of(batch)
+        logits = logits_of(batch).float()  # bf16 under an autocast inference: metrics from float32
         total += float(task_loss(logits, batch["labels"], spec.kind, spec.regression)) * len(batch["index"])
         predicted = predictions(logits, spec.regression).cpu()
         for row, i in enumerate(batch["index"].tolist()):
