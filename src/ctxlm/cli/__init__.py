@@ -4,7 +4,7 @@ Exit status (see `main()`): 0 success; 1 a user error (bad paths, values, files,
 2 an internal error, i.e. a bug (the traceback, then one line saying so, with the version); 130 interrupted,
 a training run keeping its last checkpoint.
 
-Each command group has its module (pretrain, finetune, embed, generate, models, bench, doctor); every command
+Each command group has its module (pretrain, finetune, embed, generate, models, serve, bench, doctor); every command
 parses its options, calls one function of the Python API (`ctxlm.jobs`, `ctxlm.load`, ...) and prints.
 """
 
@@ -19,7 +19,7 @@ import traceback
 import click
 
 from ctxlm import distributed
-from ctxlm.cli import bench, doctor, embed, finetune, generate, models, pretrain
+from ctxlm.cli import bench, doctor, embed, finetune, generate, models, pretrain, serve
 from ctxlm.errors import UserError
 
 
@@ -52,7 +52,7 @@ def cli(ctx: click.Context) -> None:
 
 
 def _register_commands() -> None:
-    for module in (pretrain, finetune, embed, generate, models, bench, doctor):
+    for module in (pretrain, finetune, embed, generate, models, serve, bench, doctor):
         for command in module.COMMANDS:
             cli.add_command(command)
 

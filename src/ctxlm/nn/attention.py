@@ -3,9 +3,16 @@
 Masks are boolean, True where a query may attend. The model builds one mask per forward pass with
 `build_attention_mask` and every layer reuses it; where SDPA's own `is_causal` flag suffices (no padding, no
 cache offset) no mask is built at all, which lets PyTorch pick its fused kernels.
+
+SDPA never materialises the attention weights. `recording_attention(model)` asks every attention layer of a model
+for them, recomputed as softmax(q k^T * scale + mask) beside SDPA, for one forward pass: an explorer's view, off
+(one attribute test per layer) on the normal path.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +37,7 @@ class TransposedCopy:
     MAX_ROWS = 16
 
     def __init__(self) -> None:
-        self._key: tuple[int, int, int] | None = None
+        self._key: tuple | None = None
         self._copy: Tensor | None = None
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -38,9 +45,11 @@ class TransposedCopy:
         rows = x.numel() // in_features
         if torch.is_grad_enabled() or rows > self.MAX_ROWS or out_features <= in_features:
             return F.linear(x, weight, bias)
-        key = (id(weight), weight.data_ptr(), weight._version)
+        # Under autocast the copy is kept in its dtype (bf16): cast once, not at every decoding step.
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else weight.dtype
+        key = (id(weight), weight.data_ptr(), weight._version, dtype)
         if key != self._key:
-            self._copy, self._key = weight.detach().t().contiguous(), key
+            self._copy, self._key = weight.detach().t().contiguous().to(dtype), key
         x2 = x.reshape(rows, in_features)
         y = torch.mm(x2, self._copy) if bias is None else torch.addmm(bias, x2, self._copy)
         return y.view(*x.shape[:-1], out_features)
@@ -87,14 +96,22 @@ class KVCache:
 
 
 def build_attention_mask(q_len: int, k_len: int, *, causal: bool, key_mask: Tensor | None = None) -> Tensor | None:
-    """(batch or 1, 1, q_len, k_len) boolean mask, or None when SDPA needs none.
+    """(batch or 1, 1, q_len or 1, k_len) boolean mask, or None when SDPA needs none.
 
     The queries are the last `q_len` of `k_len` positions (earlier ones come from a cache). `key_mask` is
     (batch, k_len), True for real tokens and False for padding. A query whose every key is masked (a left-pad
     position) is allowed to see itself, so that softmax never divides by zero; its output is ignored anyway.
+    Without causality every query of a sequence sees the same keys: the mask is then one row per sequence,
+    (batch, 1, 1, k_len), broadcast over the queries (SDPA turns a boolean mask into an additive one in every
+    layer: a (batch, 1, 256, 256) one cost 2-3 % of a MiniLM batch of long texts); a sequence without any real
+    token keeps its first key, as its queries' outputs are ignored anyway.
     """
     if key_mask is None and (not causal or q_len == k_len or q_len == 1):
         return None  # no mask, or SDPA's is_causal (see MultiHeadAttention.forward)
+    if not causal:
+        keys = key_mask.bool()
+        first = torch.arange(k_len, device=keys.device) == 0
+        return (keys | (first & ~keys.any(1, keepdim=True)))[:, None, None, :]
     device = key_mask.device if key_mask is not None else None
     offset = k_len - q_len
     q_pos = torch.arange(offset, k_len, device=device)[:, None]  # absolute position of each query
@@ -119,6 +136,8 @@ class MultiHeadAttention(nn.Module):
         self.qkv = DecodingLinear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
+    record: list[Tensor] | None = None  # set by `recording_attention`: each pass appends its attention weights
+
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
                 layer: int = 0) -> Tensor:
         batch, time, dim = x.shape
@@ -128,6 +147,8 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(layer, k, v)  # (batch, heads, past + time, head_dim)
         # Without a mask, causality is SDPA's flag; build_attention_mask returned None only where that is exact.
         is_causal = self.causal and mask is None and time == k.shape[2] and time > 1
+        if self.record is not None:
+            self.record.append(attention_weights(q, k, mask, is_causal=is_causal))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
         )
@@ -210,6 +231,8 @@ class RelativeMultiHeadAttention(nn.Module):
         self.content_bias = nn.Parameter(torch.zeros(n_heads, head_dim)) if own_biases else None  # u
         self.position_bias = nn.Parameter(torch.zeros(n_heads, head_dim)) if own_biases else None  # v
 
+    record: list[Tensor] | None = None  # set by `recording_attention`: each pass appends its attention weights
+
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor, memory: Tensor | None = None,
                 biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """`x` (batch, q_len, dim), `memory` (batch, past, dim) or None, `positions` (past + q_len, dim) from
@@ -228,6 +251,45 @@ class RelativeMultiHeadAttention(nn.Module):
         scale = self.head_dim ** -0.5
         by_position = relative_shift((q + bias_v[:, None]) @ r.transpose(1, 2)) * scale  # (batch, heads, q, k)
         by_position = by_position.masked_fill(~mask, float("-inf"))
+        if self.record is not None:
+            self.record.append(attention_weights(q + u[:, None], k, scale=scale, bias=by_position))
         y = F.scaled_dot_product_attention(q + u[:, None], k, v, attn_mask=by_position, scale=scale,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, q_len, inner))
+
+
+# ---- attention weights, for looking at them --------------------------------------------------------------------
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, *, is_causal: bool = False,
+                      scale: float | None = None, bias: Tensor | None = None) -> Tensor:
+    """softmax(q k^T * scale + bias) where `mask` (boolean, True = may attend) and `is_causal` allow, else 0: the
+    weights SDPA applies to the values, (batch, heads, q_len, k_len), in float32. `scale` defaults to
+    1/sqrt(head_dim); `bias` is an additive score term (Transformer-XL's position scores, -inf where masked)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias.float()
+    if is_causal:
+        q_len, k_len = scores.shape[-2:]
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1)
+
+
+@contextlib.contextmanager
+def recording_attention(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Inside the block every attention layer of `model` keeps its weights: the list it yields receives one
+    (batch, heads, q_len, k_len) float32 tensor per layer and forward pass, in the order the layers ran (bottom
+    up). Outside it nothing is recorded, and nothing is computed beyond what SDPA does."""
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention | RelativeMultiHeadAttention)]
+    weights: list[Tensor] = []
+    for layer in layers:
+        layer.record = weights
+    try:
+        yield weights
+    finally:
+        for layer in layers:
+            layer.record = None
