@@ -4,6 +4,8 @@
 - `diverged-fsdp`: rank 1 alters one weight before FSDP shards the model (each process keeps a slice of its own
   copy): the sharding must refuse.
 - `interrupt RUN_DIR`: a Ctrl-C reaches rank 1 alone, in step 3; both processes must stop after that step.
+- `timed-saves RUN_DIR`: rank 0's clock runs 100 s a look, rank 1's is the real one: a checkpoint by time (every
+  minute) must come at every step in both processes, rank 0's clock deciding for all.
 Each process reports on stderr (the session silences the stdout of ranks other than 0).
 """
 
@@ -57,7 +59,27 @@ def interrupt(run_dir: str) -> None:
         print(f"rank {distributed.rank()} stopped at step {trainer.step}", file=sys.stderr)
 
 
+def timed_saves(run_dir: str) -> None:
+    from types import SimpleNamespace
+
+    from ctxlm import train
+
+    ids = torch.randint(0, 50, (2000,), generator=torch.Generator().manual_seed(0)).numpy().astype("uint16")
+    batches = BlockBatches(TokenSpan(ids), block_size=16, batch_size=4, seed=0)
+    if distributed.rank() == 0:
+        looks = iter(range(10**6))
+        train.time = SimpleNamespace(perf_counter=lambda: 100.0 * next(looks))  # this process's clock alone
+    config = TrainConfig(steps=6, lr=1e-2, warmup_steps=2, save_every=100, eval_every=100, log_every=1,
+                         save_every_minutes=1.0)
+    trainer = Trainer(tiny_model(), causal_lm_objective, batches.batch, config, run_dir)
+    saved = []
+    save_state = trainer.save_state
+    trainer.save_state = lambda: (saved.append(trainer.step), save_state())
+    trainer.fit()
+    print(f"rank {distributed.rank()} saved at steps {saved}", file=sys.stderr)
+
+
 if __name__ == "__main__":
     with distributed.session():
         {"diverged": diverged, "diverged-fsdp": lambda: diverged(sharded=True),
-         "interrupt": interrupt}[sys.argv[1]](*sys.argv[2:])
+         "interrupt": interrupt, "timed-saves": timed_saves}[sys.argv[1]](*sys.argv[2:])

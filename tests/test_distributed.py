@@ -154,6 +154,15 @@ def test_a_ctrl_c_in_one_process_stops_both_at_the_same_step(tmp_path, cache):
     assert json.loads((tmp_path / "run" / "checkpoint" / "trainer_state.json").read_text())["step"] == 3
 
 
+def test_checkpoints_by_time_follow_rank_0s_clock(cache, tmp_path):
+    """Rank 0's clock alone says when a checkpoint is due (the processes' clocks differ), and every process takes
+    part in writing it: rank 1, whose clock says no, saves at the same steps, and nothing waits forever."""
+    result = torchrun(cache, WORKER, "timed-saves", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} saved at steps [1, 2, 3, 4, 5, 6]" in result.stderr, result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("case", ["diverged", "diverged-fsdp"])
 def test_diverged_processes_are_caught(case, cache):
     """At each checkpoint of a DDP run; before FSDP shards a model, as each process keeps a slice of its copy."""

@@ -3,18 +3,23 @@
 Every reader of text (corpora, task files, vocabularies, SQuAD/CoQA JSON, texts to embed) goes through here, so a
 bad byte is reported the same way wherever it is: `path:line: not valid UTF-8 (byte 0xe9 at column 4), expected
 UTF-8 text`, with advice when the file is UTF-16 or UTF-32 by its byte-order mark.
+
+It also holds the one writer of JSON-lines outputs that a long job writes as it goes (`JsonLinesOutput`: `ctxlm
+zeroshot --out`, `ctxlm embed --output X.jsonl`), which `--resume` continues after the last complete record.
 """
 
 from __future__ import annotations
 
 import gzip
 import itertools
+import json
+import os
 import re
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ctxlm.errors import UserError
 
@@ -184,3 +189,66 @@ def warn_blank(path: str | Path, blank: int, files: int, names: Sequence[str] = 
     if blank:
         some = f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else ""
         warnings.warn(f"{path}: skipped {blank} of {files} files, empty or whitespace only{some}", stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------- outputs written as a job goes
+class JsonLinesOutput:
+    """A JSON-lines file that a job writes record by record as it goes, and that a resumed job continues.
+
+    `write(records)` appends complete lines in one write, then flushes them to disk: a kill leaves complete records
+    and at most one line cut short. With `resume`, `done` holds the complete records already there (none when
+    the file is missing), the cut line is removed from the file, and writing continues after the last complete
+    record: no record twice, none missing. Without `resume` the file starts empty."""
+
+    def __init__(self, path: str | Path, *, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.done: list[dict] = self._complete_records() if resume else []
+        try:
+            # open for the job's whole run (closed by `close`, or leaving the `with` block)
+            self.file: IO[str] = open(self.path, "a" if resume else "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
+
+    def _complete_records(self) -> list[dict]:
+        """The records of the file's complete lines; the file is cut after the last of them."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot read ({err.strerror})") from None
+        end = data.rfind(b"\n") + 1  # a line without its line break is one a kill cut short
+        records = []
+        for number, raw in enumerate(data[:end].split(b"\n")[:-1], 1):
+            try:
+                record = json.loads(decode_line(raw, self.path, number))
+            except json.JSONDecodeError:
+                record = None
+            if not isinstance(record, dict):
+                raise UserError(f"{self.path}:{number}: not a JSON record of this command's output; --resume "
+                                "continues a file the same command wrote: name another file, or drop --resume")
+            records.append(record)
+        if end < len(data):
+            try:
+                os.truncate(self.path, end)
+            except OSError as err:
+                raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
+        return records
+
+    def write(self, records: Sequence[dict]) -> None:
+        """Append `records`, one JSON object a line, and flush them to disk."""
+        try:
+            self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write ({err.strerror})") from None
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> JsonLinesOutput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

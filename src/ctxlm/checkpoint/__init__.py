@@ -12,20 +12,21 @@ first renamed to `.NAME.old`; a crash between that rename and the next leaves no
 (`load_checkpoint`, `resolve`) fall back to `.NAME.old`, which the next save (or `recover`) puts back. A save
 killed midway leaves its temporary folder, which loading ignores and the next save on this host removes.
 
-- `atomic`: atomic folder writes (`write_folder`), for any folder.
+- `atomic`: atomic folder writes (`write_folder`) and removals (`remove_folder`), for any folder.
 - `safetensors_checks`: safetensors headers and tensors, checked against a model before any tensor is read.
 - `folder`: the model folder: `save`, `load_checkpoint`, `resolve`, `recover`, the tokenizer files.
 
 The names below are re-exported here; patch a function (in tests) in the module that defines it.
 """
 
-from ctxlm.checkpoint.atomic import write_folder
+from ctxlm.checkpoint.atomic import remove_folder, write_folder
 from ctxlm.checkpoint.folder import (
     CONFIG_FILE,
     TRAINER_STATE_FILE,
     WEIGHTS_FILE,
     has_tokenizer,
     is_checkpoint,
+    is_resumable,
     load_checkpoint,
     load_tokenizer,
     recover,
@@ -45,6 +46,7 @@ from ctxlm.checkpoint.safetensors_checks import (
 
 __all__ = [
     "CONFIG_FILE", "MAX_HEADER_BYTES", "SAFETENSORS_DTYPES", "TRAINER_STATE_FILE", "WEIGHTS_FILE", "check_dtypes",
-    "check_shapes", "has_tokenizer", "is_checkpoint", "load_checkpoint", "load_tokenizer", "load_weights",
-    "read_safetensors_header", "read_weights", "recover", "refuse_pickle", "resolve", "save", "write_folder",
+    "check_shapes", "has_tokenizer", "is_checkpoint", "is_resumable", "load_checkpoint", "load_tokenizer",
+    "load_weights", "read_safetensors_header", "read_weights", "recover", "refuse_pickle", "remove_folder", "resolve",
+    "save", "write_folder",
 ]

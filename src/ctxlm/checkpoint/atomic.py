@@ -60,6 +60,20 @@ def write_folder(target: str | Path, fill: Callable[[Path], None], *,
         _remove(tmp)  # the partial new folder, or (after an exchange) the previous one
 
 
+def remove_folder(target: str | Path) -> None:
+    """Remove the folder `target` (and a `.NAME.old` left beside it) so that it is whole or gone, never half
+    removed: it is first renamed to a temporary sibling, in one atomic rename, which is then deleted. A kill during
+    the deletion leaves that temporary folder, which the next write to `target` on this host removes."""
+    target = Path(os.path.abspath(target))
+    _remove(_old(target))
+    if not os.path.lexists(target):
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
+    os.replace(target, tmp)  # onto the empty folder just made: a name no other write uses
+    _fsync_dir(target.parent)
+    _remove(tmp)
+
+
 def recover(path: str | Path, complete: Callable[[Path], bool]) -> Path:
     """For the process that writes `path`: when `path` is missing because a write was interrupted between its two
     renames, put the last complete folder, `.NAME.old`, back. Returns `path`."""

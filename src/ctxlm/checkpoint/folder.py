@@ -98,6 +98,13 @@ def is_checkpoint(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
+def is_resumable(path: str | Path) -> bool:
+    """Whether `path` (or, while a save is between its two renames, `.NAME.old`) is a training checkpoint, one
+    that `--resume` continues: a model folder with the trainer's state."""
+    folder = resolve(path)
+    return is_checkpoint(folder) and (folder / TRAINER_STATE_FILE).is_file()
+
+
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """Build the model that `path/config.json` describes and fill it from `path/model.safetensors`.
 

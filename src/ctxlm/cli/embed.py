@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import click
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
+from ctxlm.cli.options import inference_precision_option
 from ctxlm.embed import embed as run
 from ctxlm.errors import UserError
-from ctxlm.textfiles import check_json_unicode, decode_line
+from ctxlm.textfiles import JsonLinesOutput, check_json_unicode, decode_line
 
 OUTPUT_SUFFIXES = (".npy", ".safetensors", ".jsonl")
 
@@ -50,14 +54,22 @@ Examples:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--max-length", type=int, help="cut longer texts to this many tokens, with a warning [default: the "
               "model's context]")
-@click.option("--bf16", is_flag=True, help="run the model under bfloat16 autocast (cosine >= 0.999 to float32 "
-              "on MiniLM)")
+@inference_precision_option()
+@click.option("--bf16", is_flag=True, hidden=True, help="the former spelling of --precision bf16")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
 @click.option("--similar", "query", help="print the input texts nearest to this query by cosine, with scores")
 @click.option("--top-k", default=5, show_default=True, help="how many texts --similar prints")
+@click.option("--resume", is_flag=True, help="a .jsonl --output is written as it goes, flushed every 16 batches: "
+              "continue the file of an interrupted run (same input and options) after its last complete record")
 def embed(model, input_path, input_format, output, layers, pool, word_pool, normalize, batch_size, max_length,
-          bf16, device, query, top_k) -> None:
+          precision, bf16, device, query, top_k, resume) -> None:
     """Contextual embeddings of texts: write them to a file, or find the texts nearest to a query."""
+    if bf16:  # the option before --precision existed: still understood, said once
+        if precision == "fp32":
+            raise UserError("--bf16 and --precision fp32 contradict each other; --bf16 is now --precision bf16")
+        click.echo("note: --bf16 is now --precision bf16 (the default, auto, picks bf16 where the hardware has bf16 "
+                   "units)", err=True)
+        precision = "bf16"
     if output is None and query is None:
         raise UserError("give --output (.npy, .safetensors or .jsonl), or --similar QUERY")
     if output is not None:
@@ -66,13 +78,22 @@ def embed(model, input_path, input_format, output, layers, pool, word_pool, norm
         raise UserError("--similar needs one vector per text: --pool cls, mean or last, and --layers other than all")
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: expected a positive integer")
+    streamed = output is not None and Path(output).suffix == ".jsonl"  # written as it goes
+    if resume and not streamed:
+        raise UserError("--resume continues a .jsonl --output, which is written as it goes; .npy and .safetensors "
+                        "files are written once, at the end")
     texts = read_texts(input_path, input_format)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     options = dict(layers=parse_layers(layers), pool=pool, word_pool=word_pool, batch_size=batch_size,
-                   max_length=max_length, device=device, dtype=torch.bfloat16 if bf16 else None)
-    vectors = run(texts, model, normalize=normalize, progress=True, **options)
-    if output is not None:
+                   max_length=max_length, device=device, dtype=precision)
+    if streamed:
+        vectors = write_as_it_goes(Path(output), texts, model, normalize, options, resume=resume,
+                                   keep=query is not None)
+        click.echo(f"wrote the vectors of {len(texts)} texts to {output}")
+    else:
+        vectors = run(texts, model, normalize=normalize, progress=True, **options)
+    if output is not None and not streamed:
         write_vectors(Path(output), texts, vectors)
         what = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else f"the vectors of {len(texts)} texts"
         click.echo(f"wrote {what} to {output}")
@@ -160,6 +181,57 @@ def write_vectors(path: Path, texts: list[str], vectors) -> None:
                     out.write(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n")
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror})") from None
+
+
+CHUNK_BATCHES = 16  # a .jsonl output is written a chunk of this many batches at a time
+
+
+def write_as_it_goes(path: Path, texts: list[str], model: str, normalize: bool, options: dict, *, resume: bool,
+                     keep: bool) -> torch.Tensor | None:
+    """Embed `texts` a chunk at a time (CHUNK_BATCHES batches of consecutive texts, sorted by length within the
+    chunk) and append each chunk's records to the .jsonl file `path`, flushed to disk: a kill loses at most the
+    chunk under way. `resume`: keep the complete records an interrupted run wrote (a last line cut short is
+    written again) and go on after them; the chunks fall where an uninterrupted run's did, so the file ends as
+    that run's would. Returns every vector when `keep` (for --similar), else None."""
+    if options["batch_size"] < 1:
+        raise UserError(f"--batch-size {options['batch_size']}: expected a positive integer")
+    size = CHUNK_BATCHES * options["batch_size"]
+    with JsonLinesOutput(path, resume=resume) as output:
+        done = len(output.done)
+        for number, record in enumerate(output.done, 1):
+            if number > len(texts) or record.get("text") != texts[number - 1]:
+                raise UserError(f"{path}:{number}: not the vectors of input text {number}; --resume continues the "
+                                "file of the same input: name another --output, or drop --resume")
+        kept = [torch.tensor(record["embedding"]) for record in output.done] if keep else None
+        with tqdm(total=len(texts), initial=done, desc="embed", unit="text", dynamic_ncols=True) as bar, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for first in range(done - done % size, len(texts), size):  # the chunk holding text `done` on
+                chunk = texts[first:first + size]
+                vectors = run(chunk, model, normalize=normalize, **options)
+                new = range(max(first, done) - first, len(chunk))
+                output.write([{"text": chunk[i], "embedding": vectors[i].tolist()} for i in new])
+                if kept is not None:
+                    kept += [vectors[i] for i in new]
+                bar.update(len(new))
+    warn_once(caught)
+    return torch.stack(kept) if kept else None
+
+
+def warn_once(caught: list[warnings.WarningMessage]) -> None:
+    """The chunks' warnings, each once; "N of M texts are longer ..." added up over the chunks."""
+    counted = re.compile(r"(\d+) of (\d+) texts (.*)", re.DOTALL)
+    once: dict[tuple[type[Warning], str], list[int] | None] = {}  # (category, text) → counts summed, or None
+    for caught_one in caught:
+        category, text = caught_one.category, str(caught_one.message)
+        found = counted.fullmatch(text)
+        if found is None:
+            once.setdefault((category, text), None)
+            continue
+        total = once.setdefault((category, found[3]), [0, 0])
+        total[0], total[1] = total[0] + int(found[1]), total[1] + int(found[2])
+    for (category, text), counts in once.items():
+        warnings.warn(text if counts is None else f"{counts[0]} of {counts[1]} texts {text}", category, stacklevel=3)
 
 
 COMMANDS = [embed]

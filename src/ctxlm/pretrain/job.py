@@ -75,8 +75,8 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              mem_len: int | None = None, eval_mem_len: int | None = None, batch_size: int = 16, grad_accum: int = 1,
              steps: int = 2000, lr: float = 1e-3, warmup: int = 100, schedule: str = "cosine",
              lr_decay: float | None = None, dropout: float | None = None, whole_word_masking: bool = False,
-             eval_every: int = 200,
-             save_every: int = 200, max_minutes: float | None = None, precision: str = "fp32", compile: bool = False,
+             eval_every: int = 200, save_every: int = 200, save_every_minutes: float | None = 10.0,
+             max_minutes: float | None = None, precision: str = "fp32", compile: bool = False,
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
              deterministic: bool = False, seed: int = 0, resume: bool = False) -> dict[str, Any] | None:
     """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl) from scratch on the text `data` (a file,
@@ -92,6 +92,9 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
     before its first step (step 0 in metrics.jsonl): where it starts. `resume` continues such a run from its own
     checkpoint (`init` need not be given again).
 
+    The checkpoint is written every `save_every` steps and once `save_every_minutes` have passed since the last
+    one (None: by steps only), atomically: a kill loses at most that much, and `resume` continues exactly.
+
     Returns {"objective", "model" (the trained model, whole), "run_dir", "checkpoint", "loss_plot", "final" (the
     last validation record of metrics.jsonl, {} if none)}. Under torchrun every process trains; rank 0 alone
     returns the result, the others None.
@@ -100,9 +103,9 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
     if resume and init is None:
         init = recorded_init(run_dir)  # a run that continued a checkpoint resumes as one
     train = TrainConfig(steps=steps, grad_accum=grad_accum, lr=lr, warmup_steps=warmup, schedule=schedule,
-                        lr_decay=lr_decay,
-                        eval_every=eval_every, save_every=save_every, seed=seed, max_minutes=max_minutes,
-                        precision=precision, compile=compile, gradient_checkpointing=grad_checkpoint,
+                        lr_decay=lr_decay, eval_every=eval_every, save_every=save_every,
+                        save_every_minutes=save_every_minutes, seed=seed, max_minutes=max_minutes, precision=precision,
+                        compile=compile, gradient_checkpointing=grad_checkpoint,
                         fsdp=fsdp, device=device, on_nonfinite=on_nonfinite, deterministic=deterministic,
                         eval_first=init is not None)
     train.validate()  # a bad value fails now, not after the tokenizer is trained

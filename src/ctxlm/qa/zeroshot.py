@@ -23,10 +23,11 @@ import random
 import re
 import string
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,11 +35,15 @@ from ctxlm.errors import UserError
 from ctxlm.generate import generate_ids, has_memory
 from ctxlm.paths import dataset_path
 from ctxlm.qa.squad import Question, read_squad, squad_metrics
-from ctxlm.textfiles import check_json_unicode, read_text
+from ctxlm.textfiles import JsonLinesOutput, check_json_unicode, read_text
 
 DEFAULT_TEMPLATE = "{document}\n\n{history}Q: {question}\nA:"
 PLACEHOLDERS = ("document", "history", "question")
 TASKS = ("squad", "coqa-style")
+# Questions go through in chunks of this many batches, in file order, each chunk sorted by length (little padding):
+# answers are written out chunk by chunk, and a resumed run, whose chunks fall where an uninterrupted run's did,
+# batches every question as that run did.
+CHUNK_BATCHES = 16
 
 Turn = tuple[str, str]  # an earlier (question, gold answer) of the same conversation
 
@@ -138,13 +143,23 @@ def check_decoder(model: nn.Module):
 
 def zero_shot(model: nn.Module, questions: Sequence[Question], *, template: str = DEFAULT_TEMPLATE,
               history: Mapping[str, Sequence[Turn]] | None = None, max_answer_tokens: int = 24,
-              batch_size: int = 16, progress: bool = False) -> ZeroShotResult:
+              batch_size: int = 16, progress: bool = False, dtype: str | torch.dtype | None = "auto",
+              done: int = 0, on_answers: Callable[[list[Question], list[str], list[bool]], None] | None = None,
+              ) -> ZeroShotResult:
     """Each question's greedy answer: the continuation of its prompt up to the first line break (or end of
     text, or `max_answer_tokens`), stripped.
 
     `history`: question id → the earlier turns of its conversation (coqa-style; None: none). Prompts longer than
     the model's context minus `max_answer_tokens` are cut as `fit_prompt` says, with a warning. Prompts go
-    through in batches of similar length (less padding), with the KV cache of `ctxlm.generate_ids`.
+    through in batches of similar length (less padding), with the KV cache of `ctxlm.generate_ids`, in the
+    precision `dtype` picks ("auto": bf16 autocast where the device has bf16 units, else fp32; see
+    `ctxlm.precision`).
+
+    The questions go through in chunks of CHUNK_BATCHES batches, in file order; after each chunk
+    `on_answers(questions, answers, truncated)` gets its questions, their answers and whether their prompts were
+    cut, in file order (e.g. to write them out as they come). `done`: the first `done` questions were answered
+    before (a resumed run): they are neither returned nor passed on, and the other answers are those of a run
+    over all the questions.
     """
     tokenizer = check_decoder(model)
     check_template(template, history=history is not None)
@@ -168,18 +183,24 @@ def zero_shot(model: nn.Module, questions: Sequence[Question], *, template: str 
                       f"{model.config.max_positions} tokens less {max_answer_tokens} for the answer: their "
                       "documents were cut, keeping the start", stacklevel=2)
 
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers = [""] * len(prompts)
-    with tqdm(total=len(prompts), desc="zero-shot", unit="question", disable=not progress,
+    answers: dict[int, str] = {}
+    size, cut = CHUNK_BATCHES * batch_size, set(truncated)
+    with tqdm(total=len(prompts), initial=done, desc="zero-shot", unit="question", disable=not progress,
               dynamic_ncols=True) as bar:
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            out = generate_ids(model, [prompts[i] for i in rows], max_new_tokens=max_answer_tokens,
-                               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-            for i, tokens in zip(rows, out.tokens, strict=True):
-                answers[i] = tokenizer.decode(tokens).split("\n")[0].strip()
-            bar.update(len(rows))
-    return ZeroShotResult({q.id: a for q, a in zip(questions, answers, strict=True)}, truncated)
+        for first in range(done - done % size, len(prompts), size):  # the chunk holding question `done` on
+            order = sorted(range(first, min(first + size, len(prompts))), key=lambda i: len(prompts[i]))
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                out = generate_ids(model, [prompts[i] for i in rows], max_new_tokens=max_answer_tokens,
+                                   eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, dtype=dtype)
+                for i, tokens in zip(rows, out.tokens, strict=True):
+                    answers[i] = tokenizer.decode(tokens).split("\n")[0].strip()
+                bar.update(sum(i >= done for i in rows))
+            if on_answers is not None:
+                new = range(max(first, done), first + len(order))
+                on_answers([questions[i] for i in new], [answers[i] for i in new],
+                           [questions[i].id in cut for i in new])
+    return ZeroShotResult({questions[i].id: answers[i] for i in range(done, len(prompts))}, truncated)
 
 
 # ----------------------------------------------------------------------------------------- the heuristic baseline
@@ -479,14 +500,48 @@ class Evaluation:
     def records(self) -> list[dict]:
         """One JSON-ready record per question: what was asked, the gold answers and both predictions."""
         cut = set(self.truncated)
-        return [{"id": q.id, "question": q.question, "gold": q.answer_texts, "model": self.model_answers[q.id],
-                 "heuristic": self.heuristic_answers[q.id], "truncated": q.id in cut} for q in self.questions]
+        return [answer_record(q, self.model_answers[q.id], self.heuristic_answers[q.id], q.id in cut)
+                for q in self.questions]
+
+
+def answer_record(question: Question, model_answer: str, heuristic: str, truncated: bool) -> dict:
+    return {"id": question.id, "question": question.question, "gold": question.answer_texts, "model": model_answer,
+            "heuristic": heuristic, "truncated": truncated}
 
 
 def evaluate(model: nn.Module, questions: Sequence[Question], *,
-             history: Mapping[str, Sequence[Turn]] | None = None, **options) -> Evaluation:
-    """`zero_shot` (`options`: template, max_answer_tokens, batch_size, progress) and `heuristic_answer` on the
-    same questions, for scoring side by side."""
-    result = zero_shot(model, questions, history=history, **options)
+             history: Mapping[str, Sequence[Turn]] | None = None, out: str | Path | None = None,
+             resume: bool = False, **options) -> Evaluation:
+    """`zero_shot` (`options`: template, max_answer_tokens, batch_size, progress, dtype) and `heuristic_answer` on the
+    same questions, for scoring side by side.
+
+    `out`: a JSON-lines file that gets each question's record (as `Evaluation.records` makes them) as its chunk of
+    answers comes, flushed to disk. `resume`: the file is that of an interrupted run over the same questions:
+    its complete records are kept (a last line cut short is dropped), their answers are not asked again, and the
+    file goes on after them as an uninterrupted run would have written it."""
+    questions = list(questions)
     heuristic = {q.id: heuristic_answer(q.question, q.context) for q in questions}
-    return Evaluation(list(questions), result.predictions, heuristic, result.truncated)
+    if out is None:
+        result = zero_shot(model, questions, history=history, **options)
+        return Evaluation(questions, result.predictions, heuristic, result.truncated)
+    with JsonLinesOutput(out, resume=resume) as output:
+        earlier = answers_so_far(output.done, questions, out)
+
+        def write(asked: list[Question], answers: list[str], cut: list[bool]) -> None:
+            output.write([answer_record(q, a, heuristic[q.id], c) for q, a, c in zip(asked, answers, cut, strict=True)])
+
+        result = zero_shot(model, questions, history=history, done=len(earlier), on_answers=write, **options)
+    return Evaluation(questions, earlier | result.predictions, heuristic, result.truncated)
+
+
+def answers_so_far(records: list[dict], questions: list[Question], path: str | Path) -> dict[str, str]:
+    """The model's answers in the records an interrupted run wrote, which must be those of the first questions."""
+    if len(records) > len(questions):
+        raise UserError(f"{path}: holds {len(records)} answers, more than the {len(questions)} questions of this "
+                        "run; --resume continues the same questions: name another --out, or drop --resume")
+    for number, (record, question) in enumerate(zip(records, questions[:len(records)], strict=True), 1):
+        if record.get("id") != question.id or not isinstance(record.get("model"), str):
+            raise UserError(f"{path}:{number}: not the answer to question {number} of this run ({question.id!r}); "
+                            "--resume continues the same questions (--task, --data, --limit, --seed): name "
+                            "another --out, or drop --resume")
+    return {r["id"]: r["model"] for r in records}

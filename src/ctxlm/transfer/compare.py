@@ -1,7 +1,8 @@
 """`ctxlm compare`: models × strategies × seeds on one task → a mean ± std table and a plot.
 
-Each run is an ordinary fine-tuning run folder `OUT/<model>/<strategy>/seed<S>`; one that already holds
-metrics.json is not run again, so an interrupted comparison continues where it stopped.
+Each run is an ordinary fine-tuning run folder `OUT/<model>/<strategy>/seed<S>`; one that finished (its
+metrics.json says so) is not run again, and one that was interrupted resumes from its checkpoint, so an
+interrupted comparison continues where it stopped, inside the run it was in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from ctxlm.checkpoint import is_resumable
 from ctxlm.transfer.config import FinetuneConfig
 from ctxlm.transfer.finetune import finetune
 from ctxlm.transfer.task import task_named
@@ -25,7 +27,8 @@ def model_label(model: str) -> str:
 
 def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seeds: list[int], out: str | Path,
             *, say=print) -> list[dict]:
-    """Run every combination (skipping finished ones); write compare.json, compare.md and compare.png."""
+    """Run every combination (skipping finished ones, resuming interrupted ones from their checkpoint); write
+    compare.json, compare.md and compare.png."""
     out = Path(out)
     rows = []
     for model in models:
@@ -33,11 +36,13 @@ def compare(base: FinetuneConfig, models: list[str], strategies: list[str], seed
             for seed in seeds:
                 run_dir = out / model_label(model) / strategy.replace(":", "_") / f"seed{seed}"
                 done = run_dir / "metrics.json"
-                if done.is_file():
-                    metrics = json.loads(done.read_text())["metrics"]
-                else:
-                    say(f"== {model} · {strategy} · seed {seed}")
-                    metrics = finetune(replace(base, model=model, strategy=strategy, seed=seed), run_dir)
+                metrics = json.loads(done.read_text())["metrics"] if done.is_file() else None
+                if metrics is None or not metrics.get("finished", True):  # not run, or stopped by --max-minutes
+                    resume = is_resumable(run_dir / "checkpoint")  # killed or stopped: continue from there
+                    say(f"== {model} · {strategy} · seed {seed}" + (" (resuming from its checkpoint)" if resume
+                                                                     else ""))
+                    metrics = finetune(replace(base, model=model, strategy=strategy, seed=seed), run_dir,
+                                       resume=resume)
                 rows.append({"model": model_label(model), "strategy": strategy, "seed": seed, **metrics})
     main = "dev_" + task_named(base.task)(base).main_metric
     summary = summarize(rows, main)

@@ -32,6 +32,10 @@ class FinetuneConfig:
     evals_per_epoch: int = 1
     device: str = "auto"
     max_minutes: float | None = None
+    # checkpoints (OUT/checkpoint, for --resume): every `save_every` steps (None: at each evaluation) and once
+    # `save_every_minutes` have passed since the last one (None: by steps only), so a kill loses at most that much
+    save_every: int | None = None
+    save_every_minutes: float | None = 10.0
     precision: str = "fp32"  # "bf16": training forward under bfloat16 autocast (evaluation stays fp32)
     group_by_length: bool = False  # training batches of similar lengths (see inputs.TaskBatches)
     on_nonfinite: str = "stop"  # a NaN/inf step: "stop" or "skip" its update (see TrainConfig)
@@ -40,6 +44,9 @@ class FinetuneConfig:
     # the options of tasks registered from outside transfer/, by task name: {"squad": SquadOptions(...)};
     # metrics.json records each under its name, beside user_task
     task_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_save_every(self.save_every, self.save_every_minutes)
 
     def resolved(self, strategy: Strategy, decoder: bool, *, max_length: int = 128) -> FinetuneConfig:
         """Defaults that depend on the strategy, the backbone and the task (`max_length`: its default): `lr` is the
@@ -55,9 +62,11 @@ class FinetuneConfig:
         return out
 
     def train_config(self, steps: int, lr: float, eval_every: int) -> TrainConfig:
-        """The trainer's settings: AdamW with BERT's betas, a checkpoint at each evaluation."""
+        """The trainer's settings: AdamW with BERT's betas, a checkpoint at each evaluation (or every
+        `save_every` steps) and every `save_every_minutes`."""
         return TrainConfig(steps=steps, lr=lr, weight_decay=self.weight_decay, betas=(0.9, 0.999),
-                           eval_every=eval_every, save_every=eval_every, log_every=max(1, min(50, steps // 20)),
+                           eval_every=eval_every, save_every=self.save_every or eval_every,
+                           save_every_minutes=self.save_every_minutes, log_every=max(1, min(50, steps // 20)),
                            seed=self.seed, max_minutes=self.max_minutes, precision=self.precision,
                            on_nonfinite=self.on_nonfinite, deterministic=self.deterministic)
 
@@ -66,3 +75,13 @@ class FinetuneConfig:
         fields = asdict(self)
         options = fields.pop("task_options")
         return fields | {name: value for name, value in options.items() if name not in fields}
+
+
+def check_save_every(steps: int | None, minutes: float | None) -> None:
+    """A UserError for a checkpoint period that is not positive (None: the default, or no time bound)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise UserError(f"save_every={steps!r}: expected a positive number of steps between checkpoints")
+    if minutes is not None and not (isinstance(minutes, int | float) and not isinstance(minutes, bool)
+                                    and minutes > 0):
+        raise UserError(f"save_every_minutes={minutes!r}: expected a positive number of minutes between "
+                        "checkpoints (None: by steps only)")

@@ -8,14 +8,17 @@ unfreezing and penalty taken from the `Strategy`.
 
 A run folder holds `model/` (backbone checkpoint + task.json + head weights), `metrics.json` (the final
 dev/test figures and the configuration), `metrics.jsonl` (the curve), `loss.png`, and while training
-`checkpoint/` (with the optimizer), from which `--resume` continues.
+`checkpoint/` (with the optimizer), from which `--resume` continues. The checkpoint is written atomically at each
+evaluation (or every `save_every` steps) and once `save_every_minutes` (10) have passed since the last one, so a
+kill loses at most that much; training batch i is a pure function of (seed, i) and the checkpoint holds the random
+states and the open log window, so a resumed run, even from the middle of an epoch, ends as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ctxlm.api import load
+from ctxlm.checkpoint import is_resumable, remove_folder
+from ctxlm.errors import UserError
 from ctxlm.nn.peft import merge_lora
 from ctxlm.train import TrainConfig, Trainer, pick_device
 from ctxlm.transfer.config import FinetuneConfig
@@ -40,6 +45,8 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     The task comes from `task.task_named(config.task)` (the classification family unless a registered task
     claims the name); `data`, if given, is the classification family's already-read `TaskData`."""
     run_dir = Path(run_dir)
+    if resume:
+        check_resumable(run_dir)  # now, not after the data is read and the model loaded
     strategy = get_strategy(config.strategy)
     task: Task = task_named(config.task)(config, data)
     task.check(strategy)
@@ -88,11 +95,26 @@ def save_run(model: HeadedModel, result: dict, finished: bool, config: FinetuneC
     if strategy.peft == "lora":  # model/ holds the merged weights: a plain model that loads without LoRA
         merge_lora(model.lm)
     model.save_checkpoint(run_dir / "model")
-    if finished:  # model/ is the result; the optimizer state is only needed to resume
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
     summary = {"metrics": result, "config": config.record() | {"strategy": asdict(strategy)}}
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tmp = run_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, run_dir / "metrics.json")  # whole or absent, whenever the run is killed
+    if finished:  # model/ is the result; the optimizer state is only needed to resume. Removed last (a run killed
+        # before still resumes: its last step done, it evaluates and saves again), whole or not at all
+        remove_folder(run_dir / "checkpoint")
     return result
+
+
+def check_resumable(run_dir: Path) -> None:
+    """A UserError unless run_dir holds a checkpoint that --resume continues, saying why not."""
+    folder = run_dir / "checkpoint"
+    if is_resumable(folder):
+        return
+    if (run_dir / "metrics.json").is_file() and (run_dir / "model").is_dir():
+        raise UserError(f"{folder}: no checkpoint to resume from: the run finished (its model is in "
+                        f"{run_dir / 'model'}); run without --resume to train again")
+    raise UserError(f"{folder}: no checkpoint to resume from (the run stopped before its first checkpoint?); run "
+                    "without --resume to start again")
 
 
 def plan_trainer(model: nn.Module, strategy: Strategy, per_epoch: int, loss_of, train_batch,
