@@ -29,13 +29,15 @@ pretrain: install
 	$(BIN)/ctxlm pretrain --model gpt2 --data $(DATA) --out runs/gpt2-wikitext2 --layers 4 --dim 256 --heads 4 \
 		--vocab-size 8192 --block-size 128 --batch-size 16 --steps 600 --warmup 60 --lr 2e-3 --max-minutes 8
 
-# Does pretraining pay? Builds the models it compares (a general GPT-2 on WikiText-2 + Gutenberg, stage 2 on SST-2's
-# unlabelled text, from it and from random weights; MiniLM + masked LM on the same text) into runs/pays, then
-# fine-tunes each on 100 to 3,000 SST-2 labels. PAYS_ARGS shortens it (see benchmarks/pretraining_pays.py).
+# Does pretraining pay? Builds the models it compares (per family, GPT-2 and ELMo: a general model on WikiText-2 +
+# Gutenberg; stage 2 on SST-2's unlabelled text, from it with one rate and with ULMFiT's rates, and from random
+# weights; MiniLM + masked LM on the same text) into runs/pays, chooses each row's fine-tuning recipe on held-out
+# training labels, then fine-tunes each on 100 to 3,000 SST-2 labels. PAYS_* shorten it (benchmarks/pretraining_pays.py).
 PAYS_BUILD ?= --general-minutes 60 --stage2-minutes 15
 PAYS_TABLE ?= --sizes 100,300,1000,3000 --seeds 0,1,2
 pretraining-pays: install
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py build --out ../runs/pays $(PAYS_BUILD)
+	cd benchmarks && ../$(BIN)/python pretraining_pays.py select --out ../runs/pays
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py table --out ../runs/pays $(PAYS_TABLE)
 
 # ruff, the suite, then the numeric tests again on another instruction set's kernels (test-isa, below).
