@@ -273,3 +273,30 @@ def write_file(path: Path, text: str | bytes, *, bom: bool = False) -> Path:
     data = ("\ufeff".encode() if bom else b"") + data
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
     return path
+
+
+# -- SQuAD-format data ---------------------------------------------------------------------------------------
+def qa(qid, question, context, answer, start=None):
+    start = context.index(answer) if start is None else start
+    return {"id": qid, "question": question, "answers": [{"text": answer, "answer_start": start}]}
+
+
+SQUAD_ANIMALS = ["cat", "dog", "bird"]  # whole words in the test vocabulary
+SQUAD_THINGS = ["house", "ball", "tree", "door", "town"]
+
+
+def animal_articles(n_articles: int, per_article: int, seed: int = 0) -> list[dict]:
+    """Which animal is in the passage? Learnable by a tiny BERT: the one animal word among things."""
+    rng = random.Random(seed)
+    articles = []
+    for a in range(n_articles):
+        paragraphs = []
+        for p in range(per_article):
+            words = [f"the {rng.choice(SQUAD_THINGS)}" for _ in range(rng.randint(2, 6))]
+            animal = rng.choice(SQUAD_ANIMALS)
+            words.insert(rng.randrange(len(words) + 1), f"a {animal}")
+            context = " sees ".join(words) + " ."
+            paragraphs.append({"context": context, "qas": [qa(f"{a}-{p}", "which animal is here ?", context,
+                                                              animal)]})
+        articles.append({"title": f"article {a}", "paragraphs": paragraphs})
+    return articles

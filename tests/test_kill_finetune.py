@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from ctxlm.checkpoint import is_resumable, load_checkpoint
-from helpers import Interrupt, assert_user_error, run_cli, synthetic_batches, tiny
+from helpers import Interrupt, animal_articles, assert_user_error, run_cli, synthetic_batches, tiny
 
 RUNNER = Path(__file__).parent / "fork_runner.py"
 KILLS = 3  # per job: one at any moment, two while it trains (or writes)
@@ -106,19 +106,7 @@ def animal_csv(path: Path, n: int = 64) -> Path:
 
 def animal_squad(path: Path, articles: int = 6, per_article: int = 6) -> Path:
     """Which animal is in the passage? One animal among things, in passages long enough to be windowed."""
-    rng = random.Random(2)
-    data = []
-    for a in range(articles):
-        paragraphs = []
-        for p in range(per_article):
-            words = [f"the {rng.choice(THINGS)}" for _ in range(rng.randint(2, 6))]
-            animal = rng.choice(ANIMALS)
-            words.insert(rng.randrange(len(words) + 1), f"a {animal}")
-            context = " sees ".join(words) + " ."
-            qa = {"id": f"{a}-{p}", "question": "which animal is here ?",
-                  "answers": [{"text": animal, "answer_start": context.index(f"a {animal}") + 2}]}
-            paragraphs.append({"context": context, "qas": [qa]})
-        data.append({"title": f"article {a}", "paragraphs": paragraphs})
+    data = animal_articles(articles, per_article, seed=2)
     path.write_text(json.dumps({"version": "1.1", "data": data}))
     return path
 

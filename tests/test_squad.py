@@ -31,6 +31,7 @@ from ctxlm.tokenizers import Tokenizer
 from ctxlm.transfer.config import FinetuneConfig
 from ctxlm.transfer.finetune import finetune
 from ctxlm.transfer.model import load_finetuned
+from helpers import animal_articles, qa
 
 SQUAD_DEV = data_root() / "squad_v1" / "dev-v1.1.json.gz"
 needs_squad = pytest.mark.skipif(not SQUAD_DEV.is_file(), reason=f"SQuAD v1.1 dev not found at {SQUAD_DEV} "
@@ -40,11 +41,6 @@ needs_squad = pytest.mark.skipif(not SQUAD_DEV.is_file(), reason=f"SQuAD v1.1 de
 def squad_file(path, articles: list[dict]) -> str:
     path.write_text(json.dumps({"version": "1.1", "data": articles}))
     return str(path)
-
-
-def qa(qid, question, context, answer, start=None):
-    start = context.index(answer) if start is None else start
-    return {"id": qid, "question": question, "answers": [{"text": answer, "answer_start": start}]}
 
 
 @pytest.fixture(scope="module")
@@ -243,27 +239,6 @@ def test_span_head_allows_only_passage_tokens_and_cls():
 
 
 # -- training, evaluation and the command line ---------------------------------------------------------------
-ANIMALS = ["cat", "dog", "bird"]  # whole words in the test vocabulary
-THINGS = ["house", "ball", "tree", "door", "town"]
-
-
-def animal_articles(n_articles: int, per_article: int, seed: int = 0) -> list[dict]:
-    """Which animal is in the passage? Learnable by a tiny BERT: the one animal word among things."""
-    rng = random.Random(seed)
-    articles = []
-    for a in range(n_articles):
-        paragraphs = []
-        for p in range(per_article):
-            words = [f"the {rng.choice(THINGS)}" for _ in range(rng.randint(2, 6))]
-            animal = rng.choice(ANIMALS)
-            words.insert(rng.randrange(len(words) + 1), f"a {animal}")
-            context = " sees ".join(words) + " ."
-            paragraphs.append({"context": context, "qas": [qa(f"{a}-{p}", "which animal is here ?", context,
-                                                              animal)]})
-        articles.append({"title": f"article {a}", "paragraphs": paragraphs})
-    return articles
-
-
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory, corpus_dir):
     tokenizer = Tokenizer.train([corpus_dir / "train.txt"], kind="bert", vocab_size=200)
