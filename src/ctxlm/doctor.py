@@ -201,7 +201,7 @@ def _text_torch(v):
         yield "cuda", "not available" + ("" if cuda["built_with"] else " (this torch is built without CUDA)")
     yield "mps", "available" if v["mps"]["available"] else "not available"
     cpu = v["cpu"]
-    features = [name for name, flag in (("AVX512-BF16", cpu["avx512_bf16"]), ("AMX", cpu["amx_tile"])) if flag]
+    features = [name for helper, name in CPU_FEATURES.items() if cpu[helper]]
     bf16 = (f"fast ({', '.join(features)})" if cpu["bf16_fast"]
             else "no bf16 instructions: --precision bf16 may be no faster than fp32")
     yield "cpu", f"{cpu['capability']} kernels; bf16 {bf16}"

@@ -91,7 +91,7 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     if pool == "cls" and not encoder:
         raise UserError(f"pool='cls' needs an encoder; a {config.model_type} decoder's first state has seen only "
                         "the first token (use pool='last' or 'mean')")
-    choice = _choose_layers(layers, config.n_layers)
+    choice = choose_layers(layers, config.n_layers)
     max_length = _check_max_length(max_length, config.max_positions, 2 if encoder else 1)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size={batch_size!r}: expected a positive integer")
@@ -159,7 +159,7 @@ class _LayerChoice:
         return (len(self.indices), dim) if self.how == "stack" else (len(self.indices) * dim,)
 
 
-def _choose_layers(layers: str | int | Sequence[int], n_layers: int) -> _LayerChoice:
+def choose_layers(layers: str | int | Sequence[int], n_layers: int) -> _LayerChoice:
     """Parse `embed`'s `layers` for a model of `n_layers` transformer layers."""
     top = n_layers
     valid = (f"expected one of {', '.join(LAYER_NAMES)}, a layer number from {-(top + 1)} to {top} "

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlm.api import load
-from ctxlm.embed import _choose_layers, embed  # embed's own parser of `layers`: refusals read as embed's
+from ctxlm.embed import choose_layers, embed  # embed's own parser of `layers`: refusals read as embed's
 from ctxlm.errors import UserError
 from ctxlm.nn.attention import MultiHeadAttention, RelativeMultiHeadAttention, recording_attention
 from ctxlm.serve.limits import Limits, Refused
@@ -188,7 +188,7 @@ class Served:
         if isinstance(layers, list):
             layers = tuple(layers)
         try:
-            _choose_layers(list(layers) if isinstance(layers, tuple) else layers, self.config.n_layers)
+            choose_layers(list(layers) if isinstance(layers, tuple) else layers, self.config.n_layers)
         except UserError as err:
             raise Refused(str(err)) from None
         if pool == "cls" and self.config.causal:
