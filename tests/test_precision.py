@@ -9,6 +9,7 @@ float32; the CPUs differ only in the order of those float32 sums, ~1e-7 relative
 """
 
 import random
+import re
 
 import pytest
 import torch
@@ -20,9 +21,13 @@ from ctxlm.precision import choose, inference_context, resolve_precision
 from helpers import assert_user_error, run_cli, tiny
 from tolerances import tolerance
 
+pytestmark = pytest.mark.default_precision
+
 
 def simulate_cpu(monkeypatch, *features: str) -> None:
-    """A CPU whose bf16 units are `features` ("AMX", "AVX512-BF16"; none: an AVX2-only CPU)."""
+    """A CPU whose bf16 units are `features` ("AMX", "AVX512-BF16"; none: an AVX2-only CPU), left to decide: no
+    $CTXLM_PRECISION (which the forced-bf16 pass of the suite sets)."""
+    monkeypatch.delenv(precision.FORCE_VARIABLE, raising=False)
     monkeypatch.setattr(precision, "cpu_bf16_features", lambda: tuple(features))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
 
@@ -51,6 +56,7 @@ def test_auto_is_bf16_on_a_cpu_with_bf16_units(monkeypatch, features):
 
 
 def test_auto_on_a_gpu_follows_its_compute_capability(monkeypatch):
+    monkeypatch.delenv(precision.FORCE_VARIABLE, raising=False)
     monkeypatch.setattr(precision, "_cuda_capability", lambda index: (8, 0))  # A100
     assert resolve_precision("auto", "cuda:0") is torch.bfloat16
     monkeypatch.setattr(precision, "_cuda_capability", lambda index: (7, 5))  # T4
@@ -69,6 +75,35 @@ def test_fp32_and_bf16_are_forced_whatever_the_hardware(monkeypatch):
     for bad in ("fp16", torch.float16, 16):
         with pytest.raises(UserError, match="auto"):
             choose(bad, "cpu")
+
+
+@pytest.mark.parametrize("features", [(), ("AMX",)])
+def test_the_environment_variable_decides_auto_on_any_cpu(monkeypatch, features):
+    simulate_cpu(monkeypatch, *features)
+    for forced, dtype in (("bf16", torch.bfloat16), ("BF16", torch.bfloat16), ("fp32", None), (" float32 ", None)):
+        monkeypatch.setenv("CTXLM_PRECISION", forced)
+        choice = choose("auto", "cpu")
+        assert choice.dtype is dtype and "CTXLM_PRECISION" in choice.reason and choice.asked == "auto"
+        assert autocast_dtype_inside(inference_context("auto", "cpu")) is dtype
+        assert resolve_precision("fp32", "cpu") is None and resolve_precision("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setenv("CTXLM_PRECISION", "")  # empty: the hardware decides
+    assert resolve_precision("auto", "cpu") is (torch.bfloat16 if features else None)
+    monkeypatch.setenv("CTXLM_PRECISION", "fp16")
+    with pytest.raises(UserError, match="CTXLM_PRECISION='fp16': expected fp32 or bf16"):
+        choose("auto", "cpu")
+
+
+def test_doctor_says_the_environment_forces_the_choice(monkeypatch, capsys, tmp_path):
+    simulate_cpu(monkeypatch)
+    monkeypatch.setenv("CTXLM_PRECISION", "bf16")
+    code, out, _ = run_cli(monkeypatch, capsys, "doctor")
+    assert code == 0
+    assert re.search(r"inference +bf16 autocast on cpu, as --precision auto picks: CTXLM_PRECISION=bf16 forces it", out)
+    assert re.search(r"CTXLM_PRECISION +bf16", out)  # listed with the environment
+    monkeypatch.setenv("CTXLM_PRECISION", "fp16")
+    (tmp_path / "texts.txt").write_text("a text\n")
+    assert_user_error(run_cli(monkeypatch, capsys, "embed", "minilm", "--input", tmp_path / "texts.txt", "--output",
+                              tmp_path / "vectors.npy"), "CTXLM_PRECISION='fp16': expected fp32 or bf16")
 
 
 def test_training_takes_auto_and_keeps_fp32_as_its_default(monkeypatch):

@@ -36,7 +36,7 @@ OPTIONAL_PACKAGES = ("huggingface_hub", "transformers", "sentence-transformers",
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                       "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
 # Other variables that change what ctxlm or torch does, printed when set.
-ENVIRONMENT_VARIABLES = ("CTXLM_DATA", "CTXLM_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+ENVIRONMENT_VARIABLES = ("CTXLM_DATA", "CTXLM_CACHE", "CTXLM_PRECISION", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
                          "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_CUDA_ALLOC_CONF")
 
 
@@ -209,7 +209,7 @@ def _text_torch(v):
         runs = "bf16 autocast" if path["precision"] == "bf16" else "fp32"
         other = "fp32" if path["precision"] == "bf16" else "bf16"
         yield ("inference" if i == 0 else "", f"{runs} on {path['device']}, as --precision auto picks: "
-               f"{path['reason']} (--precision {other} forces {other})")
+               f"{path['reason']} (--precision {other} forces {other}; CTXLM_PRECISION={other} makes auto pick it)")
     t = v["threads"]
     usable = f"{t['usable_cpus']} usable of " if t["usable_cpus"] is not None else ""
     yield "threads", f"{t['intra_op']} intra-op, {t['inter_op']} inter-op; {usable}{t['cpu_count']} CPUs"

@@ -14,6 +14,11 @@ commands) defaults to "auto", which this module turns into one answer from what 
 "fp32" and "bf16" force one or the other; "bf16" on a device without bf16 units still runs (emulated). Training
 accepts "auto" too (`ctxlm.train.PRECISIONS`) but defaults to fp32.
 
+The environment variable CTXLM_PRECISION (fp32 or bf16) overrides what "auto" decides, on every device, for every
+job and subprocess that inherits it: the test suite runs its default-path tests once more with
+CTXLM_PRECISION=bf16, so that the bf16 path is tested on a CPU without bf16 units too (emulated), and a machine
+with them can run the fp32 path as default. An explicit "fp32" or "bf16" is never overridden.
+
 Weights stay fp32 in every case; autocast casts them per forward (once per autocast region: `inference_context`
 should wrap a whole loop of batches, not each batch). Private torch helpers answer the CPU question
 (`torch.cpu._is_amx_tile_supported`, `_is_avx512_bf16_supported`, torch >= 2.3): where absent they read "no".
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +36,11 @@ from torch import nn
 
 from ctxlm.errors import UserError
 
-__all__ = ["PRECISIONS", "Choice", "bf16_units", "choose", "cpu_bf16_features", "device_of", "inference_context",
-           "resolve_precision"]
+__all__ = ["FORCE_VARIABLE", "PRECISIONS", "Choice", "bf16_units", "choose", "cpu_bf16_features", "device_of",
+           "forced_precision", "inference_context", "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+FORCE_VARIABLE = "CTXLM_PRECISION"  # fp32 or bf16: what "auto" resolves to, whatever the device has
 _NAMES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 # torch's private CPU feature helpers → the names printed (doctor, reasons)
@@ -104,8 +111,22 @@ def choose(precision: str | torch.dtype | None, device: torch.device | str) -> C
     precision = precision.lower()
     if precision != "auto":
         return Choice(_NAMES[precision], "asked for", "bf16" if _NAMES[precision] else "fp32")
+    forced = forced_precision()
+    if forced is not None:
+        return Choice(_NAMES[forced], f"{FORCE_VARIABLE}={forced} forces it", "auto")
     fast, why = bf16_units(device)
     return Choice(torch.bfloat16 if fast else None, why, "auto")
+
+
+def forced_precision() -> str | None:
+    """"fp32" or "bf16" when $CTXLM_PRECISION forces the auto decision, None when it is unset or empty."""
+    value = os.environ.get(FORCE_VARIABLE, "").strip().lower()
+    if not value:
+        return None
+    if value not in _NAMES:
+        raise UserError(f"{FORCE_VARIABLE}={os.environ[FORCE_VARIABLE]!r}: expected fp32 or bf16 (or unset, to let "
+                        "--precision auto look at the hardware)")
+    return "bf16" if _NAMES[value] else "fp32"
 
 
 def resolve_precision(precision: str | torch.dtype | None, device: torch.device | str) -> torch.dtype | None:

@@ -53,8 +53,9 @@ def deterministic_option() -> Callable:
 
 
 INFERENCE_PRECISION_HELP = ("auto: bf16 autocast where the device has bf16 units (CPUs with AMX or AVX512-BF16, CUDA "
-                            "GPUs from Ampere on), fp32 elsewhere (`ctxlm doctor` says which runs here); fp32 or "
-                            "bf16 force one (bf16 without those units is emulated: slower)")
+                            "GPUs from Ampere on), fp32 elsewhere (`ctxlm doctor` says which runs here), or what "
+                            "$CTXLM_PRECISION (fp32 or bf16) says; fp32 or bf16 force one (bf16 without those units is "
+                            "emulated: slower)")
 
 
 TRAINING_PRECISION_HELP = ("bf16: the training forward and loss under bfloat16 autocast, weights, gradients and AdamW "
