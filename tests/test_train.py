@@ -39,6 +39,22 @@ def test_resumed_run_matches_uninterrupted(tmp_path):
     assert steps == list(range(1, 13))  # the interrupted run's records after step 8 were dropped, none repeat
 
 
+def test_a_resumed_run_computes_on_memory_laid_out_as_an_uninterrupted_runs(tmp_path):
+    """safetensors reads tensors into buffers 8- or 16-byte aligned, as its header's length falls; the optimizer
+    would keep them as its moments. Kernels whose summation order follows alignment (MKL's AVX-512 paths) would
+    then round otherwise after a resume than without one: resumed state lives in torch's 64-byte-aligned memory."""
+    from safetensors import safe_open
+
+    train_tiny(tmp_path / "a", steps=8)
+    with safe_open(tmp_path / "a" / "checkpoint" / "optimizer.safetensors", framework="pt") as f:
+        names = f.keys()  # safe_open is not iterable itself
+        as_read = [f.get_tensor(name).data_ptr() % 64 for name in names if name.startswith("state.")]
+    assert any(as_read), "safetensors now reads into aligned memory: this test no longer shows the hazard"
+    _, trainer = train_tiny(tmp_path / "a", steps=8, resume=True)  # loads, then has nothing left to do
+    moments = [t for state in trainer.optimizer.state.values() for t in state.values() if t.dim() > 0]
+    assert moments and all(t.data_ptr() % 64 == 0 for t in moments)
+
+
 def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
     reference, _ = train_tiny(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt, match="stopped at step 6"):

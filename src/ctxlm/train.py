@@ -291,6 +291,15 @@ class LogWindow:
         return cls(tensor(state["loss"]), tensor(state["grad_norm"]), state["steps"], state["skipped"])
 
 
+def aligned(tensor: Tensor) -> Tensor:
+    """`tensor` in memory of torch's own allocator, 64-byte aligned as every tensor of an uninterrupted run is.
+    safetensors hands back buffers aligned to 8 or 16 bytes, which way depending on the header's length; the
+    optimizer would keep them as its moments, and BLAS and oneDNN kernels may sum in another order on memory
+    aligned otherwise (MKL documents this for its AVX-512 code paths): a resumed run must compute on the same
+    layout to stay bit-exact."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 def rank_suffix(rank: int) -> str:
     """Names of a process's RNG states in the checkpoint: "rng.torch" for rank 0 (and single-process runs),
     "rng.torch.rank1" for rank 1, ..."""
@@ -594,7 +603,7 @@ class Trainer:
         read_safetensors_header(folder / OPTIMIZER_FILE)  # sizes and offsets checked before anything is read
         with safe_open(folder / OPTIMIZER_FILE, framework="pt") as f:
             names = f.keys()  # safe_open is not iterable itself
-            tensors = {key: f.get_tensor(key) for key in names if whole or key.startswith("rng.")}
+            tensors = {key: aligned(f.get_tensor(key)) for key in names if whole or key.startswith("rng.")}
         per_param: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
             if key.startswith("state."):
