@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain pretraining-pays test test-isa lint bench clean parity-xl
+.PHONY: install run pretrain pretraining-pays test test-isa test-bf16 lint bench clean parity-xl
 
 install: $(VENV)/.installed
 
@@ -40,11 +40,22 @@ pretraining-pays: install
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py select --out ../runs/pays
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py table --out ../runs/pays $(PAYS_TABLE)
 
-# ruff, the suite, then the numeric tests again on another instruction set's kernels (test-isa, below).
+# ruff, the suite, then the numeric tests again on another instruction set's kernels (test-isa) and the default-path
+# tests again with bf16 forced (test-bf16), both below.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory test-isa
+	$(MAKE) --no-print-directory test-bf16
+
+# The tests of the default precision path (pytest -m default_precision: --precision auto, bounds derived from the dtype
+# it ran, tests/conftest.py) once more with CTXLM_PRECISION=bf16, as a CPU with AMX or AVX512-BF16 runs them: the bf16
+# path is tested on every machine (emulated where the CPU lacks bf16 units). CTXLM_PRECISION=fp32 tests the fp32 path
+# on a machine whose auto picks bf16.
+FORCED_PRECISION ?= bf16
+test-bf16: install
+	@echo "default-path tests again, CTXLM_PRECISION=$(FORCED_PRECISION)"
+	CTXLM_PRECISION=$(FORCED_PRECISION) $(BIN)/pytest -m "default_precision and not slow"
 
 # The numeric checks (pytest -m numeric: parity with reference implementations and float64 references) once more,
 # on PyTorch's kernels for another instruction set, as another machine runs them: AVX2 where this machine's best are

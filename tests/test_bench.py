@@ -18,6 +18,7 @@ def benchmarks(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import each other as top-level modules
 
 
+@pytest.mark.default_precision
 def test_quick_run_writes_every_row_with_ratios(benchmarks, tmp_path, capsys):
     import bench
     from common import Shape
@@ -101,6 +102,7 @@ def test_precision_rows_compare_bf16_with_fp32(benchmarks):
 
 
 @pytest.mark.filterwarnings("ignore:.*longer than max_length")  # the long texts are cut at 256 tokens on purpose
+@pytest.mark.default_precision
 def test_embed_rows_without_onnxruntime_say_why(benchmarks, monkeypatch):
     """Each text set gives one row per peer; ONNX Runtime's, when it is missing, skipped with the reason (not a crash),
     and every measured contender's lowest cosine to ctxlm's fp32 vectors beside it."""

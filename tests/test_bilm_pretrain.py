@@ -93,6 +93,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("options", [[], ["--clip", "--softmax", "adaptive", "--cutoffs", "6,12"]])
+@pytest.mark.fp32
 def test_cli_pretrains_a_biLM_that_loads_and_embeds(monkeypatch, capsys, tmp_path, corpus_dir, options):
     run_dir = tmp_path / "run"
     result = run_cli(monkeypatch, capsys, "pretrain", "--model", "elmo", "--data", str(corpus_dir), "--out",

@@ -69,6 +69,7 @@ def test_prompt_longer_than_context(monkeypatch, capsys, tiny_model_dir):
     assert_user_error(ctxlm(monkeypatch, capsys, "generate", tiny_model_dir, prompt), "longer than", "32")
 
 
+@pytest.mark.default_precision
 def test_generate_and_info_work(monkeypatch, capsys, tiny_model_dir):
     code, out, _ = ctxlm(monkeypatch, capsys, "generate", tiny_model_dir, "the cat", "--max-new-tokens", 5)
     assert code == 0 and out.startswith("the cat")
@@ -131,6 +132,7 @@ def test_presets_name_the_option_of_a_bad_size():
     assert preset("transformer-xl", softmax="adaptive", cutoffs=[6, 12]).div_val == 4
 
 
+@pytest.mark.fp32
 def test_pretrain_is_one_python_call(monkeypatch, tmp_path, corpus_dir):
     import ctxlm
 

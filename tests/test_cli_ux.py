@@ -280,6 +280,7 @@ def fake_data(monkeypatch, tmp_path):
     return tmp_path
 
 
+@pytest.mark.default_precision
 def test_doctor_reports_the_environment(monkeypatch, capsys, fake_data):
     import torch
 
@@ -311,6 +312,7 @@ def test_doctor_knows_every_data_set_a_task_reads():
     assert {"wikitext2", "squad_v1", *TASKS} <= set(known_datasets())
 
 
+@pytest.mark.default_precision
 def test_doctor_says_when_a_package_is_missing(monkeypatch):
     from ctxlm import doctor
 
@@ -320,6 +322,7 @@ def test_doctor_says_when_a_package_is_missing(monkeypatch):
     assert re.search(r"\n  no-such-package +not installed\n", doctor.format_report(info))
 
 
+@pytest.mark.default_precision
 def test_one_failing_section_does_not_hide_the_others(monkeypatch):
     from ctxlm import doctor
 
@@ -329,6 +332,7 @@ def test_one_failing_section_does_not_hide_the_others(monkeypatch):
     assert "  error" in doctor.format_report(info)
 
 
+@pytest.mark.default_precision
 def test_doctor_command_text_and_json(monkeypatch, capsys, fake_data):
     code, out, _ = run_main(monkeypatch, capsys, "doctor")
     assert code == 0
@@ -342,6 +346,7 @@ def test_doctor_command_text_and_json(monkeypatch, capsys, fake_data):
     assert info["data"]["present"] == ["wikitext2"] and info["ctxlm"]["version"]
 
 
+@pytest.mark.default_precision
 def test_doctor_runs_under_torchrun_variables(monkeypatch, capsys, fake_data):
     """A stale WORLD_SIZE in the shell stops every other command but pretrain; doctor must show it."""
     monkeypatch.setenv("WORLD_SIZE", "4")

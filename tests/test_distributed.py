@@ -81,6 +81,7 @@ def assert_same_training(run: Path, reference: Path) -> None:
 
 
 @pytest.mark.parametrize("family", ["gpt2", "elmo"])
+@pytest.mark.fp32
 def test_two_processes_train_as_one_with_twice_the_batch(family, monkeypatch, capsys, tmp_path, cache, corpus_dir,
                                                          tiny_model_dir):
     args = ["--model", family, "--data", corpus_dir, *TINY[family], "--steps", 20, "--eval-every", 10,
@@ -171,6 +172,7 @@ def test_diverged_processes_are_caught(case, cache):
         assert f"rank {rank}: the processes' parameters have diverged: rank 1's" in result.stderr, result.stderr
 
 
+@pytest.mark.fp32
 def test_fsdp_trains_as_one_process_and_saves_the_whole_model(monkeypatch, capsys, tmp_path, cache, corpus_dir,
                                                               tiny_model_dir):
     """Each process holds half of every parameter and optimizer moment, and trains as DDP does; the checkpoint

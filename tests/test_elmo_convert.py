@@ -332,6 +332,7 @@ def test_published_options_give_the_published_sizes(options, dims, params):
 
 
 @pytest.mark.numeric
+@pytest.mark.fp32
 def test_load_convert_and_embed(tmp_path, folder):
     model = ctxlm.load(folder)
     dest = ctxlm.convert(folder, tmp_path / "native")

@@ -1,4 +1,7 @@
-"""ctxlm.embed reads exactly the hidden states it claims to, in input order; ScalarMix; `ctxlm embed`."""
+"""ctxlm.embed reads exactly the hidden states it claims to, in input order; ScalarMix; `ctxlm embed`.
+
+Exact semantics, so fp32 throughout (`--precision auto` pinned, tests/conftest.py): the default path, bf16 where
+the hardware has it, is tested in test_precision.py and test_serve.py."""
 
 import json
 
@@ -20,6 +23,7 @@ TEXT = "The bank raised its interest rates unbelievably fast."
 # sums differ.
 MINILM = dict(terms=1536, depth=8)
 GPT2 = dict(terms=128, depth=4)
+pytestmark = pytest.mark.fp32
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +216,7 @@ def test_embed_stops_at_the_highest_layer_asked_for(minilm, monkeypatch):
 @pytest.mark.numeric
 def test_bf16_stays_close_to_float32(minilm):
     texts = ["A bank by the river.", "The bank raised its rates.", TEXT, "word " * 60]
-    exact = embed(texts, minilm)
+    exact = embed(texts, minilm, dtype="fp32")
     fast = embed(texts, minilm, dtype=torch.bfloat16)
     assert fast.dtype == torch.float32
     assert not torch.equal(fast, exact)  # bf16 did run

@@ -11,6 +11,7 @@ pytest.importorskip("transformers")  # the reference pairs
 
 
 @pytest.mark.numeric
+@pytest.mark.fp32  # exact semantics: the cache changes nothing but the work
 @pytest.mark.parametrize("spec", [GPT_CONFIGS[1], GPT_CONFIGS[3]], ids=["gpt2", "gpt"])
 def test_cached_generation_equals_uncached(spec):
     _, model = gpt_reference_pair(*spec)
@@ -22,6 +23,7 @@ def test_cached_generation_equals_uncached(spec):
 
 
 @pytest.mark.numeric
+@pytest.mark.fp32  # exact semantics: padding and batching change nothing but the work
 @pytest.mark.parametrize("spec", [GPT_CONFIGS[1], GPT_CONFIGS[3]], ids=["gpt2", "gpt"])
 def test_batched_rows_equal_single_prompts(spec):
     _, model = gpt_reference_pair(*spec)
@@ -35,6 +37,7 @@ def test_batched_rows_equal_single_prompts(spec):
 
 @pytest.mark.numeric
 @pytest.mark.parametrize("spec", [GPT_CONFIGS[0], GPT_CONFIGS[2]], ids=["gpt2", "gpt"])
+@pytest.mark.fp32
 def test_greedy_continuation_equals_reference_generate(spec):
     ref, model = gpt_reference_pair(*spec)
     prompt = [11, 12, 13, 14]
@@ -43,6 +46,7 @@ def test_greedy_continuation_equals_reference_generate(spec):
     assert generate_ids(model, [prompt], max_new_tokens=15).tokens[0] == expected.tolist()
 
 
+@pytest.mark.default_precision
 def test_eos_ends_a_row_and_generation_stops_at_context():
     _, model = gpt_reference_pair(*GPT_CONFIGS[0])  # 64 positions
     first = generate_ids(model, [[1, 2, 3]], max_new_tokens=5).tokens[0]
@@ -53,6 +57,7 @@ def test_eos_ends_a_row_and_generation_stops_at_context():
     assert len(long) == 4  # 60 + 4 = the 64-position context
 
 
+@pytest.mark.default_precision
 def test_sampling_is_seeded_and_filters_apply():
     _, model = gpt_reference_pair(*GPT_CONFIGS[0])
     kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=5, seed=3)
@@ -66,6 +71,7 @@ def test_sampling_is_seeded_and_filters_apply():
     assert top1 == generate_ids(model, [[1, 2]], max_new_tokens=6).tokens  # top-1 sampling is greedy
 
 
+@pytest.mark.default_precision
 def test_text_generation_stops_before_stop_strings(tiny_model_dir):
     import ctxlm
 
@@ -78,6 +84,7 @@ def test_text_generation_stops_before_stop_strings(tiny_model_dir):
     assert stopped == free[0][: free[0].index(cut)]
 
 
+@pytest.mark.default_precision
 def test_empty_prompt_generates_unconditionally(tiny_model_dir):
     import ctxlm
 

@@ -92,6 +92,7 @@ def test_deterministic_mode_gives_bitwise_equal_runs_and_is_restored(tmp_path):
     assert torch.are_deterministic_algorithms_enabled() == before
 
 
+@pytest.mark.fp32
 def test_cli_options_and_the_run_log(monkeypatch, capsys, corpus_dir, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     code, _, err = run_cli(monkeypatch, capsys, "pretrain", "--data", corpus_dir, "--tokenizer", tiny_model_dir,

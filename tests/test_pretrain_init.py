@@ -24,6 +24,8 @@ from helpers import (
     write_documents,
 )
 
+pytestmark = pytest.mark.fp32  # pretraining's arithmetic; the sample at the end of a run is incidental
+
 GPT_RUN = dict(block_size=16, batch_size=4, lr=3e-3, warmup=5)
 
 

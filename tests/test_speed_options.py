@@ -12,6 +12,8 @@ from ctxlm.transfer.inputs import batches_per_epoch, bucketed_batches
 from helpers import metrics_records, run_cli
 from tolerances import assert_fp_close
 
+pytestmark = pytest.mark.fp32  # training options against the fp32 run; the sample at the end of a run is incidental
+
 
 def saved_bytes_and_grads(model, ids, seed: int):
     """Bytes autograd keeps for backward, and the gradients, of one training step from `seed`."""

@@ -259,6 +259,7 @@ def trained(tiny_bert, tmp_path_factory):
     return finetune(config, folder / "run"), folder
 
 
+@pytest.mark.fp32
 def test_span_model_learns_and_its_folder_answers_like_the_run(trained):
     result, folder = trained
     records = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -297,6 +298,7 @@ def test_only_encoders_take_a_span_head(tiny_model_dir, tmp_path):
         finetune(config, tmp_path)
 
 
+@pytest.mark.default_precision
 def test_cli_evaluates_and_answers_from_the_command_line(trained, monkeypatch, capsys):
     from helpers import assert_user_error, run_cli
 

@@ -114,6 +114,7 @@ def test_every_head_on_every_family_learns(backbones, tmp_path, family, kind):
 
 
 @pytest.mark.parametrize("order_matters", [True, False])
+@pytest.mark.fp32
 def test_a_decoder_reads_an_ordered_pair_once_and_a_similarity_pair_both_ways(backbones, tmp_path, order_matters):
     """GPT §3.3: entailment is premise, delimiter, hypothesis, one order; similarity has no order, so both
     orderings go through the decoder and their vectors are added. `ctxlm predict` on the fine-tuned folder then
@@ -220,6 +221,7 @@ def test_adapters_train_only_adapters_layer_norms_and_the_head(backbones, tmp_pa
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.fp32
 def test_lora_trains_low_rank_updates_merged_into_a_plain_folder(backbones, tmp_path, capsys, family):
     data = synthetic_task("single")
     finetune(quick(backbones[family], "lora:lora_rank=4,lr=1e-2", epochs=15), tmp_path, data=data)
@@ -248,6 +250,7 @@ def test_auxiliary_lm_loss_needs_a_decoder(backbones, tmp_path):
     finetune(quick(backbones["gpt2"], "gpt", epochs=1), tmp_path / "gpt", data=synthetic_task("single"))
 
 
+@pytest.mark.fp32
 def test_fine_tuned_folder_evaluates_and_predicts_like_the_run(backbones, tmp_path):
     data = synthetic_task("tag")
     result = finetune(quick(backbones["bert"]), tmp_path, data=data)
@@ -291,6 +294,7 @@ def write_csv(path, data: TaskData) -> None:
             writer.writerow([e.texts[0], ["bad", "good"][e.label]])
 
 
+@pytest.mark.default_precision
 def test_cli_finetune_predict_evaluate_compare(backbones, tmp_path, monkeypatch, capsys):
     from helpers import run_cli
 

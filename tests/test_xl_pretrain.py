@@ -151,6 +151,7 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
 
 @pytest.mark.numeric
 @pytest.mark.parametrize("mem_len", [32, 6])
+@pytest.mark.fp32
 def test_generation_with_memory_equals_recomputing_the_context(mem_len):
     torch.manual_seed(0)
     model = build_model(tiny_config("transformer-xl", mem_len=mem_len, vocab_size=50))
@@ -174,6 +175,7 @@ def test_generation_with_memory_equals_recomputing_the_context(mem_len):
     assert sampled[0] == sampled[1]
 
 
+@pytest.mark.default_precision
 def test_text_generation_and_eos(trained):
     model, _ = trained
     texts = ctxlm.generate(model, ["the cat", "a dog sees"], max_new_tokens=30)
@@ -183,6 +185,7 @@ def test_text_generation_and_eos(trained):
     assert out[-1] == tok.eos_id and tok.eos_id not in out[:-1]  # a sentence, then the end of its line
 
 
+@pytest.mark.default_precision
 def test_cli_pretrains_a_transformer_xl_that_loads_and_generates(monkeypatch, capsys, tmp_path, corpus_dir):
     run_dir = tmp_path / "run"
     result = run_cli(monkeypatch, capsys, "pretrain", "--model", "transformer-xl", "--data", str(corpus_dir), "--out",

@@ -27,6 +27,8 @@ from ctxlm.qa.zeroshot import (
 )
 from helpers import assert_user_error, run_cli, tiny, tiny_tokenizer
 
+pytestmark = pytest.mark.default_precision  # zero-shot answers as users get them: fp32 or bf16, as auto decides
+
 PASSAGE = ("The committee was founded in 1975 in a small town. It met in Paris in 1998, when the chairman, "
            "John Smith, opened the session. The club that hosted it had 250 members, and it hired 3 coaches "
            "for the visitors.")
@@ -44,7 +46,7 @@ class ForcedDecoder(nn.Module):
         self.plan = tokenizer.encode(text)
         self.prompts: list[list[int]] = []
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> dict:
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> dict:
         return {"step": 0}
 
     def forward(self, ids, mask=None, cache=None, last_only=False):
