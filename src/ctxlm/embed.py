@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
-from tqdm.auto import tqdm
 
 from ctxlm.api import load
 from ctxlm.errors import UserError
@@ -36,6 +35,7 @@ from ctxlm.nn.pooling import POOLINGS
 from ctxlm.nn.pooling import pool as pool_tokens
 from ctxlm.nn.scalar_mix import ScalarMix
 from ctxlm.precision import inference_context
+from ctxlm.progress import progress as progress_of
 from ctxlm.tokenizers import Tokenizer
 
 __all__ = ["LAYER_NAMES", "POOLS", "WORD_POOLS", "ScalarMix", "embed"]
@@ -121,7 +121,7 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     backbone.eval()  # dropout off; the caller's mode is restored below
     try:
         with precision:  # one autocast region for every batch: each weight is cast once, not once per batch
-            for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress, dynamic_ncols=True):
+            for batch in progress_of(batches, desc="embed", unit="batch", disable=not progress):
                 vectors = _embed_batch(backbone, [tokens[i] for i in batch], tokenizer.pad_id, choice, pool,
                                        word_pool, device)
                 if pooled is not None:

@@ -12,11 +12,11 @@ import click
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ctxlm.cli.options import inference_precision_option
 from ctxlm.embed import embed as run
 from ctxlm.errors import UserError
+from ctxlm.progress import progress
 from ctxlm.textfiles import JsonLinesOutput, check_json_unicode, decode_line
 
 OUTPUT_SUFFIXES = (".npy", ".safetensors", ".jsonl")
@@ -203,7 +203,7 @@ def write_as_it_goes(path: Path, texts: list[str], model: str, normalize: bool, 
                 raise UserError(f"{path}:{number}: not the vectors of input text {number}; --resume continues the "
                                 "file of the same input: name another --output, or drop --resume")
         kept = [torch.tensor(record["embedding"]) for record in output.done] if keep else None
-        with tqdm(total=len(texts), initial=done, desc="embed", unit="text", dynamic_ncols=True) as bar, \
+        with progress(desc="embed", total=len(texts), initial=done, unit="text") as bar, \
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for first in range(done - done % size, len(texts), size):  # the chunk holding text `done` on

@@ -28,9 +28,9 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
+from ctxlm.progress import progress
 from ctxlm.transfer.config import FinetuneConfig
 from ctxlm.transfer.data import TASKS, Example, TaskData, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.heads import predictions, task_loss
@@ -377,8 +377,8 @@ def cache_features(model: TaskModel, batches: TaskBatches, device: torch.device,
     """Each example's slot features from the frozen backbone, (slots or words, dim), kept on the device."""
     model.eval()
     out: list[Tensor | None] = [None] * len(batches.encoded)
-    for batch in tqdm(batches.eval_batches(), desc=desc, total=math.ceil(len(out) / batches.batch_size),
-                      leave=False, dynamic_ncols=True):
+    for batch in progress(batches.eval_batches(), desc=desc, total=math.ceil(len(out) / batches.batch_size),
+                          leave=False):
         batch = to_device(batch, device)
         features, slot_mask, _ = model.features(batch)
         for row, i in enumerate(batch["index"].tolist()):
