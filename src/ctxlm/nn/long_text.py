@@ -64,6 +64,9 @@ class LongText:
         return ":".join([self.how, *(f"{k}={v}" for k, v in options.items() if v is not None)])
 
 
+TRUNCATE = LongText()
+
+
 @dataclass(frozen=True)
 class Frame:
     """How many special tokens open and close one text's encoding: 1 and 1 for BERT ([CLS], [SEP]), GPT

@@ -279,6 +279,7 @@ class BuiltinTask:
     order_matters: bool = True  # pair tasks: see TaskSpec
     # the training split alone, where it has files of its own (else `read()`'s first split): pretraining text
     read_train: Callable[[], list[Example]] | None = None
+    long_text: str = "truncate"  # how fine-tuning reads a text longer than max_length (ctxlm.nn.long_text)
 
     def train_examples(self) -> list[Example]:
         """The training split, labels as written; a task whose training split has files of its own reads no
