@@ -1,7 +1,10 @@
 """Fine-tuning on whole long texts: a single-text task's windows, their pooled features, the gradient through
-every window."""
+every window, and `ctxlm finetune --task imdb` end to end (evaluate and predict read texts as training did)."""
 
+import gzip
+import json
 import math
+import random
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from ctxlm.nn.long_text import LongText
 from ctxlm.transfer.data import Example, TaskSpec
 from ctxlm.transfer.inputs import collate, encode_examples
 from ctxlm.transfer.model import TaskModel
-from helpers import tiny
+from helpers import metrics_records, run_cli, tiny
 from tolerances import assert_fp_close
 
 SPEC = TaskSpec("t", "single", ("0", "1"), ("accuracy",))
@@ -88,4 +91,46 @@ def test_long_text_options_a_task_cannot_take(lms):
     with pytest.raises(UserError, match="inputs of a pair task are cut"):
         TaskModel(lms["bert"], TaskSpec("p", "pair", ("0", "1"), ("accuracy",)), long_text="windows")
     with pytest.raises(UserError, match="expected one of truncate, head-tail, windows"):
-        ctxlm.finetune(model="x", task="sst2", out="never", long_text="all")
+        ctxlm.finetune(model="x", task="imdb", out="never", long_text="all")
+
+
+def write_imdb(root, rng: random.Random) -> None:
+    """A tiny IMDb: long reviews (about 50 tokens, 3-4 windows of a 16-position BERT), the label in a word of
+    their last sentence."""
+    words = ["the cat", "a dog", "the old man", "sees", "follows", "the house", "a red ball", "the quiet town"]
+
+    def review(label: int) -> str:
+        body = " ".join(rng.choice(words) for _ in range(18))
+        return f"{body} . in the end it {'finds' if label else 'remembers'} the tall tree ."
+
+    folder = root / "imdb"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 40), ("test", 8)):
+        rows = "".join(f"{'pos' if i % 2 else 'neg'}_{i}\t{8 if i % 2 else 2}\t{i % 2}\t{review(i % 2)}\n"
+                       for i in range(n))
+        (folder / f"{split}.tsv.gz").write_bytes(gzip.compress(f"id\trating\tlabel\tsentence\n{rows}".encode()))
+
+
+def test_finetune_imdb_reads_whole_reviews_and_evaluate_and_predict_read_them_alike(
+        lms, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CTXLM_DATA", str(tmp_path / "data"))
+    write_imdb(tmp_path / "data", random.Random(0))
+    backbone = ctxlm.save(lms["bert"], tmp_path / "bert")
+    run = tmp_path / "run"
+    code, out, err = run_cli(monkeypatch, capsys, "finetune", "--model", backbone, "--task", "imdb", "--epochs", 1,
+                             "--batch-size", 4, "--lr", "1e-3", "--out", run)
+    assert code == 0, err
+    losses = [r["loss"] for r in metrics_records(run) if "loss" in r]
+    assert losses and all(math.isfinite(x) for x in losses)
+    task = json.loads((run / "model" / "task.json").read_text())
+    assert task["long_text"] == "windows" and task["max_length"] == 16  # the model's context: 16 positions
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert math.isfinite(metrics["dev_loss"]) and "test_accuracy" in metrics
+    # a saved model evaluates as the run did: the same windows, through the same code
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", run, "--split", "test", "--precision", "fp32")
+    assert code == 0, err
+    printed = dict(line.split() for line in out.splitlines())
+    assert printed["accuracy"] == f"{metrics['test_accuracy']:.4f}" and printed["loss"] == f"{metrics['test_loss']:.4f}"
+    review = gzip.decompress((tmp_path / "data" / "imdb" / "test.tsv.gz").read_bytes()).decode()
+    (prediction,) = ctxlm.predict(run, [review.split("\n")[1].split("\t")[3]], dtype="fp32")
+    assert prediction["label"] in ("0", "1") and 0.5 <= prediction["probability"] <= 1

@@ -25,7 +25,8 @@ from ctxlm.nn.pooling import POOLINGS
 from ctxlm.runlog import logged_to
 from ctxlm.textfiles import read_text
 
-TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa (under $CTXLM_DATA), squad "
+TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa, imdb (whole reviews, in "
+             "windows; dev: 1,000 held-out training reviews) (under $CTXLM_DATA), squad "
              "(question answering: BERT-family span extraction, see --train-file), or csv:PATH for your own "
              ".csv/.tsv/.jsonl file (see --text-column, --label-column)")
 STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, gradual (ULMFiT: the head alone, "
