@@ -537,3 +537,16 @@ def task_texts(name: str, csv_options: UserTaskOptions | None = None) -> list[tu
     examples = task.train_examples()
     return [(" ".join(e.texts),) if task.kind == "tag" else e.texts for e in examples]
 
+
+def _imdb_corpus() -> tuple[list[str], list[str]]:
+    """ULMFiT's language-model text for IMDb (Howard & Ruder 2018 §4): the training and the unlabelled reviews,
+    never a test review. The validation reviews are the imdb task's dev reviews, held out of the training text:
+    a model pretrained here has not read the reviews that fine-tuning recipes are chosen on."""
+    train, dev = _imdb_train_dev()
+    unlabelled = [line for line in read_text(dataset_path("imdb", "unsup.txt.gz")).split("\n") if line.strip()]
+    return [e.texts[0] for e in train] + unlabelled, [e.texts[0] for e in dev]
+
+
+# Data sets whose folders hold a task's files rather than text files, read by `ctxlm pretrain --data NAME` as
+# (training texts, validation texts), one document each
+CORPORA: dict[str, Callable[[], tuple[list[str], list[str]]]] = {"imdb": _imdb_corpus}
