@@ -541,10 +541,16 @@ def task_texts(name: str, csv_options: UserTaskOptions | None = None) -> list[tu
 def _imdb_corpus() -> tuple[list[str], list[str]]:
     """ULMFiT's language-model text for IMDb (Howard & Ruder 2018 §4): the training and the unlabelled reviews,
     never a test review. The validation reviews are the imdb task's dev reviews, held out of the training text:
-    a model pretrained here has not read the reviews that fine-tuning recipes are chosen on."""
-    train, dev = _imdb_train_dev()
+    a model pretrained here has not read the reviews that fine-tuning recipes are chosen on.
+
+    IMDb repeats some reviews across its files (54 training and 118 unlabelled reviews have the very text of a
+    test review): a review whose text is a test review's is left out of both, and one whose text is a dev
+    review's out of the training text."""
+    train, dev = ([e.texts[0] for e in split] for split in _imdb_train_dev())
     unlabelled = [line for line in read_text(dataset_path("imdb", "unsup.txt.gz")).split("\n") if line.strip()]
-    return [e.texts[0] for e in train] + unlabelled, [e.texts[0] for e in dev]
+    test = {e.texts[0] for e in _IMDB.read(dataset_path("imdb", "test.tsv.gz"))}
+    held_out = test | set(dev)
+    return [text for text in train + unlabelled if text not in held_out], [text for text in dev if text not in test]
 
 
 # Data sets whose folders hold a task's files rather than text files, read by `ctxlm pretrain --data NAME` as
