@@ -351,7 +351,6 @@ TASKS: dict[str, BuiltinTask] = {
 # ---------------------------------------------------------------------------------------------------- user files
 
 
-
 def _csv_records(path: Path, delimiter: str, columns: list[str]) -> list[tuple[str, dict[str, str]]]:
     """("path:line", {column: value}) per row of a CSV/TSV file with a header (blank lines are no rows). A TSV is
     split on tabs alone, as the GLUE files are; a CSV may quote fields (and then a row can span lines)."""
