@@ -4,6 +4,7 @@ Exact semantics, so fp32 throughout (`--precision auto` pinned, tests/conftest.p
 the hardware has it, is tested in test_precision.py and test_serve.py."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -244,6 +245,90 @@ def test_scalar_mix_starts_as_the_mean_and_learns(minilm):
     assert mix.s.softmax(0).argmax() == 6
     with pytest.raises(ValueError, match="second to last"):
         ScalarMix(6)(states)
+
+
+# -- long texts (ctxlm.nn.long_text): fp32 throughout, for exact comparisons --------------------------------------
+LONG = " ".join(["the cat sees the house and the dog follows the old man to the quiet town ."] * 4)
+
+
+@pytest.fixture(scope="module")
+def bert(corpus_dir):
+    """A tiny BERT with random weights, a trained WordPiece vocabulary, and a context of 16 tokens."""
+    return tiny("bert", corpus=corpus_dir, max_positions=16).eval()
+
+
+def alone(model, ids: list[int]) -> torch.Tensor:
+    """The top layer of one model input, run by itself: (tokens, dim)."""
+    with torch.no_grad():
+        return model.backbone(torch.tensor([ids])).last[0]
+
+
+@pytest.mark.parametrize("which", ["bert", "gpt2"])
+def test_windows_of_texts_that_fit_are_the_plain_path_bit_for_bit(request, which):
+    model = request.getfixturevalue(which)
+    texts = ["the cat sees the house .", "a dog", "", "the old man remembers an open door ."]
+    for pool in ("mean", "last", "concat") + (("cls",) if which == "bert" else ()):
+        plain = embed(texts, model, pool=pool, dtype="fp32", batch_size=2)
+        for long_text in ("windows", "windows:stride=3", "head-tail"):
+            assert torch.equal(embed(texts, model, pool=pool, dtype="fp32", batch_size=2, long_text=long_text), plain)
+
+
+def test_a_long_texts_windows_pool_to_the_manual_computation(bert):
+    ids = bert.tokenizer.encode_text(LONG).ids
+    text = ids[1:-1]
+    assert len(ids) > 3 * 16  # four windows or more of 14 text tokens between [CLS] and [SEP]
+    windows = [[ids[0], *text[start:start + 14], ids[-1]] for start in range(0, len(text), 14)]
+    states = [alone(bert, w) for w in windows]
+    counts = torch.tensor([len(w) for w in windows], dtype=torch.float32)
+    mean = sum(s.mean(0) * n for s, n in zip(states, counts, strict=True)) / counts.sum()
+    cls = sum(s[0] * n for s, n in zip(states, counts, strict=True)) / counts.sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # windows read the whole text: nothing is truncated, nothing to warn of
+        got = {pool: embed([LONG, "a dog"], bert, pool=pool, long_text="windows", dtype="fp32")[0]
+               for pool in ("mean", "cls", "last", "concat")}
+    # padded batches against inputs run alone; then sums over the windows' tokens
+    assert_fp_close(got["mean"], mean, terms=len(ids), depth=4)
+    assert_fp_close(got["cls"], cls, terms=len(ids), depth=4)
+    assert_fp_close(got["last"], states[-1][-1], **GPT2)  # the last window's [SEP]
+    every = torch.cat(states)
+    expected = torch.cat([states[-1][-1], every.max(0).values, mean])
+    assert_fp_close(got["concat"], expected, terms=len(ids), depth=4)
+
+
+def test_a_decoders_windows_are_its_bare_tokens(gpt2):
+    ids = gpt2.tokenizer.encode(LONG)
+    assert len(ids) > 32
+    last = alone(gpt2, ids[(len(ids) - 1) // 32 * 32:])[-1]  # the last window: what is left after whole ones
+    assert_fp_close(embed(LONG, gpt2, pool="last", long_text="windows", dtype="fp32"), last, **GPT2)
+
+
+def test_head_tail_reads_the_first_and_last_tokens(bert):
+    ids = bert.tokenizer.encode_text(LONG).ids
+    per_token = embed(LONG, bert, pool="none", long_text="head-tail:head=5", dtype="fp32")
+    kept = [ids[0], *ids[1:6], *ids[-10:]]  # [CLS], the first 5, the last 16 - 2 - 5 = 9 and [SEP]
+    assert per_token.shape == (16, 32)
+    assert_fp_close(per_token, alone(bert, kept), terms=1)  # one run of the same input
+
+
+def test_long_text_options_that_cannot_be(bert):
+    with pytest.raises(UserError, match="pools each text's windows into one vector"):
+        embed(LONG, bert, pool="words", long_text="windows")
+    with pytest.raises(UserError, match="layers other than 'all'"):
+        embed(LONG, bert, pool="concat", layers="all")
+    with pytest.raises(UserError, match="expected one of truncate, head-tail, windows"):
+        embed(LONG, bert, long_text="sliding")
+
+
+def test_cli_long_text_windows(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    (tmp_path / "in.txt").write_text(f"{LONG}\nshort text\n")
+    code, _, err = run_cli(monkeypatch, capsys, "embed", tiny_model_dir, "--input", tmp_path / "in.txt",
+                           "--output", tmp_path / "out.npy", "--long-text", "windows", "--pool", "concat",
+                           "--precision", "fp32")
+    assert code == 0, err
+    assert "truncated" not in err
+    expected = embed([LONG, "short text"], ctxlm.load(tiny_model_dir), pool="concat", long_text="windows",
+                     dtype="fp32")
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "out.npy")), expected)
 
 
 def test_cli_writes_npy_and_jsonl(monkeypatch, capsys, tmp_path):

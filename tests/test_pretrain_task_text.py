@@ -123,3 +123,41 @@ def test_pretrain_bert_on_a_pair_task_makes_each_example_a_document(tasks, tmp_p
                            "--out", tmp_path / "run", "--vocab-size", 200, *TINY)
     assert code == 0, err
     assert "from 38 documents" in out and "next-sentence accuracy" in out  # 40 examples, 2 held out to validate
+
+
+@pytest.fixture
+def imdb(tasks):
+    """A tiny IMDb folder in the real files' formats: 20 training reviews (10 of each label), 6 test reviews and 12
+    unlabelled ones, two sentences each; one training and one unlabelled review repeat a test review."""
+    folder = tasks["root"] / "imdb"
+    folder.mkdir()
+    reviews = {split: [f"{split} review {i} {s} . It ends here ." for i, s in enumerate(sentences(n, seed))]
+               for split, n, seed in (("train", 20, 4), ("test", 6, 5), ("unsup", 12, 6))}
+    reviews["unsup"][3] = reviews["train"][7] = reviews["test"][2]  # as IMDb repeats some of its reviews
+    for split in ("train", "test"):
+        rows = "".join(f"id_{i}\t7\t{i % 2}\t{r}\n" for i, r in enumerate(reviews[split]))
+        (folder / f"{split}.tsv.gz").write_bytes(gzip.compress(f"id\trating\tlabel\tsentence\n{rows}".encode()))
+    (folder / "unsup.txt.gz").write_bytes(gzip.compress("".join(f"{r}\n" for r in reviews["unsup"]).encode()))
+    return reviews
+
+
+def test_the_imdb_corpus_is_training_and_unlabelled_reviews_never_a_test_review(imdb):
+    folder = task_corpus("imdb")
+    train, valid = (paragraphs(folder / name) for name in ("train.txt", "valid.txt"))
+    dev = [e.texts[0] for e in load_task("imdb").dev]
+    test = set(imdb["test"])
+    assert len(dev) == 2 and valid == [[r] for r in dev if r not in test]  # the task's dev reviews, one a paragraph
+    assert train == [[r] for r in imdb["train"] + imdb["unsup"] if r not in dev and r not in test]
+    text = (folder / "train.txt").read_text() + (folder / "valid.txt").read_text()
+    assert not any(r in text for r in imdb["test"]) and "test review" not in text
+    stamp = (folder / "train.txt").stat().st_mtime_ns
+    assert task_corpus("imdb") == folder and (folder / "train.txt").stat().st_mtime_ns == stamp  # written once
+
+
+def test_pretrain_bert_on_imdb_reads_each_review_as_a_document(imdb, tmp_path, monkeypatch, capsys):
+    code, out, err = ctxlm(monkeypatch, capsys, "pretrain", "--model", "bert", "--data", "imdb",
+                           "--out", tmp_path / "run", "--vocab-size", 200, *TINY)
+    assert code == 0, err
+    texts = len(paragraphs(next((tmp_path / "cache" / "task-text").glob("imdb-*")) / "train.txt"))
+    assert f"imdb: {texts} texts to train on, 2 held out for validation" in out
+    assert f"from {texts} documents" in out and "next-sentence accuracy" in out  # one review, one document

@@ -8,7 +8,7 @@ import pytest
 
 from ctxlm.errors import UserError
 from ctxlm.paths import data_root
-from ctxlm.transfer.data import TASKS, Example, TaskSpec, UserTaskOptions, load_task
+from ctxlm.transfer.data import TASKS, Example, TaskSpec, UserTaskOptions, load_task, task_texts
 from ctxlm.transfer.metrics import compute_metrics
 
 
@@ -184,6 +184,45 @@ def test_commonsenseqa_is_split_80_20_in_file_order(root):
     assert [e.texts[0] for e in data.train] == [f"q{i}" for i in range(8)] and [e.label for e in data.dev] == [3, 4]
 
 
+# ---------------------------------------------------------------------------------------------------- IMDb
+
+
+def imdb_file(per_label: int, split: str = "train") -> str:
+    """An IMDb split as PROVENANCE.md describes the files: header `id rating label sentence`, negative reviews
+    then positive ones, by id."""
+    rows = [f"{'pos' if label else 'neg'}_{i}\t{8 if label else 2}\t{label}\t{split} review {label}-{i} . So it ends ."
+            for label in (0, 1) for i in range(per_label)]
+    return "id\trating\tlabel\tsentence\n" + "\n".join(rows) + "\n"
+
+
+def test_imdb_dev_is_a_fixed_balanced_part_of_the_training_reviews(root):
+    write(root / "imdb/train.tsv.gz", imdb_file(40))
+    write(root / "imdb/test.tsv.gz", imdb_file(5, "test"))
+    data = load_task("imdb")
+    assert data.spec == TaskSpec("imdb", "single", ("0", "1"), ("accuracy",)) and TASKS["imdb"].long_text == "windows"
+    train, dev = [e.texts[0] for e in data.train], [e.texts[0] for e in data.dev]
+    assert len(dev) == 8 and [e.label for e in data.dev].count(1) == 4  # a tenth of each label
+    assert not set(train) & set(dev) and sorted(train + dev) == sorted(f"train review {k}-{i} . So it ends ."
+                                                                        for k in (0, 1) for i in range(40))
+    lines = {name: [int(e.source.rsplit(":", 1)[1]) for e in split] for name, split in (("train", data.train),
+                                                                                          ("dev", data.dev))}
+    assert all(numbers == sorted(numbers) for numbers in lines.values())  # both in file order
+    assert sorted(lines["train"] + lines["dev"]) == list(range(2, 82))
+    assert [e.texts[0] for e in data.test] == [f"test review {k}-{i} . So it ends ." for k in (0, 1) for i in range(5)]
+    assert load_task("imdb", train_size=10, seed=3).dev == data.dev  # fixed: not the training seed's
+    assert [t for (t,) in task_texts("imdb")] == train  # pretraining text: the training split, never dev or test
+
+
+def test_imdb_holds_out_500_reviews_of_each_label(root):
+    write(root / "imdb/train.tsv.gz", imdb_file(5_100))
+    write(root / "imdb/test.tsv.gz", imdb_file(1, "test"))
+    data = load_task("imdb")
+    assert len(data.dev) == 1_000 and sum(e.label for e in data.dev) == 500 and len(data.train) == 9_200
+    held_out = {e.source for e in data.dev}
+    write(root / "imdb/test.tsv.gz", imdb_file(2, "test"))
+    assert {e.source for e in load_task("imdb").dev} == held_out  # the same reviews, whatever else changes
+
+
 # ---------------------------------------------------------------------------------------------------- user files
 
 
@@ -273,7 +312,8 @@ def test_entity_f1_counts_whole_entities_unlike_word_accuracy():
 
 SIZES = {"sst2": (67_349, 872, None), "mrpc": (3_668, 408, None), "stsb": (5_749, 1_500, None),
          "rte": (2_490, 277, None), "cola": (8_551, 1_043, None), "conll2003": (14_041, 3_250, 3_453),
-         "copa": (400, 100, None), "arc_easy": (2_251, 570, 2_376), "commonsenseqa": (976, 245, None)}
+         "copa": (400, 100, None), "arc_easy": (2_251, 570, 2_376), "commonsenseqa": (976, 245, None),
+         "imdb": (24_000, 1_000, 25_000)}
 
 
 @pytest.mark.parametrize("name", SIZES)

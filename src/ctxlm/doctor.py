@@ -21,7 +21,7 @@ import ctxlm
 from ctxlm import distributed
 from ctxlm.paths import cache_root, data_root
 from ctxlm.precision import CPU_FEATURES, choose, cpu_bf16_features
-from ctxlm.transfer.data import TASKS
+from ctxlm.transfer.data import CORPORA, TASKS
 
 # Third-party packages are imported by the sections that report on them (`_torch`, `_caches`): huggingface_hub
 # is optional, and its absence is part of the report.
@@ -58,7 +58,8 @@ def package_version(distribution: str) -> str:
 def known_datasets() -> dict[str, str]:
     """Data set folders that ctxlm reads by name under the data folder, and what reads each."""
     return {"wikitext2": "ctxlm pretrain (the default --data)",
-            **{name: f"ctxlm finetune --task {name}" for name in TASKS},
+            **{name: f"ctxlm finetune --task {name}" + (f", ctxlm pretrain --data {name}" if name in CORPORA else "")
+               for name in TASKS},
             "squad_v1": "ctxlm finetune --task squad, ctxlm zeroshot"}
 
 

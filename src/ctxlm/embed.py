@@ -7,7 +7,10 @@ token, [CLS] and [SEP] included. The options give the usual feature-based readin
   sum / concatenation of the last four (Devlin et al. 2018, Table 7, the feature-based NER study); every layer
   on an axis of its own, for a learned `ScalarMix` (ELMo); or any list of layers, concatenated;
 - how to pool the tokens: [CLS] (encoders), the mean, the last token (all that a decoder's last state has
-  seen), one vector per word (its first sub-token, or the mean of its sub-tokens), or none.
+  seen), ULMFiT's concatenation of the last, the max and the mean, one vector per word (its first sub-token, or
+  the mean of its sub-tokens), or none;
+- how to read a text longer than the model's context: cut it (the default, with a warning), keep its head and
+  tail, or read it whole in windows whose vectors are pooled into the text's (`ctxlm.nn.long_text`).
 
 Inference only: texts are batched by length so that padding wastes little, and the model stops at the highest
 layer asked for. The backbone runs in the precision `ctxlm.precision` picks (dtype="auto", the default): under
@@ -28,20 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
-from tqdm.auto import tqdm
 
 from ctxlm.api import load
 from ctxlm.errors import UserError
+from ctxlm.nn.long_text import Frame, LongText, combine_windows, windows
 from ctxlm.nn.pooling import POOLINGS
 from ctxlm.nn.pooling import pool as pool_tokens
 from ctxlm.nn.scalar_mix import ScalarMix
 from ctxlm.precision import inference_context
+from ctxlm.progress import progress as progress_of
 from ctxlm.tokenizers import Tokenizer
 
 __all__ = ["LAYER_NAMES", "POOLS", "WORD_POOLS", "ScalarMix", "embed"]
 
 LAYER_NAMES = ("last", "second-to-last", "sum", "sum-last-4", "concat-last-4", "all")
-POOLS = ("cls", "mean", "last", "words", "none")
+POOLS = (*POOLINGS, "words", "none")
 WORD_POOLS = ("first", "mean")
 
 _loaded: dict[str, nn.Module] = {}  # models loaded by name: repeated calls must not reload them
@@ -50,8 +54,8 @@ _loaded: dict[str, nn.Module] = {}  # models loaded by name: repeated calls must
 def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.PathLike | nn.Module = "minilm",
           *, layers: str | int | Sequence[int] = "last", pool: str = "mean", word_pool: str = "first",
           normalize: bool = False, batch_size: int = 64, max_length: int | None = None,
-          device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto",
-          progress: bool = False) -> Tensor | list[Tensor]:
+          long_text: str | LongText = "truncate", device: str | torch.device | None = None,
+          dtype: str | torch.dtype | None = "auto", progress: bool = False) -> Tensor | list[Tensor]:
     """Contextual vectors of `texts` from `model`'s hidden states.
 
     `texts`: one str (the result is then that text's alone, not a list of one), a list of str, or, for
@@ -64,16 +68,25 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     layer numbers, concatenated in the order given.
 
     `pool`: "cls" ([CLS]; encoders only), "mean" (over every real token, special tokens included), "last" (the
-    last real token: a decoder's natural choice), "words" (one vector per word: its first sub-token with
+    last real token: a decoder's natural choice), "concat" ([last, max, mean], 3 × D: ULMFiT's concat pooling,
+    for decoders and the biLM; not with layers="all"), "words" (one vector per word: its first sub-token with
     word_pool="first", the mean of its sub-tokens with "mean"), "none" (one vector per token, special tokens
     included). Words are the caller's when given split texts; otherwise BERT's pre-tokeniser words (split at
     whitespace and punctuation: "don't" is three words) and, for decoders, whitespace-separated words.
 
-    Returns, for cls/mean/last, a tensor (n_texts, D), where D depends on `layers` ((n_texts, L + 1, dim) for
-    "all"); for words/none a list of (n_words or n_tokens, D) tensors. `normalize`: L2-normalise each vector.
+    Returns, for cls/mean/last/concat, a tensor (n_texts, D), where D depends on `layers` ((n_texts, L + 1, dim)
+    for "all"); for words/none a list of (n_words or n_tokens, D) tensors. `normalize`: L2-normalise each vector.
 
-    `max_length` (default: the model's context): longer texts are cut to it, with a warning; BERT keeps its
-    closing [SEP], and pool="words" then returns the words that still have a token. A text without tokens
+    `max_length` (default: the model's context) bounds each model input. `long_text` says what becomes of a
+    longer text (see `ctxlm.nn.long_text.LongText`): "truncate" cuts it to `max_length`, with a warning (BERT
+    keeps its closing [SEP], and pool="words" then returns the words that still have a token); "head-tail"
+    keeps its first and last tokens ("head-tail:head=N": the first N; default 128 of every 510, Sun et al.
+    2019); "windows" reads all of it, in consecutive windows of `max_length` tokens ("windows:stride=N": N
+    tokens between two windows' starts, overlapping them), each framed as a text alone (BERT: [CLS] ... [SEP]),
+    and pools their vectors into the text's: the mean weighted by each window's tokens for cls and mean, the
+    last window's last token for last, and for concat the last token, the max over every window and the
+    weighted mean (one vector per text: not with pool="words" or "none"). A text that fits is read as one input
+    whatever `long_text` says, and its vector is the same, bit for bit. A text without tokens
     (empty or, but for GPT-2's byte-level vocabulary, whitespace) is read as [CLS] [SEP] by BERT, and as one
     <|endoftext|> (else the start token) by a decoder; with pool="words" it has no words: a (0, D) tensor.
 
@@ -92,6 +105,12 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
         raise UserError(f"pool='cls' needs an encoder; a {config.model_type} decoder's first state has seen only "
                         "the first token (use pool='last' or 'mean')")
     choice = choose_layers(layers, config.n_layers)
+    long = LongText.parse(long_text)
+    if long.how == "windows" and pool not in POOLINGS:
+        raise UserError(f"long_text={long_text!r} pools each text's windows into one vector: it needs pool="
+                        f"{', '.join(map(repr, POOLINGS))}, not {pool!r}")
+    if pool == "concat" and choice.how == "stack":
+        raise UserError("pool='concat' gives one flat vector per text: choose layers other than 'all'")
     max_length = _check_max_length(max_length, config.max_positions, 2 if encoder else 1)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size={batch_size!r}: expected a positive integer")
@@ -101,33 +120,40 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     with record_function("embed: tokenize"):  # the phases are named for torch.profiler (benchmarks/profile_embed.py)
         tokens = _tokenize(tokenizer, items, presplit=presplit, by_word=pool == "words", encoder=encoder)
     cut = sum(len(t.ids) > max_length for t in tokens)
-    if cut:
+    if cut and long.how == "truncate":
         dropped = "; words past the cut have no vector" if pool == "words" else ""
         warnings.warn(f"{cut} of {len(tokens)} texts are longer than max_length={max_length} tokens and were "
                       f"truncated to {max_length} tokens{dropped}", stacklevel=2)
-        tokens = [t.truncated(max_length, keep_last=encoder) for t in tokens]
+    # The model inputs: one per text, or a long text's windows; `owner` numbers the text of each.
+    frame = Frame.of(tokenizer) if encoder else Frame()  # a decoder's text is its bare tokens (see _tokenize)
+    inputs, owner = [], []
+    for i, t in enumerate(tokens):
+        for positions in windows(len(t.ids), max_length, frame, long):
+            inputs.append(t.take(positions))
+            owner.append(i)
 
     if next(backbone.parameters()).device != device:
         model.to(device)
     shape = choice.vector_shape(config.hidden_dim)
+    if pool == "concat":
+        shape = (3 * shape[0],)
     # Longest first: equal lengths share a batch (little padding) and an out-of-memory error comes at once.
-    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i].ids))
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i].ids))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    # One vector per text: written batch by batch into one ordinary tensor (an inference tensor could not take
+    # One vector per input: written batch by batch into one ordinary tensor (an inference tensor could not take
     # part in autograd later, e.g. training a ScalarMix on it). Per word or token: one ordinary copy per text.
-    pooled = torch.empty(len(tokens), *shape) if pool in POOLINGS else None
-    results: list[Tensor | None] = [None] * len(tokens)
+    pooled = torch.empty(len(inputs), *shape) if pool in POOLINGS else None
+    results: list[Tensor | None] = [None] * len(inputs)
     was_training = backbone.training
     backbone.eval()  # dropout off; the caller's mode is restored below
     try:
         with precision:  # one autocast region for every batch: each weight is cast once, not once per batch
-            for batch in tqdm(batches, desc="embed", unit="batch", disable=not progress, dynamic_ncols=True):
-                vectors = _embed_batch(backbone, [tokens[i] for i in batch], tokenizer.pad_id, choice, pool,
+            for batch in progress_of(batches, desc="embed", unit="batch", disable=not progress):
+                vectors = _embed_batch(backbone, [inputs[i] for i in batch], tokenizer.pad_id, choice, pool,
                                        word_pool, device)
                 if pooled is not None:
                     with record_function("embed: pool"):
-                        vectors = vectors.unflatten(-1, shape)
-                        pooled[batch] = F.normalize(vectors, dim=-1) if normalize else vectors
+                        pooled[batch] = vectors.unflatten(-1, shape)
                     continue
                 for i, vector in zip(batch, vectors, strict=True):
                     vector = vector.clone().unflatten(-1, shape)
@@ -135,6 +161,9 @@ def embed(texts: str | Sequence[str] | Sequence[Sequence[str]], model: str | os.
     finally:
         backbone.train(was_training)
     if pooled is not None:
+        lengths = torch.tensor([len(t.ids) for t in inputs])
+        pooled = combine_windows(pooled.flatten(1), lengths, torch.tensor(owner), pool).unflatten(-1, shape)
+        pooled = F.normalize(pooled, dim=-1) if normalize else pooled
         return pooled[0] if single else pooled
     return results[0] if single else results
 
@@ -188,13 +217,9 @@ class _Tokens:
     ids: list[int]
     word_ids: list[int | None]  # the word of each token; None for special tokens (and when words are unused)
 
-    def truncated(self, max_length: int, keep_last: bool) -> _Tokens:
-        """The first `max_length` tokens; `keep_last` keeps the final token instead of the last that fits."""
-        if len(self.ids) <= max_length:
-            return self
-        if keep_last:
-            return _Tokens(self.ids[:max_length - 1] + self.ids[-1:], self.word_ids[:max_length - 1] + [None])
-        return _Tokens(self.ids[:max_length], self.word_ids[:max_length])
+    def take(self, positions: list[int]) -> _Tokens:
+        """The tokens at `positions` (a cut or a window of the text, `ctxlm.nn.long_text.windows`)."""
+        return _Tokens([self.ids[i] for i in positions], [self.word_ids[i] for i in positions])
 
 
 def _tokenize(tokenizer: Tokenizer, items: list, *, presplit: bool, by_word: bool, encoder: bool) -> list[_Tokens]:
@@ -231,8 +256,8 @@ def _decoder_words(tokenizer: Tokenizer, sentences: list[list[str]], stand_in: i
 def _embed_batch(backbone: nn.Module, batch: list[_Tokens], pad_id: int, choice: _LayerChoice, pool: str,
                  word_pool: str, device: torch.device) -> Tensor | list[Tensor]:
     """One batch's vectors with their features flattened to one axis, on the CPU: a (batch, features) tensor for
-    cls/mean/last pooling, else one (words or tokens, features) tensor per text. The backbone runs in the caller's
-    autocast, if any; the layers are combined and pooled in float32."""
+    cls/mean/last/concat pooling, else one (words or tokens, features) tensor per text. The backbone runs in the
+    caller's autocast, if any; the layers are combined and pooled in float32."""
     with record_function("embed: pad"):
         lengths = [len(t.ids) for t in batch]
         width = max(lengths)

@@ -53,7 +53,8 @@ pretrain.__doc__ = f"""{job.pretrain.__doc__.rstrip()}
     `data` may also be "task:NAME", the training texts of a fine-tuning task (sst2, mrpc, ...) without their
     labels, or "csv:PATH", the texts of your own .csv, .tsv or .jsonl file: its `text_column` (default "text")
     and `pair_column`, read as `ctxlm finetune --task csv:PATH` reads them, less the rows finetune holds out as
-    dev (see `task_corpus`).
+    dev; "imdb" is IMDb's training and unlabelled reviews, one a document, validated on the imdb task's dev
+    reviews (see `task_corpus`).
 
     The result also shows what the model learned: a "sample" continuing {PROMPT!r} for a causal LM ({{"prompt",
     "continuation"}}), a "fill_in" of a masked word for a masked LM ({{"text", "best"}}: its five likeliest
@@ -65,48 +66,85 @@ pretrain.__doc__ = f"""{job.pretrain.__doc__.rstrip()}
 def task_corpus(data: str | Path, *, text_column: str | None = None,
                 pair_column: str | None = None) -> str | Path:
     """`data` as the pretraining job reads it: "task:NAME" and "csv:PATH" become a text file of the task's
-    training texts (`ctxlm.transfer.data.task_texts`: no labels, no dev or test text); other data as given.
+    training texts (`ctxlm.transfer.data.task_texts`: no labels, no dev or test text); a data set whose folder
+    holds a task's files rather than text (`ctxlm.transfer.data.CORPORA`: imdb, whose training and unlabelled
+    reviews are the text, its task's dev reviews the validation text) becomes a folder of train.txt and
+    valid.txt; other data as given.
 
-    The file holds one example per paragraph: its texts one per line (a pair's two texts, a question's context
+    A file holds one example per paragraph: its texts one per line (a pair's two texts, a question's context
     then its choices), line breaks inside a text made spaces, and a blank line between examples. The corpus
     reader makes the file one document, which the causal LM and the biLM read as one stream of lines. The masked
     LM's next-sentence prediction cuts documents at blank lines, so each example is a document of its own:
     IsNext pairs what belongs together (a premise and its hypothesis, a question and its choices, the halves of
     a single text) and NotNext a text with another example's, never two unrelated examples as if one followed
-    the other. The file is written once, atomically, under $CTXLM_CACHE/task-text, named by the task and a hash
-    of its text: the same text is the same file, so its tokens, cached by file, are reused.
+    the other. The files are written once, atomically, under $CTXLM_CACHE/task-text, named by the task and a
+    hash of their text: the same text is the same file, so its tokens, cached by file, are reused.
     """
-    name = str(data) if isinstance(data, str) else ""
-    if not name.startswith(("task:", "csv:")):
-        if text_column is not None or pair_column is not None:
-            raise UserError("--text-column and --pair-column apply to --data csv:PATH only")
-        return data
-    from ctxlm.transfer.data import UserTaskOptions, task_texts
+    from ctxlm.transfer.data import CORPORA, UserTaskOptions, task_texts
 
+    name = str(data) if isinstance(data, str) else ""
+    columns = text_column is not None or pair_column is not None
+    if not name.startswith(("task:", "csv:")):
+        if columns:
+            raise UserError("--text-column and --pair-column apply to --data csv:PATH only")
+        if name not in CORPORA or Path(name).exists():  # a folder of that name here is the user's
+            return data
+        train, valid = (_paragraphs((text,) for text in texts) for texts in CORPORA[name]())
+        files = {"train.txt": _file_text(train), "valid.txt": _file_text(valid)}
+        folder = cache_root() / "task-text" / f"{name}-{_hash(*files.values())}"
+        for file, text in files.items():
+            _write_once(folder / file, text)
+        _say(f"{name}: {len(train):,} texts to train on, {len(valid):,} held out for validation ({folder})")
+        return folder
     task = name.removeprefix("task:")
-    if not task.startswith("csv:") and (text_column is not None or pair_column is not None):
+    if not task.startswith("csv:") and columns:
         raise UserError(f"--text-column and --pair-column apply to --data csv:PATH only, not {name}")
     options = UserTaskOptions(text_column=text_column or "text", text_pair_column=pair_column or None)
-    examples = task_texts(task, options if task.startswith("csv:") else None)
-    paragraphs = ["\n".join(lines) for texts in examples if (lines := [line for t in texts if (line := _one_line(t))])]
+    paragraphs = _paragraphs(task_texts(task, options if task.startswith("csv:") else None))
     if not paragraphs:
         raise UserError(f"{name}: no text in its training examples")
-    text = "\n\n".join(paragraphs) + "\n"
     label = re.sub(r"[^\w.-]+", "_", "csv-" + Path(task[4:]).name if task.startswith("csv:") else task)
-    path = cache_root() / "task-text" / f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.txt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-                file.write(text)
-            os.replace(temporary, path)  # a reader (another process under torchrun) sees all of it or nothing
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every process makes (or finds) it; rank 0 says so
-        print(f"{name}: the texts of {len(paragraphs):,} training examples, without labels ({path})")
+    text = _file_text(paragraphs)
+    path = cache_root() / "task-text" / f"{label}-{_hash(text)}.txt"
+    _write_once(path, text)
+    _say(f"{name}: the texts of {len(paragraphs):,} training examples, without labels ({path})")
     return path
+
+
+def _paragraphs(examples: Iterable[tuple[str, ...]]) -> list[str]:
+    """One paragraph per example with some text: its texts' lines (`_one_line`), one per line."""
+    return ["\n".join(lines) for texts in examples if (lines := [line for t in texts if (line := _one_line(t))])]
+
+
+def _file_text(paragraphs: list[str]) -> str:
+    """The paragraphs, a blank line between two."""
+    return "\n\n".join(paragraphs) + "\n"
+
+
+def _hash(*texts: str) -> str:
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()[:16]
+
+
+def _write_once(path: Path, text: str) -> None:
+    """`text` into `path` unless it is there: written to a temporary file and renamed, so that a reader (another
+    process under torchrun) sees all of it or nothing."""
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _say(text: str) -> None:
+    """Under torchrun every process makes (or finds) the text; rank 0 says so."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
 
 
 def _one_line(text: str) -> str:

@@ -40,13 +40,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.autograd.graph import increment_version
-from tqdm.auto import tqdm
 
 from ctxlm import distributed
 from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_safetensors_header, read_weights, recover, save
 from ctxlm.errors import UserError
 from ctxlm.nn.blocks import use_gradient_checkpointing
 from ctxlm.precision import resolve_precision
+from ctxlm.progress import Progress, progress
 from ctxlm.runlog import METRICS_FILE, append_metrics, drop_metrics_after, plot_losses
 from ctxlm.schedules import SHAPES, slanted_triangular, warmup_decay
 
@@ -401,8 +401,7 @@ class Trainer:
             self.log({"step": 0, **(self.evaluator() if self.evaluator is not None else self.evaluate())})
         start = time.perf_counter()
         self.model.train()
-        bar = tqdm(total=config.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not main)
+        bar = progress(desc="train", total=config.steps, initial=self.step, unit="step", disable=not main)
         with graceful_interrupt(bar.write) as interrupted, deterministic_algorithms(config.deterministic):
             last, stopped = self._loop(bar, start, interrupted)
         bar.close()
@@ -412,7 +411,7 @@ class Trainer:
             raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved in {self.checkpoint_dir}")
         return last
 
-    def _loop(self, bar: tqdm, start: float, interrupted: threading.Event) -> tuple[dict[str, float], bool]:
+    def _loop(self, bar: Progress, start: float, interrupted: threading.Event) -> tuple[dict[str, float], bool]:
         """Trains to the last step or a stop; returns the last evaluation and whether a Ctrl-C stopped it."""
         config = self.config
         window = self.window
@@ -502,7 +501,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total, grad_norm.detach(), finite
 
-    def nonfinite(self, loss: Tensor, grad_norm: Tensor, in_a_row: int, bar: tqdm) -> None:
+    def nonfinite(self, loss: Tensor, grad_norm: Tensor, in_a_row: int, bar: Progress) -> None:
         """Apply the policy to a step whose loss or gradients were not finite (its update was not applied)."""
         config = self.config
         what = f"step {self.step}: loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g}"
@@ -524,8 +523,7 @@ class Trainer:
         self.model.eval()
         sums: dict[str, Tensor] = {}
         count = 0
-        for batch in tqdm(self.eval_batches(), desc="eval", leave=False, dynamic_ncols=True,
-                          disable=not distributed.is_main()):
+        for batch in progress(self.eval_batches(), desc="eval", leave=False, disable=not distributed.is_main()):
             batch = distributed.local_rows(batch)
             rows = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])  # a last, smaller
             # batch weighs by its rows (LM blocks have equal lengths)

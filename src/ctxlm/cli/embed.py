@@ -12,11 +12,12 @@ import click
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ctxlm.cli.options import inference_precision_option
+from ctxlm.embed import POOLS
 from ctxlm.embed import embed as run
 from ctxlm.errors import UserError
+from ctxlm.progress import progress
 from ctxlm.textfiles import JsonLinesOutput, check_json_unicode, decode_line
 
 OUTPUT_SUFFIXES = (".npy", ".safetensors", ".jsonl")
@@ -34,6 +35,8 @@ Examples:
   # every layer, for a learned scalar mix (ELMo); or chosen layers, concatenated
   ctxlm embed --input docs.jsonl --layers all --output layers.safetensors
   ctxlm embed runs/gpt2-wt2 --input sentences.txt --layers 0,2,4 --pool last --output gpt2.npy
+  # whole reviews, however long: 512-token windows, their vectors pooled into one per review
+  ctxlm embed minilm --input reviews.txt --long-text windows --output reviews.npy
   # the five texts closest to a query
   ctxlm embed --input faq.txt --similar "how do I reset my password" --top-k 5
 """)
@@ -46,14 +49,18 @@ Examples:
 @click.option("--layers", default="last", show_default=True,
               help="last, second-to-last, sum, sum-last-4, concat-last-4, all, a layer number (0 = embeddings, "
               "-1 = top), or several: 0,3,6")
-@click.option("--pool", type=click.Choice(["cls", "mean", "last", "words", "none"]), default="mean",
-              show_default=True, help="one vector per text (cls, mean, last), per word, or per token (none)")
+@click.option("--pool", type=click.Choice(POOLS), default="mean", show_default=True,
+              help="one vector per text (cls, mean, last, concat: ULMFiT's [last, max, mean]), per word, or per "
+                   "token (none)")
 @click.option("--word-pool", type=click.Choice(["first", "mean"]), default="first", show_default=True,
               help="--pool words: a word's first sub-token, or the mean of its sub-tokens")
 @click.option("--normalize", is_flag=True, help="L2-normalise every vector")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--max-length", type=int, help="cut longer texts to this many tokens, with a warning [default: the "
-              "model's context]")
+@click.option("--max-length", type=int, help="tokens per model input [default: the model's context]")
+@click.option("--long-text", default="truncate", show_default=True,
+              help="a longer text: truncate (with a warning), head-tail (its first 128 of every 510 tokens and "
+                   "its last; 'head-tail:head=N'), or windows (all of it, in windows whose vectors are pooled into "
+                   "one; 'windows:stride=N' overlaps them)")
 @inference_precision_option()
 @click.option("--bf16", is_flag=True, hidden=True, help="the former spelling of --precision bf16")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
@@ -62,7 +69,7 @@ Examples:
 @click.option("--resume", is_flag=True, help="a .jsonl --output is written as it goes, flushed every 16 batches: "
               "continue the file of an interrupted run (same input and options) after its last complete record")
 def embed(model, input_path, input_format, output, layers, pool, word_pool, normalize, batch_size, max_length,
-          precision, bf16, device, query, top_k, resume) -> None:
+          long_text, precision, bf16, device, query, top_k, resume) -> None:
     """Contextual embeddings of texts: write them to a file, or find the texts nearest to a query."""
     if bf16:  # the option before --precision existed: still understood, said once
         if precision == "fp32":
@@ -75,7 +82,8 @@ def embed(model, input_path, input_format, output, layers, pool, word_pool, norm
     if output is not None:
         check_output(Path(output), ragged=pool in ("words", "none"))
     if query is not None and (pool in ("words", "none") or layers == "all"):
-        raise UserError("--similar needs one vector per text: --pool cls, mean or last, and --layers other than all")
+        raise UserError("--similar needs one vector per text: --pool cls, mean, last or concat, and --layers other "
+                        "than all")
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: expected a positive integer")
     streamed = output is not None and Path(output).suffix == ".jsonl"  # written as it goes
@@ -86,7 +94,7 @@ def embed(model, input_path, input_format, output, layers, pool, word_pool, norm
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     options = dict(layers=parse_layers(layers), pool=pool, word_pool=word_pool, batch_size=batch_size,
-                   max_length=max_length, device=device, dtype=precision)
+                   max_length=max_length, long_text=long_text, device=device, dtype=precision)
     if streamed:
         vectors = write_as_it_goes(Path(output), texts, model, normalize, options, resume=resume,
                                    keep=query is not None)
@@ -203,7 +211,7 @@ def write_as_it_goes(path: Path, texts: list[str], model: str, normalize: bool, 
                 raise UserError(f"{path}:{number}: not the vectors of input text {number}; --resume continues the "
                                 "file of the same input: name another --output, or drop --resume")
         kept = [torch.tensor(record["embedding"]) for record in output.done] if keep else None
-        with tqdm(total=len(texts), initial=done, desc="embed", unit="text", dynamic_ncols=True) as bar, \
+        with progress(desc="embed", total=len(texts), initial=done, unit="text") as bar, \
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             for first in range(done - done % size, len(texts), size):  # the chunk holding text `done` on

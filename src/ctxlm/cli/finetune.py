@@ -21,10 +21,12 @@ from ctxlm.cli.options import (
     training_precision_option,
 )
 from ctxlm.errors import UserError
+from ctxlm.nn.pooling import POOLINGS
 from ctxlm.runlog import logged_to
 from ctxlm.textfiles import read_text
 
-TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa (under $CTXLM_DATA), squad "
+TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa, imdb (whole reviews, in "
+             "windows; dev: 1,000 held-out training reviews) (under $CTXLM_DATA), squad "
              "(question answering: BERT-family span extraction, see --train-file), or csv:PATH for your own "
              ".csv/.tsv/.jsonl file (see --text-column, --label-column)")
 STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, gradual (ULMFiT: the head alone, "
@@ -84,8 +86,14 @@ def training_options(f, *, strategy: bool = True):
                                                "6.25e-5 GPT]"),
         click.option("--head-lr", type=float, help="rate of the new head [default: --lr; 1e-3 for features]"),
         click.option("--max-length", type=int, help="tokens per input sequence [default: 128; squad: 384]"),
-        click.option("--pooling", type=click.Choice(["cls", "mean", "last"]),
-                     help="sequence vector [default: mean for encoders, last (<|extract|>) for decoders]"),
+        click.option("--pooling", type=click.Choice(POOLINGS),
+                     help="sequence vector; concat: ULMFiT's [last, max, mean] [default: mean for encoders, last "
+                          "(<|extract|>) for decoders]"),
+        click.option("--long-text", help="a single text longer than --max-length: truncate; head-tail (its first "
+                                         "128 of every 510 tokens and its last, Sun et al. 2019; 'head-tail:head=N'); "
+                                         "windows (all of it, in windows whose vectors are pooled into one, the "
+                                         "gradient through every window; 'windows:stride=N' overlaps them) "
+                                         "[default: windows for imdb, else truncate]"),
         click.option("--evals-per-epoch", default=1, show_default=True),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)"),
         click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time"),

@@ -27,6 +27,8 @@ Examples:
   # on a task's own text, without its labels: SST-2's training sentences, or a column of your file
   ctxlm pretrain --model bert --data task:sst2 --out runs/bert-sst2 --block-size 64
   ctxlm pretrain --model gpt2 --data csv:reviews.csv --text-column review --out runs/gpt2-reviews
+  # ULMFiT's IMDb language model: the 74,000 training and unlabelled reviews (never a test review)
+  ctxlm pretrain --init runs/gpt2-wt2 --data imdb --out runs/gpt2-imdb --lr-decay 2.6 --schedule slanted
   # BERT: masked LM (15 %, 80/10/10) + next-sentence prediction, whole-word masking
   ctxlm pretrain --model bert --data wikitext2 --out runs/bert-wt2 --block-size 128 --whole-word-masking
   # ELMo: a character CNN under forward and backward LSTMs (biLM), softmax over every wikitext2 word
@@ -56,9 +58,10 @@ Examples:
 @click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
               "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,
-              help="text file or folder (.txt/.txt.gz), or a data set name under $CTXLM_DATA; task:NAME: the "
-              "training texts of a fine-tuning task (sst2, mrpc, ...), without labels; csv:PATH: the texts of "
-              "your .csv, .tsv or .jsonl file (less the 10% finetune holds out as dev)")
+              help="text file or folder (.txt/.txt.gz), or a data set name under $CTXLM_DATA (imdb: the training "
+              "and unlabelled reviews, one a document, never a test review; validation: the imdb task's 1,000 dev "
+              "reviews); task:NAME: the training texts of a fine-tuning task (sst2, mrpc, ...), without labels; "
+              "csv:PATH: the texts of your .csv, .tsv or .jsonl file (less the 10% finetune holds out as dev)")
 @click.option("--text-column", help="csv:PATH only: the column of the texts [default: text]")
 @click.option("--pair-column", help="csv:PATH only: the column of each text's second text (pair tasks)")
 @click.option("--valid", type=click.Path(), help="validation text (default: the folder's valid split, or 5% held out)")

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ctxlm.checkpoint import check_shapes
 from ctxlm.config import ElmoConfig
 from ctxlm.errors import UserError
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.paths import cache_root
+from ctxlm.progress import progress
 from ctxlm.tokenizers.characters import SPECIALS, CharTokenizer
 
 OPTIONS_SUFFIX = "options.json"
@@ -296,7 +296,7 @@ def _fetch(url: str, target: Path, name: str) -> None:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             written = 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name) as bar:
+            with progress(desc=target.name, total=total, unit="B", unit_scale=True, unit_divisor=1024) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     written += len(chunk)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ctxlm import distributed
 from ctxlm.config import ElmoConfig
@@ -27,6 +26,7 @@ from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.paths import cache_root
 from ctxlm.pretrain.causal_lm import LMData, corpus_spans, starting_model, write_data_json
 from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus
+from ctxlm.progress import progress
 from ctxlm.runlog import last_validation
 from ctxlm.textfiles import find_text_files, read_documents
 from ctxlm.tokenizers.characters import WORDS_FILE, CharTokenizer
@@ -61,7 +61,7 @@ def evaluate_bilm(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, floa
     device = next(model.parameters()).device
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    for ids in tqdm(batches, desc="eval", leave=False, dynamic_ncols=True, disable=not distributed.is_main()):
+    for ids in progress(batches, desc="eval", leave=False, disable=not distributed.is_main()):
         ids = distributed.local_rows(ids).to(device)
         if not len(ids):
             continue  # a last batch with fewer rows than processes

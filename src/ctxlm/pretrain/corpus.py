@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ctxlm.errors import UserError
+from ctxlm.progress import progress
 from ctxlm.textfiles import find_text_files, read_lines, warn_blank
 
 # encode(texts) -> one list of ids per text, adding no special tokens; e.g. for a `tokenizers.Tokenizer`:
@@ -139,9 +139,7 @@ class TokenizedCorpus:
         try:
             with (
                 open(tmp_bin, "wb") as out,
-                tqdm(
-                    total=total, unit="B", unit_scale=True, desc="tokenising", disable=not show_progress
-                ) as bar,
+                progress(desc="tokenising", total=total, unit="B", unit_scale=True, disable=not show_progress) as bar,
             ):
                 chunks = _chunks(files, chunk_chars, bar.update)
                 counts = _write_ids(chunks, encode, end_of_document, vocab_size, dtype, out)

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ctxlm import distributed
 from ctxlm.checkpoint import has_tokenizer, load_tokenizer, read_safetensors_header
@@ -42,6 +41,7 @@ from ctxlm.errors import UserError
 from ctxlm.paths import cache_root
 from ctxlm.pretrain.causal_lm import LMData, corpus_spans, starting_model, tokenize, write_data_json
 from ctxlm.pretrain.corpus import TokenizedCorpus, TokenSpan
+from ctxlm.progress import progress as progress_of
 from ctxlm.runlog import last_validation
 from ctxlm.textfiles import find_text_files
 from ctxlm.tokenizers import WordTokenizer
@@ -223,7 +223,7 @@ def evaluate_xl(model: nn.Module, span: TokenSpan, *, tgt_len: int, mem_len: int
     segments = eval_segments(span, tgt_len, streams)
     if max_segments is not None:
         segments = (s for _, s in zip(range(max_segments), segments, strict=False))
-    for x, y in tqdm(segments, desc="eval", leave=False, dynamic_ncols=True, disable=not progress):
+    for x, y in progress_of(segments, desc="eval", leave=False, disable=not progress):
         out = model(x.to(device), memory=memory, mem_len=mem_len, targets=y.to(device))
         memory = out.hidden.memory or None
         total += out.loss.double() * y.numel()

@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
 from ctxlm.paths import dataset_path
+from ctxlm.progress import progress
 from ctxlm.qa.model import SpanModel, span_loss
 from ctxlm.qa.options import SquadOptions
 from ctxlm.qa.spans import Span, Window, WindowBatches, best_spans, make_windows
@@ -67,8 +67,8 @@ def window_logits(model: SpanModel, batches: WindowBatches, device: torch.device
     starts: list[list[float] | None] = [None] * len(batches.windows)
     ends: list[list[float] | None] = [None] * len(batches.windows)
     total = 0.0
-    for batch in tqdm(batches.eval_batches(), desc=desc, total=math.ceil(len(starts) / batches.batch_size),
-                      leave=False, dynamic_ncols=True):
+    for batch in progress(batches.eval_batches(), desc=desc, total=math.ceil(len(starts) / batches.batch_size),
+                          leave=False):
         batch = to_device(batch, device)
         start_logits, end_logits = (logits.float() for logits in model(batch))  # bf16 under autocast inference
         total += float(span_loss(start_logits, end_logits, batch["starts"], batch["ends"])) * len(batch["index"])

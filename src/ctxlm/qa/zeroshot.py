@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
 from ctxlm.generate import generate_ids, has_memory
 from ctxlm.paths import dataset_path
+from ctxlm.progress import progress as progress_of
 from ctxlm.qa.squad import Question, read_squad, squad_metrics
 from ctxlm.textfiles import JsonLinesOutput, check_json_unicode, read_text
 
@@ -185,8 +185,8 @@ def zero_shot(model: nn.Module, questions: Sequence[Question], *, template: str 
 
     answers: dict[int, str] = {}
     size, cut = CHUNK_BATCHES * batch_size, set(truncated)
-    with tqdm(total=len(prompts), initial=done, desc="zero-shot", unit="question", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with progress_of(desc="zero-shot", total=len(prompts), initial=done, unit="question",
+                     disable=not progress) as bar:
         for first in range(done - done % size, len(prompts), size):  # the chunk holding question `done` on
             order = sorted(range(first, min(first + size, len(prompts))), key=lambda i: len(prompts[i]))
             for start in range(0, len(order), batch_size):

@@ -194,6 +194,8 @@ class Served:
         if pool == "cls" and self.config.causal:
             raise Refused(f"pool='cls' needs an encoder; a {self.config.model_type} decoder's first state has seen "
                           "only the first token (use pool='last' or 'mean')")
+        if pool == "concat" and layers == "all":
+            raise Refused("pool='concat' gives one flat vector per text: choose layers other than 'all'")
         return layers
 
     # ---- attention --------------------------------------------------------------------------------------

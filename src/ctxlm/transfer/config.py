@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ctxlm.errors import UserError
+from ctxlm.nn.long_text import LongText
 from ctxlm.train import TrainConfig
 from ctxlm.transfer.data import UserTaskOptions
 from ctxlm.transfer.strategies import Strategy
@@ -28,6 +29,9 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     max_length: int | None = None  # tokens per input; None: the task's default (128; 384 for SQuAD windows, BERT's)
     pooling: str | None = None
+    # a single text longer than max_length: "truncate", "head-tail", "windows" (see ctxlm.nn.long_text); None: the
+    # task's default, "windows" for imdb, else "truncate"
+    long_text: str | None = None
     dropout: float = 0.1
     evals_per_epoch: int = 1
     device: str = "auto"
@@ -47,6 +51,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_save_every(self.save_every, self.save_every_minutes)
+        LongText.parse(self.long_text)  # a bad value fails now, not after the data is read
 
     def resolved(self, strategy: Strategy, decoder: bool, *, max_length: int = 128) -> FinetuneConfig:
         """Defaults that depend on the strategy, the backbone and the task (`max_length`: its default): `lr` is the

@@ -78,6 +78,8 @@ class UserTaskOptions:
 
 
 Splits = tuple[list[Example], list[Example], list[Example] | None]  # train, dev, test; labels as in the files
+_DEV_FRACTION = 10  # where a task has no dev file, 1 in 10 training examples is held out (imdb: at most 500 a label)
+_DEV_SEED = 0  # the held-out dev set does not change with the training seed, so runs with different seeds compare
 
 # ---------------------------------------------------------------------------------------------------- file access
 
@@ -268,6 +270,40 @@ def _read_commonsenseqa() -> Splits:
     return questions[:cut], questions[cut:], None
 
 
+_IMDB = _Glue(4, (3,), 2)  # id, rating, label, sentence (the review)
+_IMDB_DEV_PER_LABEL = 500
+
+
+def _imdb_train_dev() -> tuple[list[Example], list[Example]]:
+    """IMDb's training reviews, split into our training and dev sets.
+
+    Maas et al. ship a training and a test split only, and the test split is for final figures (ULMFiT reports
+    on it; choosing recipes on it would overstate them). Dev is therefore held out of the training reviews:
+    500 of each label (a tenth of a label's reviews where a file has fewer than 5,000), drawn with a fixed seed,
+    the same for every run and training seed; the other 24,000 are the training split. Both keep file order.
+    """
+    reviews = _IMDB.read(dataset_path("imdb", "train.tsv.gz"))
+    held_out = _balanced_sample([e.label for e in reviews], _IMDB_DEV_PER_LABEL)
+    return ([e for i, e in enumerate(reviews) if i not in held_out],
+            [e for i, e in enumerate(reviews) if i in held_out])
+
+
+def _balanced_sample(labels: list[str], per_label: int) -> set[int]:
+    """Indices of `per_label` rows of each label (a tenth of its rows, at least one, where it has fewer than ten
+    times that), drawn with `_DEV_SEED`: a function of the labels alone."""
+    rng = random.Random(_DEV_SEED)
+    chosen: set[int] = set()
+    for label in sorted(set(labels)):
+        rows = [i for i, name in enumerate(labels) if name == label]
+        chosen.update(rng.sample(rows, max(1, min(per_label, len(rows) // _DEV_FRACTION))))
+    return chosen
+
+
+def _read_imdb() -> Splits:
+    """Train and dev from the training reviews (`_imdb_train_dev`); test = the test reviews."""
+    return *_imdb_train_dev(), _IMDB.read(dataset_path("imdb", "test.tsv.gz"))
+
+
 @dataclass(frozen=True)
 class BuiltinTask:
     """A built-in task: its input layout and metrics, and the reader of its files under `data_root()`."""
@@ -279,6 +315,7 @@ class BuiltinTask:
     order_matters: bool = True  # pair tasks: see TaskSpec
     # the training split alone, where it has files of its own (else `read()`'s first split): pretraining text
     read_train: Callable[[], list[Example]] | None = None
+    long_text: str = "truncate"  # how fine-tuning reads a text longer than max_length (ctxlm.nn.long_text)
 
     def train_examples(self) -> list[Example]:
         """The training split, labels as written; a task whose training split has files of its own reads no
@@ -306,12 +343,12 @@ TASKS: dict[str, BuiltinTask] = {
     "arc_easy": BuiltinTask("choice", ("accuracy",), _read_arc,
                             read_train=lambda: _choice_questions(dataset_path("arc_easy", "train.json"))),
     "commonsenseqa": BuiltinTask("choice", ("accuracy",), _read_commonsenseqa),
+    # whole reviews, read in windows: 88 % are longer than 128 MiniLM tokens, 12 % longer than 512 (3,000 drawn)
+    "imdb": BuiltinTask("single", ("accuracy",), _read_imdb, read_train=lambda: _imdb_train_dev()[0],
+                        long_text="windows"),
 }
 
 # ---------------------------------------------------------------------------------------------------- user files
-
-_DEV_FRACTION = 10  # without --dev, 1 in 10 training examples is held out
-_DEV_SEED = 0  # the held-out dev set does not change with the training seed, so runs with different seeds compare
 
 
 def _csv_records(path: Path, delimiter: str, columns: list[str]) -> list[tuple[str, dict[str, str]]]:
@@ -498,3 +535,23 @@ def task_texts(name: str, csv_options: UserTaskOptions | None = None) -> list[tu
     task = TASKS[name]
     examples = task.train_examples()
     return [(" ".join(e.texts),) if task.kind == "tag" else e.texts for e in examples]
+
+
+def _imdb_corpus() -> tuple[list[str], list[str]]:
+    """ULMFiT's language-model text for IMDb (Howard & Ruder 2018 §4): the training and the unlabelled reviews,
+    never a test review. The validation reviews are the imdb task's dev reviews, held out of the training text:
+    a model pretrained here has not read the reviews that fine-tuning recipes are chosen on.
+
+    IMDb repeats some reviews across its files (54 training and 118 unlabelled reviews have the very text of a
+    test review): a review whose text is a test review's is left out of both, and one whose text is a dev
+    review's out of the training text."""
+    train, dev = ([e.texts[0] for e in split] for split in _imdb_train_dev())
+    unlabelled = [line for line in read_text(dataset_path("imdb", "unsup.txt.gz")).split("\n") if line.strip()]
+    test = {e.texts[0] for e in _IMDB.read(dataset_path("imdb", "test.tsv.gz"))}
+    held_out = test | set(dev)
+    return [text for text in train + unlabelled if text not in held_out], [text for text in dev if text not in test]
+
+
+# Data sets whose folders hold a task's files rather than text files, read by `ctxlm pretrain --data NAME` as
+# (training texts, validation texts), one document each
+CORPORA: dict[str, Callable[[], tuple[list[str], list[str]]]] = {"imdb": _imdb_corpus}

@@ -4,7 +4,8 @@ Every task is read the same way. The backbone's states become *slot features* (b
 slot mask, and a linear layer scores them:
 
 - single text, encoder pair, decoder pair whose order matters (entailment): one slot per example, the pooled
-  sequence ([CLS], mean, or last token);
+  sequence ([CLS], mean, last token, or ULMFiT's [last, max, mean]); a long text read in windows fills its slot
+  with its windows' vectors pooled into one (`ctxlm.nn.long_text.pool_windows`);
 - decoder pair without an order (GPT §3.3, similarity): two slots, the pooled states of (a, b) and of (b, a),
   added, so the prediction cannot depend on the order of the texts;
 - multiple choice: one slot per choice (context + answer), each scored, softmax over the real ones;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ctxlm.nn.pooling import pool
+from ctxlm.nn.long_text import pool_windows
 
 TASK_KINDS = ("single", "pair", "choice", "tag")  # how `TaskHead` reads slots (TaskSpec.kind)
 
@@ -28,16 +29,19 @@ def extract_features(states: Tensor, batch: dict[str, Tensor], pooling: str) -> 
     """Slot features (examples, slots, dim) and the slot mask (examples, slots) of a collated batch.
 
     Word slots (tagging) gather each word's first sub-token from the example's one sequence. Otherwise every
-    sequence is pooled and scattered to its (example, slot) from `seq_example` / `seq_slot`.
+    sequence is pooled and scattered to its (example, slot) from `seq_example` / `seq_slot`; the sequences of one
+    slot (a long text's windows, in order) are pooled into one vector.
     """
     if "word_positions" in batch:
         positions = batch["word_positions"]  # (examples, words), 0 where there is no word
         rows = torch.arange(len(states), device=states.device)[:, None]
         return states[rows, positions], batch["slot_mask"]
-    pooled = pool(states, batch["mask"], pooling)
     slot_mask = batch["slot_mask"]
+    width = slot_mask.shape[1]
+    slots, owner = (batch["seq_example"] * width + batch["seq_slot"]).unique(return_inverse=True)
+    pooled = pool_windows(states, batch["mask"], owner, pooling)
     features = pooled.new_zeros(*slot_mask.shape, pooled.shape[-1])
-    features[batch["seq_example"], batch["seq_slot"]] = pooled
+    features[slots // width, slots % width] = pooled
     return features, slot_mask
 
 

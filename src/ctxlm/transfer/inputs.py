@@ -7,6 +7,9 @@ the tokenizer family's business (BERT `[CLS] a [SEP] b [SEP]` with segment ids, 
 pair before the second, so for a task whose texts have no order (similarity, paraphrase: `TaskSpec.order_matters`
 False) it reads both orderings, (a, b) and (b, a), in two slots whose features the head adds (GPT §3.3).
 
+A single text longer than `max_length` is cut (`long_text` "truncate", the default), or cut to its head and tail,
+or read whole as several sequences, its windows, which fill its one slot together (`ctxlm.nn.long_text`).
+
 Every example is tokenised once, up front, on the tokenizer's Rust threads. A batch flattens all sequences of
 its examples and records which example and slot each came from (see `heads.extract_features`).
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ctxlm.nn.long_text import TRUNCATE, Frame, LongText, windows
 from ctxlm.tokenizers import Encoding, TokenizerProtocol
 from ctxlm.transfer.data import Example, TaskSpec
 
@@ -36,15 +40,21 @@ class Encoded:
 
 
 def encode_examples(tokenizer: TokenizerProtocol, spec: TaskSpec, examples: Sequence[Example], *, decoder: bool,
-                    max_length: int) -> list[Encoded]:
+                    max_length: int, long_text: LongText = TRUNCATE) -> list[Encoded]:
     """The model inputs of `examples`, at most `max_length` tokens each. `decoder`: the model is causal
-    (`config.causal`), which decides whether an unordered pair is read both ways."""
+    (`config.causal`), which decides whether an unordered pair is read both ways. `long_text`: how a single text
+    longer than that is read (other kinds are cut)."""
     if not examples:
         return []
     if spec.kind == "tag":
         return _encode_tagged(tokenizer, examples, max_length)
     if spec.kind == "single":
-        return [_encoded([enc]) for enc in tokenizer.encode_text_batch([e.texts[0] for e in examples], max_length)]
+        texts = [e.texts[0] for e in examples]
+        if long_text.how == "truncate":
+            return [_encoded([enc]) for enc in tokenizer.encode_text_batch(texts, max_length)]
+        frame = Frame.of(tokenizer)
+        return [_windowed(enc, windows(len(enc), max_length, frame, long_text))
+                for enc in tokenizer.encode_text_batch(texts)]
     if spec.kind == "pair":
         firsts, seconds = [e.texts[0] for e in examples], [e.texts[1] for e in examples]
         if decoder and not spec.order_matters:  # two slots whose features the head adds: the order cannot matter
@@ -62,6 +72,13 @@ def _encoded(encodings: list[Encoding]) -> Encoded:
     """One example read as `encodings`, one per slot."""
     segments = None if encodings[0].segments is None else [enc.segments for enc in encodings]
     return Encoded([enc.ids for enc in encodings], list(range(len(encodings))), segments=segments)
+
+
+def _windowed(encoding: Encoding, pieces: list[list[int]]) -> Encoded:
+    """One text read as the sequences `pieces` (positions of its whole encoding): all in slot 0, where the head
+    pools a long text's windows into one vector."""
+    segments = None if encoding.segments is None else [[encoding.segments[i] for i in p] for p in pieces]
+    return Encoded([[encoding.ids[i] for i in p] for p in pieces], [0] * len(pieces), segments=segments)
 
 
 def _encode_tagged(tokenizer: TokenizerProtocol, examples: Sequence[Example], max_length: int) -> list[Encoded]:

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ctxlm.api import load
 from ctxlm.checkpoint import load_weights, save
 from ctxlm.errors import UserError
-from ctxlm.nn.pooling import POOLINGS
+from ctxlm.nn.long_text import LongText
+from ctxlm.nn.pooling import POOLINGS, pooled_width
 from ctxlm.transfer.data import TaskSpec
 from ctxlm.transfer.heads import TASK_KINDS, TaskHead, extract_features
 
@@ -137,24 +138,33 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu") -> H
 
 
 class TaskModel(HeadedModel):
-    """`lm` (the pretrained model, with its own heads kept for an auxiliary LM loss) + a `TaskHead`."""
+    """`lm` (the pretrained model, with its own heads kept for an auxiliary LM loss) + a `TaskHead`.
+
+    `long_text` (`ctxlm.nn.long_text.LongText` or its string form): how a single text longer than `max_length`
+    is read; saved in task.json, so that evaluate and predict read texts as fine-tuning did."""
 
     kinds = TASK_KINDS
 
     def __init__(self, lm: nn.Module, spec: TaskSpec, *, pooling: str | None = None, dropout: float = 0.1,
-                 max_length: int = 128) -> None:
+                 max_length: int = 128, long_text: str | LongText | None = None) -> None:
         super().__init__()
         pooling = pooling or default_pooling(lm)
         if pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.long_text = LongText.parse(long_text)
+        if self.long_text.how != "truncate" and spec.kind != "single":
+            raise UserError(f"long text {str(self.long_text)!r} reads a single text whole or by its ends; the inputs "
+                            f"of a {spec.kind} task are cut to max_length (long text 'truncate')")
         if lm.config.causal and lm.config.word_level:
             raise UserError("transfer heads do not take a word-level decoder (Transformer-XL) yet: its word "
                             "vocabulary has no task tokens; use ctxlm.embed for its features")
         if lm.config.causal and lm.tokenizer.start_id is None:
             add_task_tokens(lm)
-        self.lm, self.spec, self.pooling, self.max_length = lm, spec, pooling, max_length
+        # no input longer than the model's positions: a long text's windows are then its context
+        self.lm, self.spec, self.pooling = lm, spec, pooling
+        self.max_length = min(max_length, lm.config.max_positions)
         self.decoder = lm.config.causal
-        self.head = TaskHead(lm.config.hidden_dim, spec.num_labels, spec.kind, dropout)
+        self.head = TaskHead(lm.config.hidden_dim * pooled_width(pooling), spec.num_labels, spec.kind, dropout)
 
     def features(self, batch: dict[str, Tensor], lm_loss: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """Slot features, slot mask and, for a decoder asked for it, the LM loss on the same inputs (GPT §3.2)."""
@@ -179,7 +189,7 @@ class TaskModel(HeadedModel):
     # -- the folder -----------------------------------------------------------------------------------------
     def task_config(self) -> dict:
         return {"spec": asdict(self.spec), "pooling": self.pooling, "max_length": self.max_length,
-                "dropout": self.head.dropout.p}
+                "dropout": self.head.dropout.p, "long_text": str(self.long_text)}
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> TaskModel:
@@ -193,6 +203,6 @@ class TaskModel(HeadedModel):
                             + (f" (or {other.__name__}.load)" if other else ""))
         spec = TaskSpec.from_dict(config["spec"])
         model = cls(load(path), spec, pooling=config["pooling"], dropout=config["dropout"],
-                    max_length=config["max_length"])
+                    max_length=config["max_length"], long_text=config.get("long_text"))  # older folders: truncate
         load_weights(model.head, path / HEAD_FILE)
         return model.to(device).eval()

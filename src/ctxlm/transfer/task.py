@@ -28,9 +28,9 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ctxlm.errors import UserError
+from ctxlm.progress import progress
 from ctxlm.transfer.config import FinetuneConfig
 from ctxlm.transfer.data import TASKS, Example, TaskData, TaskSpec, UserTaskOptions, load_task
 from ctxlm.transfer.heads import predictions, task_loss
@@ -158,8 +158,10 @@ class ClassificationTask:
                                   csv_options=config.user_task)
 
     def build(self, lm: nn.Module, config: FinetuneConfig, strategy: Strategy) -> TaskModel:
+        builtin = TASKS.get(self.data.spec.name)
+        long_text = config.long_text or (builtin.long_text if builtin else "truncate")
         model = TaskModel(lm, self.data.spec, pooling=config.pooling, dropout=config.dropout,
-                          max_length=config.max_length)
+                          max_length=config.max_length, long_text=long_text)
         if strategy.aux_lm_weight and not model.decoder:
             raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder "
                             "(GPT, GPT-2)")
@@ -170,7 +172,8 @@ class ClassificationTask:
         data, self.config, self.device = self.data, config, device
         splits = {"train": data.train, "dev": data.dev, **({"test": data.test} if data.test else {})}
         encoded = {name: encode_examples(model.tokenizer, data.spec, examples, decoder=model.decoder,
-                                         max_length=config.max_length) for name, examples in splits.items()}
+                                         max_length=model.max_length, long_text=model.long_text)
+                   for name, examples in splits.items()}
         self.split_batches = {name: TaskBatches(encoded[name], [e.label for e in examples], data.spec,
                                                 model.tokenizer.pad_id, config.batch_size, seed=config.seed,
                                                 group_by_length=config.group_by_length)
@@ -270,7 +273,7 @@ register_task(ClassificationTask)
 
 def _batches(model: TaskModel, examples: list[Example], batch_size: int, labelled: bool) -> TaskBatches:
     encoded = encode_examples(model.tokenizer, model.spec, examples, decoder=model.decoder,
-                              max_length=model.max_length)
+                              max_length=model.max_length, long_text=model.long_text)
     labels = [e.label for e in examples] if labelled else None
     return TaskBatches(encoded, labels, model.spec, model.tokenizer.pad_id, batch_size)
 
@@ -377,8 +380,8 @@ def cache_features(model: TaskModel, batches: TaskBatches, device: torch.device,
     """Each example's slot features from the frozen backbone, (slots or words, dim), kept on the device."""
     model.eval()
     out: list[Tensor | None] = [None] * len(batches.encoded)
-    for batch in tqdm(batches.eval_batches(), desc=desc, total=math.ceil(len(out) / batches.batch_size),
-                      leave=False, dynamic_ncols=True):
+    for batch in progress(batches.eval_batches(), desc=desc, total=math.ceil(len(out) / batches.batch_size),
+                          leave=False):
         batch = to_device(batch, device)
         features, slot_mask, _ = model.features(batch)
         for row, i in enumerate(batch["index"].tolist()):
