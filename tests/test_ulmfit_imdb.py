@@ -258,6 +258,32 @@ def test_table_full_test_and_neuron_end_to_end(bench, data_root, tmp_path, corpu
     assert (out / "neuron.png").stat().st_size > 0 and "units" in (out / "neuron.md").read_text()
 
 
+def test_sst2_chooses_on_held_out_training_labels_then_scores_each_seed_on_dev(bench, data_root, tmp_path,
+                                                                              corpus_dir):
+    rng = random.Random(2)
+    rows = "".join(f"{review(rng, i % 2)}\t{i % 2}\n" for i in range(60))
+    (data_root / "sst2").mkdir(parents=True)
+    (data_root / "sst2" / "train.tsv.gz").write_bytes(gzip.compress(f"sentence\tlabel\n{rows}".encode()))
+    (data_root / "sst2" / "dev.tsv").write_text("sentence\tlabel\n" + "".join(
+        f"{review(rng, i % 2)}\t{i % 2}\n" for i in range(10)))
+    out = tmp_path / "out"
+    for row in ("general+imdb", "scratch"):
+        save_row(out, row, corpus_dir)
+    run(bench, "sst2", "--out", out, "--seeds", "0,1", "--recipes", "features,full-5e-4", "--min-steps", 5,
+        "--epochs", 1, "--batch-size", 16)
+    held_out = bench.read_records(out / "sst2" / "select" / "results")
+    assert {(r["row"], r["recipe"]) for r in held_out} == {(row, recipe) for row in ("general+imdb", "scratch")
+                                                           for recipe in ("features", "full-5e-4")}
+    results = bench.read_records(out / "sst2" / "results")
+    for row in ("general+imdb", "scratch"):
+        scores = {r["recipe"]: r["accuracy"] for r in held_out if r["row"] == row}
+        assert {(r["recipe"], r["seed"]) for r in results if r["row"] == row} == {
+            (max(scores, key=scores.get), seed) for seed in (0, 1)}
+    dev = json.loads(next((out / "sst2" / "runs").glob("scratch-*-1/metrics.json")).read_text())["metrics"]
+    assert dev["task"] == "sst2" and dev["train_examples"] == 60 and dev["steps"] == 5
+    assert "| scratch |" in (out / "sst2.md").read_text()
+
+
 @pytest.mark.default_precision  # speed runs --precision auto beside fp32
 def test_speed_tabulates_a_rate_per_shape_and_precision(bench, tmp_path, monkeypatch):
     monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
