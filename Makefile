@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain pretraining-pays test test-isa test-bf16 lint bench clean parity-xl
+.PHONY: install run pretrain pretraining-pays ulmfit-imdb test test-isa test-bf16 lint bench clean parity-xl
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,29 @@ pretraining-pays: install
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py build --out ../runs/pays $(PAYS_BUILD)
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py select --out ../runs/pays
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py table --out ../runs/pays $(PAYS_TABLE)
+
+# ULMFiT's IMDb experiment (Fig. 3) with ctxlm's own models (benchmarks/ulmfit_imdb.py --help): tokens/s of a few
+# shapes (speed.md), the rows' models in runs/imdb (a GPT-2 from scratch, general on WikiText-2 + Gutenberg, general +
+# stage 2 on IMDb's training and unlabelled reviews, the LM on those reviews alone, MiniLM + masked LM on them), a
+# recipe per row and label count chosen on the imdb dev split (held-out training reviews), the table on 2,000 test
+# reviews with TF-IDF + logistic regression beside it (imdb.md, imdb.png), the sentiment unit (neuron.md) and the
+# transfer to SST-2 (sst2.md). Every step resumes and skips what is done. At the defaults it is days of CPU (README:
+# "ULMFiT's IMDb experiment"); IMDB_* shorten it, e.g. IMDB_SIZES=100,1000 IMDB_BUILD='--general-minutes 20 ...'.
+IMDB_OUT ?= runs/imdb
+IMDB_SIZES ?= 100,300,1000,3000,10000
+IMDB_SPEED ?= --shapes 4x256,6x384,8x512 --steps 30
+IMDB_BUILD ?= --layers 4 --dim 256 --heads 4 --general-minutes 60 --imdb-minutes 60 --minilm-minutes 30
+IMDB_SELECT ?= --min-steps 200
+IMDB_TABLE ?= --seeds 0,1,2 --min-steps 200 --test-reviews 2000
+IMDB_NEURON ?= --row general+imdb
+IMDB_SST2 ?= --seeds 0,1,2
+ulmfit-imdb: install
+	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py speed --out ../$(IMDB_OUT) $(IMDB_SPEED)
+	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py build --out ../$(IMDB_OUT) $(IMDB_BUILD)
+	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py select --out ../$(IMDB_OUT) --sizes $(IMDB_SIZES) $(IMDB_SELECT)
+	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py table --out ../$(IMDB_OUT) --sizes $(IMDB_SIZES) $(IMDB_TABLE)
+	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py neuron --out ../$(IMDB_OUT) $(IMDB_NEURON)
+	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py sst2 --out ../$(IMDB_OUT) $(IMDB_SST2)
 
 # ruff, the suite, then the numeric tests again on another instruction set's kernels (test-isa) and the default-path
 # tests again with bf16 forced (test-bf16), both below.

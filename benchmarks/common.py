@@ -1,7 +1,9 @@
-"""Shared helpers for the side-by-side benchmarks: model shapes, timed rates, alternating rounds, the machine."""
+"""Shared helpers for the benchmarks: model shapes, timed rates, alternating rounds, the machine; and for the
+measurements made of many runs: results written once, mean ± std cells, accuracy-against-labels plots."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -9,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -145,3 +148,61 @@ def print_table(rows: list[tuple[str, float, float]], peer: str = "transformers"
     print(f"|{'-' * (width + 2)}|{'-' * 12}|{'-' * 14}|{'-' * 8}|")
     for label, ours, theirs in rows:
         print(f"| {label:<{width}} | {ours:>10,.0f} | {theirs:>12,.0f} | {ours / theirs:>5.2f}x |")
+
+
+# -- measurements made of many runs (pretraining_pays.py, ulmfit_imdb.py) -----------------------------------------
+def once_json(path: Path, compute: Callable[[], dict]) -> dict:
+    """The JSON record at `path`, computed and written (atomically) the first time: a long measurement is many
+    runs, and one interrupted, or shared between processes, must not run a finished one again."""
+    if not path.exists():
+        record = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        tmp.replace(path)
+    return json.loads(path.read_text())
+
+
+def mean_cell(values: list[float], digits: int = 1) -> str:
+    """"mean ± std [n]" (the sample standard deviation over the seeds run; "mean [1]" for one): a table cell that
+    says how many runs it rests on."""
+    if not values:
+        return ""
+    spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.{digits}f}{spread} [{len(values)}]"
+
+
+def plot_curves(curves: dict[str, list[tuple]], path: Path, *, xlabel: str, ylabel: str,
+                dashed: Callable[[str], bool] = lambda name: False) -> None:
+    """Accuracy against labelled examples on a log axis, one line per model (as ULMFiT's Fig. 3): each curve a
+    list of (x, mean) or (x, mean, std) points, the std drawn as an error bar. Curves of one point are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = {name: points for name, points in curves.items() if len(points) > 1}
+    for name, points in drawn.items():
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        errors = [p[2] if len(p) > 2 else 0.0 for p in points]
+        ax.errorbar(xs, ys, yerr=errors if any(errors) else None, marker="o", capsize=3, label=name,
+                    linestyle="--" if dashed(name) else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def logged_rate(run_dir: Path) -> float:
+    """A training run's tokens per second: the mean of the rates its metrics.jsonl logged, the first window left
+    out (it pays for the allocator's and the kernels' warm-up); NaN when fewer than two were logged."""
+    from ctxlm.runlog import read_metrics
+
+    rates = [r["tokens_per_s"] for r in read_metrics(run_dir) if "tokens_per_s" in r][1:]
+    return sum(rates) / len(rates) if rates else float("nan")

@@ -39,6 +39,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from common import mean_cell, once_json, plot_curves
 
 import ctxlm
 from ctxlm.checkpoint import is_checkpoint
@@ -169,13 +170,11 @@ def select(args) -> None:
     for name, model in pick_rows(out, args.rows).items():
         scores = {}
         for recipe, options in recipes.items():
-            result = out / "select" / "results" / f"{name}-{recipe}.json"
-            if not result.exists():
-                metrics = ctxlm.finetune(model=model, seed=0, epochs=args.epochs,
-                                         out=out / "select" / "runs" / name / recipe, **task, **options)
-                result.parent.mkdir(parents=True, exist_ok=True)
-                result.write_text(json.dumps({"accuracy": metrics["dev_accuracy"]}) + "\n")
-            scores[recipe] = json.loads(result.read_text())["accuracy"]
+            run = partial(ctxlm.finetune, model=model, seed=0, epochs=args.epochs,
+                          out=out / "select" / "runs" / name / recipe, **task, **options)
+            result = once_json(out / "select" / "results" / f"{name}-{recipe}.json",
+                               lambda run=run: {"accuracy": run()["dev_accuracy"]})
+            scores[recipe] = result["accuracy"]
         chosen[name] = max(scores, key=scores.get)
         lines.append(f"| {name} | " + " | ".join(f"{100 * s:.1f}" for s in scores.values()) + f" | {chosen[name]} |")
         print(lines[-1], flush=True)
@@ -213,20 +212,20 @@ def table(args) -> None:
         row_sizes = sizes if not name.startswith("minilm") else [s for s in sizes if s in args.minilm_sizes]
         for size in row_sizes:
             for seed in seeds:
-                result = out / "results" / f"{name}-{recipe}-{size}-{seed}.json"
-                if result.exists():
-                    continue
-                start = time.perf_counter()
-                metrics = ctxlm.finetune(model=model, task="sst2", train_size=size, seed=seed, epochs=args.epochs,
-                                         out=out / "finetune" / f"{name}-{recipe}" / f"{size}-{seed}",
-                                         **RECIPES[recipe])
-                record = {"row": name, "recipe": recipe, "size": size, "seed": seed,
-                          "accuracy": metrics["dev_accuracy"],
-                          "minutes": round((time.perf_counter() - start) / 60, 2)}
-                result.write_text(json.dumps(record) + "\n")
-                print(f"{name} ({recipe}) {size} labels seed {seed}: {100 * metrics['dev_accuracy']:.1f}", flush=True)
+                once_json(out / "results" / f"{name}-{recipe}-{size}-{seed}.json",
+                          partial(table_cell, out, name, model, recipe, size, seed, args.epochs))
     records = [json.loads(f.read_text()) for f in sorted((out / "results").glob("*.json"))]
     write_table(out, records, sizes, chosen)
+
+
+def table_cell(out: Path, name: str, model: str, recipe: str, size: int, seed: int, epochs: float | None) -> dict:
+    """One fine-tuning run of the table: its SST-2 dev accuracy and minutes."""
+    start = time.perf_counter()
+    metrics = ctxlm.finetune(model=model, task="sst2", train_size=size, seed=seed, epochs=epochs,
+                             out=out / "finetune" / f"{name}-{recipe}" / f"{size}-{seed}", **RECIPES[recipe])
+    print(f"{name} ({recipe}) {size} labels seed {seed}: {100 * metrics['dev_accuracy']:.1f}", flush=True)
+    return {"row": name, "recipe": recipe, "size": size, "seed": seed, "accuracy": metrics["dev_accuracy"],
+            "minutes": round((time.perf_counter() - start) / 60, 2)}
 
 
 def write_table(out: Path, records: list[dict], sizes: list[int], chosen: dict[str, str]) -> None:
@@ -245,37 +244,18 @@ def write_table(out: Path, records: list[dict], sizes: list[int], chosen: dict[s
         for size in sizes:
             values = [100 * r["accuracy"] for r in records
                       if r["row"] == name and r["recipe"] == recipe and r["size"] == size]
-            if not values:
-                cells.append("")
-                continue
-            mean = statistics.mean(values)
-            spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-            cells.append(f"{mean:.1f}{spread} [{len(values)}]")
-            curve.append((size, mean))
+            cells.append(mean_cell(values))
+            if values:
+                curve.append((size, statistics.mean(values)))
         mark = " ✓" if chosen.get(name) == recipe else ""
         lines.append(f"| {name} ({recipe}{mark}) | " + " | ".join(cells) + " |")
         if chosen.get(name) == recipe:
-            curves[name] = curve
+            curves[f"{name} ({recipe})"] = curve
     lines += ["", "✓: the recipe chosen on held-out training labels (selection.md)"]
     (out / "pays.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, curve in curves.items():
-        if len(curve) > 1:
-            ax.plot(*zip(*curve, strict=True), marker="o", label=f"{name} ({chosen[name]})",
-                    linestyle="--" if name.startswith("elmo") else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training sentences (log scale)")
-    ax.set_ylabel("SST-2 dev accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pays.png", dpi=120)
+    plot_curves(curves, out / "pays.png", xlabel="labelled training sentences (log scale)",
+                ylabel="SST-2 dev accuracy (%)", dashed=lambda label: label.startswith("elmo"))
 
 
 def main() -> None:

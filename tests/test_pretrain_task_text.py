@@ -161,3 +161,5 @@ def test_pretrain_bert_on_imdb_reads_each_review_as_a_document(imdb, tmp_path, m
     texts = len(paragraphs(next((tmp_path / "cache" / "task-text").glob("imdb-*")) / "train.txt"))
     assert f"imdb: {texts} texts to train on, 2 held out for validation" in out
     assert f"from {texts} documents" in out and "next-sentence accuracy" in out  # one review, one document
+    shape = json.loads((tmp_path / "run" / "data.json").read_text())  # the batch shape, as the other objectives
+    assert (shape["max_length"], shape["batch_size"]) == (16, 2) and shape["train"].endswith("train.txt")

@@ -17,6 +17,8 @@ from ctxlm.transfer.finetune import finetune
 from ctxlm.transfer.inputs import TaskBatches, encode_examples
 from ctxlm.transfer.model import TaskModel
 from ctxlm.transfer.predict import evaluate, parse_inputs, predict
+from ctxlm.transfer.strategies import get_strategy
+from helpers import metrics_records
 
 ANIMALS = ["cat", "dog", "bird", "horse"]
 THINGS = ["house", "ball", "tree", "door"]
@@ -281,6 +283,76 @@ def test_resumed_fine_tuning_matches_an_uninterrupted_one(backbones, tmp_path):
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
     assert resumed["dev_accuracy"] == full["dev_accuracy"]
+
+
+# -- a floor on the steps (min_steps): 100 labels, batch 32, 3 epochs would be 12 steps ---------------------------
+def few_labels(model: str, strategy: str = "full", **kw) -> FinetuneConfig:
+    return FinetuneConfig(model=str(model), task="synthetic", strategy=strategy, epochs=3, batch_size=32, lr=2e-3,
+                          max_length=48, device="cpu", **kw)
+
+
+@pytest.fixture
+def counted_steps(monkeypatch) -> list[int]:
+    """The optimizer steps the trainer takes, counted where it takes them."""
+    from ctxlm.train import Trainer
+
+    steps, step = [], Trainer.train_step
+
+    def counting(self):
+        steps.append(self.step)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", counting)
+    return steps
+
+
+def test_min_steps_trains_that_many_steps_with_the_schedule_spread_over_them(backbones, tmp_path, counted_steps):
+    data = synthetic_task("single", n=134)  # 100 training examples: 4 batches of 32 an epoch
+    assert len(data.train) == 100
+    plain = finetune(few_labels(backbones["gpt2"]), tmp_path / "plain", data=data)
+    assert plain["steps"] == len(counted_steps) == 12  # unchanged without the floor
+    counted_steps.clear()
+    floored = finetune(few_labels(backbones["gpt2"], min_steps=200), tmp_path / "floor", data=data)
+    assert floored["steps"] == len(counted_steps) == 200 and counted_steps == list(range(200))
+    records = metrics_records(tmp_path / "floor")
+    # the decay runs over 200 steps (over 12 the rate would be 0 from step 12 on); an evaluation each stretched epoch
+    rate = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert rate[100] == pytest.approx(2e-3 * get_strategy("full").lr_factor(99, 200)) and rate[100] > 1e-3
+    assert [r["step"] for r in records if "valid_accuracy" in r] == [67, 134, 200]
+    counted_steps.clear()
+    finetune(few_labels(backbones["gpt2"], min_steps=10), tmp_path / "low", data=data)
+    assert len(counted_steps) == 12  # a floor below epochs x batches changes nothing
+
+
+def test_min_steps_stretches_gradual_unfreezing_to_a_stage_per_epoch_of_the_floor(backbones, tmp_path):
+    """ulmfit over 200 steps in 3 epochs: stages of 67 steps (the head, + the top block, + the block below); the
+    embeddings would thaw at step 201. Stages of the 4 real batches would thaw them at step 12."""
+    data = synthetic_task("single", n=134)
+    finetune(few_labels(backbones["gpt2"], "ulmfit", min_steps=200, evals_per_epoch=0), tmp_path, data=data)
+    before, after = ctxlm.load(backbones["gpt2"]), ctxlm.load(tmp_path / "model")
+    changed = [any(not torch.equal(a, b) for a, b in zip(ga, gb, strict=True))
+               for ga, gb in zip(before.layer_groups(), after.layer_groups(), strict=True)]
+    assert changed == [False, True, True]
+    assert [r["step"] for r in metrics_records(tmp_path) if "valid_accuracy" in r] == [200]  # 0: once, at the end
+
+
+def test_a_resumed_run_under_min_steps_ends_as_an_uninterrupted_one(backbones, tmp_path):
+    data = synthetic_task("single", n=134)
+    full = finetune(few_labels(backbones["gpt2"], "ulmfit", min_steps=60), tmp_path / "a", data=data)
+    stopped = finetune(few_labels(backbones["gpt2"], "ulmfit", min_steps=60, max_minutes=0.0), tmp_path / "b",
+                       data=data)
+    assert stopped["steps"] == 1
+    resumed = finetune(few_labels(backbones["gpt2"], "ulmfit", min_steps=60), tmp_path / "b", data=data, resume=True)
+    assert resumed["steps"] == full["steps"] == 60
+    a, b = (ctxlm.load(tmp_path / run / "model").state_dict() for run in "ab")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, True])
+def test_min_steps_must_be_a_positive_count(value):
+    with pytest.raises(UserError, match="min_steps"):
+        FinetuneConfig(model="m", task="t", min_steps=value)
 
 
 # -- the command line ------------------------------------------------------------------------------------------

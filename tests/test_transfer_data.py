@@ -223,6 +223,18 @@ def test_imdb_holds_out_500_reviews_of_each_label(root):
     assert {e.source for e in load_task("imdb").dev} == held_out  # the same reviews, whatever else changes
 
 
+def test_imdb_without_its_test_split_never_opens_the_test_file(root):
+    write(root / "imdb/train.tsv.gz", imdb_file(40))
+    write(root / "imdb/test.tsv.gz", "not\ta review file\n")  # read, it would fail
+    with pytest.raises(UserError, match="test.tsv.gz"):
+        load_task("imdb")
+    data = load_task("imdb", train_size=10, seed=3, test=False)
+    assert data.test is None and len(data.train) == 10 and len(data.dev) == 8
+    write(root / "imdb/test.tsv.gz", imdb_file(5, "test"))
+    whole = load_task("imdb", train_size=10, seed=3)
+    assert (whole.train, whole.dev) == (data.train, data.dev) and len(whole.test) == 10  # the same splits
+
+
 # ---------------------------------------------------------------------------------------------------- user files
 
 

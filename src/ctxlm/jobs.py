@@ -195,10 +195,11 @@ def finetune(model: str, task: str, *, out: str | Path, strategy: str = "full", 
     csv:PATH) with a transfer `strategy`; `out` gets the model, metrics.json, metrics.jsonl and loss.png. Returns
     the final dev (and test) metrics.
 
-    `options`: the fields of `ctxlm.transfer.finetune.FinetuneConfig` (seed, train_size, epochs, batch_size, lr,
-    head_lr, max_length, pooling, device, precision, ...); `user_task` (how to read a csv:PATH task) and `squad`
-    as their option classes or as dicts of their fields. `resume` continues an interrupted run from out/checkpoint,
-    which is written at each evaluation (or every `save_every` steps) and every `save_every_minutes` (10).
+    `options`: the fields of `ctxlm.transfer.finetune.FinetuneConfig` (seed, train_size, epochs, min_steps,
+    batch_size, lr, head_lr, max_length, pooling, device, precision, ...); `user_task` (how to read a csv:PATH task)
+    and `squad` as their option classes or as dicts of their fields. `resume` continues an interrupted run from
+    out/checkpoint, which is written at each evaluation (or every `save_every` steps) and every
+    `save_every_minutes` (10).
     """
     from ctxlm.transfer.finetune import finetune as run
 

@@ -79,6 +79,12 @@ def training_options(f, *, strategy: bool = True):
         *([click.option("--strategy", default="full", show_default=True, help=STRATEGY_HELP)] if strategy else []),
         click.option("--train-size", type=int, help="train on a random subset of this many examples"),
         click.option("--epochs", type=float, help="[default: 3; 20 for features]"),
+        click.option("--min-steps", type=int,
+                     help="train at least this many optimizer steps: with few labels, epochs x batches is too few "
+                          "to learn from (100 labels, batch 32, 3 epochs: 12 steps). The extra steps are more "
+                          "passes over the same labels; warm-up and decay, gradual unfreezing (a stage an epoch) "
+                          "and the evaluations spread over them as over the epochs "
+                          "[default: none, epochs x batches per epoch]"),
         click.option("--batch-size", default=32, show_default=True),
         click.option("--lr", type=float, help="peak rate: the head's, and the backbone's unless discriminative "
                                                "rates divide it going down; adapters and lora train at their own "
@@ -94,7 +100,9 @@ def training_options(f, *, strategy: bool = True):
                                          "windows (all of it, in windows whose vectors are pooled into one, the "
                                          "gradient through every window; 'windows:stride=N' overlaps them) "
                                          "[default: windows for imdb, else truncate]"),
-        click.option("--evals-per-epoch", default=1, show_default=True),
+        click.option("--evals-per-epoch", default=1, show_default=True,
+                     help="dev evaluations an epoch; 0: one, after the last step (saves the passes over dev that "
+                          "nothing reads)"),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda if any)"),
         click.option("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time"),
         save_every_option(None, "write the checkpoint (OUT/checkpoint, from which an interrupted run resumes) "
@@ -142,6 +150,9 @@ Examples:
   ctxlm finetune --model minilm --task sst2 --strategy features --train-size 2000 --out runs/sst2-features
   # ULMFiT's recipe on a GPT-2 you pretrained, 1,000 examples
   ctxlm finetune --model runs/gpt2-wt2 --task sst2 --strategy ulmfit --train-size 1000 --out runs/gpt2-sst2
+  # 100 IMDb reviews: 3 epochs would be 12 steps; at least 200 (64 passes over them), dev once at the end
+  ctxlm finetune --model runs/gpt2-imdb --task imdb --train-size 100 --strategy ulmfit --lr 2e-3 --min-steps 200 \
+      --evals-per-epoch 0 --out runs/imdb-100
   # your own data: a CSV with columns review,stars
   ctxlm finetune --model minilm --task csv:reviews.csv --text-column review --label-column stars --out runs/rev
   # question answering: MiniLM on 40 SQuAD dev articles, validated on the other 8

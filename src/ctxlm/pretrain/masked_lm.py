@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ctxlm import distributed
 from ctxlm.errors import UserError
-from ctxlm.pretrain.causal_lm import run_tokenizer, starting_model
+from ctxlm.pretrain.causal_lm import run_tokenizer, starting_model, write_data_json
 from ctxlm.textfiles import read_documents
 from ctxlm.train import Trainer
 
@@ -516,6 +516,7 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     model = starting_model(model_config, tokenizer, train.seed, init)
     objectives = "masked LM + next sentence" if model_config.nsp_head else "masked LM (no next-sentence head)"
     print(f"model: bert, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {objectives}")
+    write_data_json(run_dir, data, max_length=max_length, batch_size=batch_size)
     # A pooler without the next-sentence head gets no gradient: DDP must be told.
     trainer = Trainer(model, mlm_nsp_objective, train_batches.batch, train, run_dir,
                       eval_batches=lambda: valid_batches.eval_batches(eval_batches),

@@ -5,6 +5,7 @@ Kept apart from `finetune.py` so that a `Task` (task.py) can read the configurat
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -23,6 +24,10 @@ class FinetuneConfig:
     train_size: int | None = None
     seed: int = 0
     epochs: float | None = None  # None: 3 when fine-tuning, 20 for feature extraction (an epoch of a head is cheap)
+    # a floor on the optimizer steps: with few labels, epochs x batches per epoch is too few steps to learn from
+    # (100 labels, batch 32, 3 epochs: 12); the run then trains this many, more passes over the same labels, its
+    # schedule, thawing stages and evaluations spread over them as over the epochs (see `schedule_steps`)
+    min_steps: int | None = None
     batch_size: int = 32
     lr: float | None = None  # the peak rate; None: the strategy's own, else 5e-5 (encoders) / 6.25e-5 (GPT, §4.1)
     head_lr: float | None = None  # None: the same as lr, or 1e-3 on a frozen backbone
@@ -51,6 +56,13 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_save_every(self.save_every, self.save_every_minutes)
+        if self.min_steps is not None and (isinstance(self.min_steps, bool) or not isinstance(self.min_steps, int)
+                                           or self.min_steps < 1):
+            raise UserError(f"min_steps={self.min_steps!r}: expected a positive number of optimizer steps (None: "
+                            "epochs x batches per epoch)")
+        if self.evals_per_epoch < 0:
+            raise UserError(f"evals_per_epoch={self.evals_per_epoch}: expected 1 or more, or 0 for one evaluation "
+                            "after the last step")
         LongText.parse(self.long_text)  # a bad value fails now, not after the data is read
 
     def resolved(self, strategy: Strategy, decoder: bool, *, max_length: int = 128) -> FinetuneConfig:
@@ -65,6 +77,22 @@ class FinetuneConfig:
         if out.epochs <= 0 or out.batch_size < 1 or out.lr <= 0 or out.head_lr <= 0:
             raise UserError("epochs, batch size and learning rates must be positive")
         return out
+
+    def schedule_steps(self, per_epoch: int) -> tuple[int, int]:
+        """(optimizer steps, steps in one epoch of the plan) for `per_epoch` batches an epoch: epochs x per_epoch,
+        or `min_steps` where that is more. Under the floor the plan's epoch is stretched to steps / epochs, so that
+        warm-up and decay, gradual unfreezing's one-stage-an-epoch and the evaluations fall where they would over
+        the epochs asked for, only on the real step count; the batches still go through the labels in passes of
+        `per_epoch` (a fresh order each pass)."""
+        steps = max(1, math.ceil(per_epoch * self.epochs))
+        if self.min_steps is None or steps >= self.min_steps:
+            return steps, per_epoch
+        return self.min_steps, max(1, math.ceil(self.min_steps / self.epochs))
+
+    def eval_every(self, steps: int, epoch: int) -> int:
+        """Steps between two dev evaluations: `evals_per_epoch` an `epoch` of the plan, or with 0 only after the
+        last step (the trainer always evaluates then), which saves the dev passes a run never reads."""
+        return steps if self.evals_per_epoch == 0 else max(1, epoch // self.evals_per_epoch)
 
     def train_config(self, steps: int, lr: float, eval_every: int) -> TrainConfig:
         """The trainer's settings: AdamW with BERT's betas, a checkpoint at each evaluation (or every

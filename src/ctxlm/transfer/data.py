@@ -315,7 +315,19 @@ class BuiltinTask:
     order_matters: bool = True  # pair tasks: see TaskSpec
     # the training split alone, where it has files of its own (else `read()`'s first split): pretraining text
     read_train: Callable[[], list[Example]] | None = None
+    # the training and dev splits without the test split, where the test split has files of its own: what
+    # choosing a recipe reads (`load_task(test=False)`), never a test file
+    read_train_dev: Callable[[], tuple[list[Example], list[Example]]] | None = None
     long_text: str = "truncate"  # how fine-tuning reads a text longer than max_length (ctxlm.nn.long_text)
+
+    def labelled(self, test: bool = True) -> Splits:
+        """(train, dev, test), labels as written; without `test` the test split is None and, where it has files of
+        its own (`read_train_dev`), not read at all."""
+        if test:
+            return self.read()
+        if self.read_train_dev is not None:
+            return *self.read_train_dev(), None
+        return *self.read()[:2], None
 
     def train_examples(self) -> list[Example]:
         """The training split, labels as written; a task whose training split has files of its own reads no
@@ -345,7 +357,7 @@ TASKS: dict[str, BuiltinTask] = {
     "commonsenseqa": BuiltinTask("choice", ("accuracy",), _read_commonsenseqa),
     # whole reviews, read in windows: 88 % are longer than 128 MiniLM tokens, 12 % longer than 512 (3,000 drawn)
     "imdb": BuiltinTask("single", ("accuracy",), _read_imdb, read_train=lambda: _imdb_train_dev()[0],
-                        long_text="windows"),
+                        read_train_dev=_imdb_train_dev, long_text="windows"),
 }
 
 # ---------------------------------------------------------------------------------------------------- user files
@@ -482,11 +494,13 @@ def _task_data(name: str, kind: str, metrics: tuple[str, ...], regression: bool,
 
 
 def load_task(name: str, *, train_size: int | None = None, seed: int = 0,
-              csv_options: UserTaskOptions | None = None) -> TaskData:
+              csv_options: UserTaskOptions | None = None, test: bool = True) -> TaskData:
     """A built-in task (files under `data_root()`), or `csv:PATH` for the user's own file read with `csv_options`.
 
     `train_size` keeps a random subset of that many training examples, the same for the same `seed`; the label
     names always come from the whole training split, so the subset does not change the model's outputs.
+    `test=False`: no test split (`data.test` None), and imdb's test file is not even opened: choosing a recipe or
+    a rate on dev cannot lean on the reviews kept for the final figures.
     """
     if train_size is not None and train_size < 1:
         raise UserError(f"train size {train_size}: expected a positive number of examples")
@@ -500,7 +514,7 @@ def load_task(name: str, *, train_size: int | None = None, seed: int = 0,
                           order_matters=not options.symmetric)
     elif name in TASKS:
         task = TASKS[name]
-        data = _task_data(name, task.kind, task.metrics, task.regression, task.read(), task.order_matters)
+        data = _task_data(name, task.kind, task.metrics, task.regression, task.labelled(test), task.order_matters)
     else:
         raise _unknown_task(name)
     if train_size is not None and train_size < len(data.train):

@@ -17,7 +17,6 @@ states and the open log window, so a resumed run, even from the middle of an epo
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict
@@ -59,8 +58,8 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
     model.to(device)
 
     train = task.batches(model, config, device)
-    steps = max(1, math.ceil(train.per_epoch * config.epochs))
-    eval_every = max(1, train.per_epoch // config.evals_per_epoch)
+    steps, epoch = config.schedule_steps(train.per_epoch)  # `min_steps` may stretch the plan's epoch
+    eval_every = config.eval_every(steps, epoch)
     base_lr = config.head_lr if strategy.freeze_backbone else config.lr
     train_config = config.train_config(steps, base_lr, eval_every)
     start = time.perf_counter()
@@ -74,7 +73,7 @@ def finetune(config: FinetuneConfig, run_dir: str | Path, *, resume: bool = Fals
 
     if strategy.freeze_backbone:  # the head alone, on features the backbone computes once
         module, train = task.on_features(model, device)
-    trainer = plan_trainer(module, strategy, train.per_epoch, loss_of, train.train_batch, train_config, config,
+    trainer = plan_trainer(module, strategy, epoch, loss_of, train.train_batch, train_config, config,
                            run_dir, evaluator)
     share = report_trainable(trainer, model)
     last = trainer.fit(resume=resume)  # the trainer evaluates dev after its last step: no need to repeat it
@@ -120,8 +119,9 @@ def check_resumable(run_dir: Path) -> None:
 def plan_trainer(model: nn.Module, strategy: Strategy, per_epoch: int, loss_of, train_batch,
                  train_config: TrainConfig, config: FinetuneConfig, run_dir: Path, evaluator) -> Trainer:
     """A Trainer that adapts `model` (a backbone `lm` + `head`, or the head alone on cached features) by
-    `strategy`'s plan: parameter groups and rates, schedule, thawing stages, SP terms. `loss_of(model, batch)` is
-    the task's loss."""
+    `strategy`'s plan: parameter groups and rates, schedule, thawing stages, SP terms. `per_epoch`: the steps of
+    one epoch as the plan counts them (`FinetuneConfig.schedule_steps`). `loss_of(model, batch)` is the task's
+    loss."""
     lm = getattr(model, "lm", None)
     only = strategy.prepare(lm) if lm is not None else None
     groups = model.layer_groups() if lm is not None and not strategy.freeze_backbone else []
