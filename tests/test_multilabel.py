@@ -241,3 +241,36 @@ def test_csv_multi_label_reads_separated_labels_and_names_a_bad_row(tmp_path):
     with pytest.raises(UserError, match="--multi-label"):
         load_task(f"csv:{path}", csv_options=UserTaskOptions(label_column="tags", multi_label=True,
                                                             regression=True))
+
+
+@pytest.mark.fp32
+def test_a_csv_multi_label_run_folder_evaluates_and_predicts_with_its_own_figures(bert, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """`ctxlm finetune --multi-label --threshold tuned` on a user file; `ctxlm evaluate` on its folder gives the
+    run's dev figures at the threshold saved with it, and `ctxlm predict` the labels that reach it."""
+    from helpers import run_cli
+
+    train = tmp_path / "planted.csv"
+    rows = [f'{e.texts[0]},"{";".join(LABELS[i] for i in e.label)}"' for e in planted(120, seed=2)]
+    train.write_text("text,tags\n" + "\n".join(rows) + "\n")
+    user = ["--task", f"csv:{train}", "--label-column", "tags", "--multi-label", "--label-separator", ";"]
+    code, out, err = run_cli(monkeypatch, capsys, "finetune", "--model", bert, *user, "--threshold", "tuned",
+                             "--epochs", 6, "--lr", 5e-3, "--batch-size", 16, "--device", "cpu", "--out",
+                             tmp_path / "run")
+    assert code in (0, None), err
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())["metrics"]
+    threshold = json.loads((tmp_path / "run/model/task.json").read_text())["spec"]["threshold"]
+    assert metrics["dev_threshold"] == threshold and metrics["dev_macro_f1"] > 0.5, metrics
+
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", tmp_path / "run", *user, "--device", "cpu")
+    assert code in (0, None), err
+    shown = dict(line.split() for line in out.splitlines())
+    for name in ("macro_f1", "micro_f1", "exact_match", "f1_animal", "f1_red", "f1_big", "threshold"):
+        assert float(shown[name]) == pytest.approx(metrics[f"dev_{name}"], abs=1e-4), name
+
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("the big red cat sees the house .\nthe tree .\n"))
+    code, out, err = run_cli(monkeypatch, capsys, "predict", tmp_path / "run", "--device", "cpu")
+    assert code in (0, None), err
+    for row in map(json.loads, out.splitlines()):
+        assert list(row["probabilities"]) == sorted(LABELS)  # a user file's labels: sorted names
+        assert row["labels"] == [label for label, p in row["probabilities"].items() if p >= threshold]
