@@ -326,6 +326,8 @@ def test_predict_every_task_kind(models):
         "choice": (TaskSpec("copa", "choice", (), ("accuracy",)),
                    [{"context": "the cat sees", "choices": ["the house", "a red ball", "the tree"]}]),
         "tag": (TaskSpec("ner", "tag", ("O", "PER", "LOC"), ("f1",)), ["the old man sees the river", ["a", "dog"]]),
+        "multi": (TaskSpec("emotions", "multi", ("joy", "fear", "anger"), ("macro_f1",), threshold=0.45),
+                  ["the cat sees the house", {"text": "a dog"}]),
     }
     for name, (spec, inputs) in kinds.items():
         torch.manual_seed(0)
@@ -337,6 +339,10 @@ def test_predict_every_task_kind(models):
             assert results[0] == results[1] and {p["label"] for p in results[0]["probabilities"]} == {"yes", "no"}
         elif name == "regression":
             assert isinstance(results[0]["label"], float) and "probabilities" not in results[0]
+        elif name == "multi":  # every label's probability; the labels that reach the model's threshold
+            for result in results:
+                assert list(result["probabilities"]) == ["joy", "fear", "anger"]
+                assert result["labels"] == [label for label, p in result["probabilities"].items() if p >= 0.45]
         elif name == "choice":
             assert len(results[0]["probabilities"]) == 3 and sum(results[0]["probabilities"]) == pytest.approx(1, 1e-3)
             assert results[0]["label"] in (0, 1, 2)

@@ -266,7 +266,8 @@ def predict(model: str | Path, inputs: Iterable[str] | list[tuple[str, str]], *,
     `inputs` are lines as `ctxlm predict` reads them: a text; "text_a<TAB>text_b" for pair tasks;
     {"context": ..., "choices": [...]} for multiple choice; space-separated words for tagging; for question
     answering {"question": ..., "context": ...}, or (question, context) pairs. A question's dict holds its best
-    answer and, with `n_best` > 1, the n best. `source` names the inputs in error messages. `dtype`: as for
+    answer and, with `n_best` > 1, the n best; a multi-label text's its "labels" and every label's
+    "probabilities". `source` names the inputs in error messages. `dtype`: as for
     `evaluate`."""
     import ctxlm.qa  # noqa: F401 - registers question answering's task and model with transfer/
     from ctxlm.transfer.model import TaskModel, load_finetuned

@@ -26,9 +26,10 @@ from ctxlm.runlog import logged_to
 from ctxlm.textfiles import read_text
 
 TASK_HELP = ("sst2, mrpc, stsb, rte, cola, conll2003, copa, arc_easy, commonsenseqa, imdb (whole reviews, in "
-             "windows; dev: 1,000 held-out training reviews) (under $CTXLM_DATA), squad "
+             "windows; dev: 1,000 held-out training reviews), cedr (Russian sentences, multi-label: five "
+             "emotions; dev: 10% of train held out) (under $CTXLM_DATA), squad "
              "(question answering: BERT-family span extraction, see --train-file), or csv:PATH for your own "
-             ".csv/.tsv/.jsonl file (see --text-column, --label-column)")
+             ".csv/.tsv/.jsonl file (see --text-column, --label-column, --multi-label)")
 STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, gradual (ULMFiT: the head alone, "
                  "then one more layer group per epoch, top first), discriminative (head at --lr, each group below "
                  "/ 2.6), slanted (ULMFiT triangular schedule), l2sp (pull toward the pretrained weights after "
@@ -41,7 +42,8 @@ STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, 
 
 
 def user_task_options(f):
-    """--text-column, --label-column, --pair-column, --dev, --regression: what csv:PATH tasks need."""
+    """--text-column, --label-column, --pair-column, --dev, --regression, --multi-label: what csv:PATH tasks
+    need."""
     return stacked(
         click.option("--text-column", default="text", show_default=True, help="csv: column of the text"),
         click.option("--label-column", default="label", show_default=True, help="csv: column of the label"),
@@ -52,6 +54,11 @@ def user_task_options(f):
         click.option("--symmetric", is_flag=True,
                      help="csv pair task: the two texts have no order (similarity, paraphrase); decoders then read "
                           "both orderings and add them (GPT §3.3). Default: first text first, as entailment"),
+        click.option("--multi-label", is_flag=True,
+                     help="csv: each label cell holds zero or more labels (an empty cell: none), see "
+                          "--label-separator; the label set is the training file's"),
+        click.option("--label-separator", default=",", show_default=True,
+                     help="csv --multi-label: what separates the labels in a cell"),
     )(f)
 
 
@@ -100,6 +107,10 @@ def training_options(f, *, strategy: bool = True):
                                          "windows (all of it, in windows whose vectors are pooled into one, the "
                                          "gradient through every window; 'windows:stride=N' overlaps them) "
                                          "[default: windows for imdb, else truncate]"),
+        click.option("--threshold", default="0.5", show_default=True,
+                     help="multi-label tasks (cedr, csv --multi-label): predict a label where its probability "
+                          "reaches this; 'tuned': the threshold with the best macro-F1 on dev (never test), saved "
+                          "with the model for evaluate and predict"),
         click.option("--evals-per-epoch", default=1, show_default=True,
                      help="dev evaluations an epoch; 0: one, after the last step (saves the passes over dev that "
                           "nothing reads)"),
@@ -121,7 +132,8 @@ def training_options(f, *, strategy: bool = True):
 
 SQUAD_OPTIONS = ("train_file", "dev_file", "holdout_articles", "doc_stride", "max_answer_tokens", "no_answer")
 USER_TASK_FIELDS = {"text_column": "text_column", "label_column": "label_column", "pair_column": "text_pair_column",
-                    "dev_path": "dev_path", "regression": "regression", "symmetric": "symmetric"}  # option: field
+                    "dev_path": "dev_path", "regression": "regression", "symmetric": "symmetric",
+                    "multi_label": "multi_label", "label_separator": "label_separator"}  # option: field
 
 
 def _user_task(options: dict) -> dict:
@@ -208,8 +220,9 @@ def evaluate(model, task, split, batch_size, device, precision, squad_file, hold
 
 @click.command(epilog="""\b
 Input, one example per line: a text; "text_a<TAB>text_b" for pair tasks; {"context": ..., "choices": [...]}
-for multiple choice; space-separated words for tagging; {"question": ..., "context": ...} for question
-answering (or --question with --context / --context-file). Output: one JSON object per line.
+for multiple choice; space-separated words for tagging; a text for multi-label ("labels" and every label's
+"probabilities" out); {"question": ..., "context": ...} for question answering (or --question with --context /
+--context-file). Output: one JSON object per line.
 Examples:
   echo "a gorgeous, witty, seductive movie" | ctxlm predict runs/minilm-sst2
   ctxlm predict runs/minilm-conll --input sentences.txt > tags.jsonl

@@ -3,7 +3,8 @@
 `parse_input` reads one JSON input as the run's task takes it (checked on the event loop, before it joins a batch);
 `predict_batch` labels the inputs of several requests at once in the inference thread. Classification, pair,
 choice and tagging models (`TaskModel`) give every class's (choice's, tag's) probability, not only the best
-one's; question answering (`SpanModel`, SQuAD) gives the best spans with theirs.
+one's; multi-label models the labels at or over their threshold and every label's probability; question
+answering (`SpanModel`, SQuAD) gives the best spans with theirs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ctxlm.serve.limits import Limits, Refused
 from ctxlm.transfer.data import Example
 from ctxlm.transfer.inputs import TaskBatches, encode_examples
 from ctxlm.transfer.model import HeadedModel, TaskModel
+from ctxlm.transfer.task import multi_label_result
 
 N_BEST = 5  # answers per question
 
@@ -23,6 +25,7 @@ N_BEST = 5  # answers per question
 def input_help(kind: str) -> str:
     return {
         "single": 'a text: "..."',
+        "multi": 'a text: "..."',
         "pair": 'two texts: ["first", "second"]',
         "choice": '{"context": "...", "choices": ["...", "..."]}',
         "tag": 'a sentence, "words separated by spaces", or a list of words',
@@ -42,7 +45,7 @@ def parse_input(model: HeadedModel, value: Any, where: str, limits: Limits) -> E
         if isinstance(value, dict) and set(value) == {"question", "context"}:
             value = [value["question"], value["context"]]
         texts = _strings(value, 2, 2, bad)
-    elif kind == "single":
+    elif kind in ("single", "multi"):
         texts = _strings([value["text"]] if isinstance(value, dict) and set(value) == {"text"} else [value], 1, 1,
                          bad)
     elif kind == "pair":
@@ -103,6 +106,8 @@ def classify(model: TaskModel, examples: list[Example], batch_size: int = 64) ->
 def _result(spec, logits: torch.Tensor, slot_mask: torch.Tensor, example: Example) -> dict:
     if spec.regression:
         return {"label": round(float(logits.squeeze(-1)), 4)}
+    if spec.kind == "multi":
+        return multi_label_result(spec, logits.sigmoid().tolist())
     if spec.kind == "tag":
         probs = logits[slot_mask].softmax(-1)  # (words kept, tags)
         best = probs.max(-1)

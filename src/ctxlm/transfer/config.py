@@ -38,6 +38,9 @@ class FinetuneConfig:
     # task's default, "windows" for imdb, else "truncate"
     long_text: str | None = None
     dropout: float = 0.1
+    # multi-label tasks: a label is predicted where its probability reaches this; "tuned": the threshold with the
+    # best macro-F1 on dev, chosen at each evaluation and saved with the model (task.json)
+    threshold: str = "0.5"
     evals_per_epoch: int = 1
     device: str = "auto"
     max_minutes: float | None = None
@@ -64,6 +67,7 @@ class FinetuneConfig:
             raise UserError(f"evals_per_epoch={self.evals_per_epoch}: expected 1 or more, or 0 for one evaluation "
                             "after the last step")
         LongText.parse(self.long_text)  # a bad value fails now, not after the data is read
+        fixed_threshold(self.threshold)
 
     def resolved(self, strategy: Strategy, decoder: bool, *, max_length: int = 128) -> FinetuneConfig:
         """Defaults that depend on the strategy, the backbone and the task (`max_length`: its default): `lr` is the
@@ -108,6 +112,24 @@ class FinetuneConfig:
         fields = asdict(self)
         options = fields.pop("task_options")
         return fields | {name: value for name, value in options.items() if name not in fields}
+
+
+DEFAULT_THRESHOLD = "0.5"
+
+
+def fixed_threshold(setting: str) -> float | None:
+    """A multi-label threshold setting (`FinetuneConfig.threshold`): a probability in (0, 1), or None for "tuned"
+    (chosen on dev)."""
+    if setting == "tuned":
+        return None
+    try:
+        value = float(setting)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value < 1:
+        raise UserError(f"threshold {setting!r}: expected a probability between 0 and 1 (such as 0.5), or 'tuned' "
+                        "(the one with the best macro-F1 on dev)")
+    return value
 
 
 def check_save_every(steps: int | None, minutes: float | None) -> None:

@@ -29,13 +29,15 @@ class TaskSpec:
     """What a task head needs to know: the input layout, the classes and how results are scored."""
 
     name: str  # "sst2", ..., or "csv" for user files
-    kind: str  # "single" | "pair" | "choice" | "tag"
+    kind: str  # "single" | "pair" | "choice" | "tag" | "multi" (a text → zero or more labels)
     labels: tuple[str, ...]  # class names in index order (tag names for "tag"); () for regression and choice
     metrics: tuple[str, ...]  # names understood by metrics.compute_metrics; the FIRST is the main one
     regression: bool = False  # STS-B: one float per example
     # pair tasks: whether (a, b) and (b, a) may differ. Entailment has an order (GPT §3.3: premise, delimiter,
     # hypothesis); similarity and paraphrase do not, and decoders then read both orderings (GPT §3.3).
     order_matters: bool = True
+    # multi-label: a label is predicted where its sigmoid reaches this (fixed, or tuned on dev by fine-tuning)
+    threshold: float = 0.5
 
     @classmethod
     def from_dict(cls, values: dict) -> TaskSpec:
@@ -43,6 +45,11 @@ class TaskSpec:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         values.setdefault("order_matters", values.get("kind") != "pair")
         return cls(**values)
+
+    @property
+    def one_text(self) -> bool:
+        """Whether each input is a single text (classified, or multi-labelled), which may be read in windows."""
+        return self.kind in ("single", "multi")
 
     @property
     def num_labels(self) -> int:
@@ -53,7 +60,8 @@ class TaskSpec:
 @dataclass(frozen=True)
 class Example:
     texts: tuple[str, ...]  # single: (text,); pair: (a, b); choice: (context, choice_1, ..., choice_n); tag: words
-    label: int | float | tuple[int, ...] | None  # class / choice index; score; tag index per word; None = unlabelled
+    # class / choice index; score; tag index per word; multi-label: the indices of its labels; None = unlabelled
+    label: int | float | tuple[int, ...] | None
     source: str = ""  # "path:line" where it was read, for error messages
 
 
@@ -75,6 +83,8 @@ class UserTaskOptions:
     dev_path: str | None = None  # else the last 10% of the train file (after a seeded shuffle) is held out as dev
     regression: bool = False  # float labels
     symmetric: bool = False  # pair task: the order of the two texts carries no meaning (similarity, paraphrase)
+    multi_label: bool = False  # each label cell holds zero or more labels, split on `label_separator`
+    label_separator: str = ","
 
 
 Splits = tuple[list[Example], list[Example], list[Example] | None]  # train, dev, test; labels as in the files
@@ -144,6 +154,17 @@ def _json_records(path: Path) -> Iterator[tuple[str, Any]]:
         elif not text.startswith("]", pos):
             where = text.count("\n", 0, pos) + 1
             raise UserError(f"{path}:{where}: expected ',' or ']' between the elements of the JSON array")
+
+
+def _label_set(cell: str, separator: str, where: str) -> tuple[str, ...]:
+    """The labels of a multi-label cell: names split on `separator`, stripped, each once; an empty cell means no
+    label, but an empty name between separators is a mistake (a doubled or trailing separator)."""
+    if not cell.strip():
+        return ()
+    names = [name.strip() for name in cell.split(separator)]
+    if not all(names):
+        raise UserError(f"{where}: empty label name in {cell!r} (labels separated by {separator!r})")
+    return tuple(dict.fromkeys(names))
 
 
 def _nonempty(path: Path, examples: list[Example]) -> list[Example]:
@@ -304,6 +325,25 @@ def _read_imdb() -> Splits:
     return *_imdb_train_dev(), _IMDB.read(dataset_path("imdb", "test.tsv.gz"))
 
 
+_CEDR_LABELS = ("joy", "sadness", "surprise", "fear", "anger")  # the data set's label ids 0-4
+
+
+def _cedr_sentences(path: Path) -> list[Example]:
+    """`sentence<TAB>labels<TAB>source` rows under a header; labels comma-separated, empty for no emotion."""
+    return _nonempty(path, [Example((row[0].strip(),), _label_set(row[1], ",", where), where)
+                            for where, row in _tsv_rows(path, 3, header=True)])
+
+
+def _read_cedr() -> Splits:
+    """CEDR ships train and test only, and test is for final figures: dev is held out of the training sentences
+    as `_holdout` does for user files (a fixed seeded 10 %, 752 of 7,528), the same for every run and seed."""
+    path = dataset_path("cedr", "train.tsv.gz")
+    sentences = _cedr_sentences(path)
+    kept, held_out = _holdout(len(sentences), path)
+    return ([sentences[i] for i in kept], [sentences[i] for i in held_out],
+            _cedr_sentences(dataset_path("cedr", "test.tsv")))
+
+
 @dataclass(frozen=True)
 class BuiltinTask:
     """A built-in task: its input layout and metrics, and the reader of its files under `data_root()`."""
@@ -319,6 +359,7 @@ class BuiltinTask:
     # choosing a recipe reads (`load_task(test=False)`), never a test file
     read_train_dev: Callable[[], tuple[list[Example], list[Example]]] | None = None
     long_text: str = "truncate"  # how fine-tuning reads a text longer than max_length (ctxlm.nn.long_text)
+    labels: tuple[str, ...] = ()  # the data set's own label order; (): the training split's names, sorted
 
     def labelled(self, test: bool = True) -> Splits:
         """(train, dev, test), labels as written; without `test` the test split is None and, where it has files of
@@ -342,6 +383,8 @@ def _glue_task(name: str, kind: str, metrics: tuple[str, ...], layout: _Glue, tr
                        read_train=lambda: layout.read(dataset_path(name, train)), **options)
 
 
+_MULTI_METRICS = ("macro_f1", "micro_f1", "exact_match")  # and the F1 of each label (metrics.compute_metrics)
+
 TASKS: dict[str, BuiltinTask] = {
     "sst2": _glue_task("sst2", "single", ("accuracy",), _Glue(2, (0,), 1), train="train.tsv.gz"),
     "mrpc": _glue_task("mrpc", "pair", ("f1", "accuracy"), _Glue(5, (3, 4), 0), order_matters=False),
@@ -358,6 +401,8 @@ TASKS: dict[str, BuiltinTask] = {
     # whole reviews, read in windows: 88 % are longer than 128 MiniLM tokens, 12 % longer than 512 (3,000 drawn)
     "imdb": BuiltinTask("single", ("accuracy",), _read_imdb, read_train=lambda: _imdb_train_dev()[0],
                         read_train_dev=_imdb_train_dev, long_text="windows"),
+    # Russian sentences with none, one or several of five emotions
+    "cedr": BuiltinTask("multi", _MULTI_METRICS, _read_cedr, labels=_CEDR_LABELS),
 }
 
 # ---------------------------------------------------------------------------------------------------- user files
@@ -422,6 +467,9 @@ def _user_examples(path: Path, options: UserTaskOptions, labelled: bool = True) 
             examples.append(Example(values, None, where))
             continue
         label = record[options.label_column]
+        if options.multi_label:
+            examples.append(Example(values, _user_label_set(label, options.label_separator, where), where))
+            continue
         if label is None or str(label).strip() == "":
             raise UserError(f"{where}: no label in {options.label_column!r}")
         if not isinstance(label, str | int | float):  # bool is an int
@@ -430,18 +478,28 @@ def _user_examples(path: Path, options: UserTaskOptions, labelled: bool = True) 
     return _nonempty(path, examples)
 
 
+def _user_label_set(value: Any, separator: str, where: str) -> tuple[str, ...]:
+    """A multi-label field: a cell of names split on `separator` (empty: no label), or in JSON a list of names."""
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return _label_set(separator.join(value), separator, where) if value else ()
+    if not isinstance(value, str):
+        raise UserError(f"{where}: labels {value!r} should be a string of names separated by {separator!r} "
+                        "(or a JSON list of names)")
+    return _label_set(value, separator, where)
+
+
 def _read_user(path: Path, options: UserTaskOptions) -> Splits:
     train = _user_examples(path, options)
     if options.dev_path:
         return train, _user_examples(Path(options.dev_path), options), None
-    kept, held_out = _user_split(len(train), path)
+    kept, held_out = _holdout(len(train), path)
     return [train[i] for i in kept], [train[i] for i in held_out], None
 
 
-def _user_split(count: int, path: Path) -> tuple[list[int], list[int]]:
-    """The rows (indices in file order) of a user file without a dev file that finetune trains on and holds out
-    as dev: after a seeded shuffle, the same for every run, the last 10 % (at least one) is dev. Both lists are in
-    the shuffled order, which is finetune's."""
+def _holdout(count: int, path: Path) -> tuple[list[int], list[int]]:
+    """The rows (indices in file order) of a training file without a dev file (a user's, CEDR's) that finetune
+    trains on and holds out as dev: after a seeded shuffle, the same for every run, the last 10 % (at least one) is
+    dev. Both lists are in the shuffled order, which is finetune's."""
     if count < 2:
         raise UserError(f"{path}: only {count} example, need at least 2 to hold one out as dev "
                         f"(or give a dev file)")
@@ -457,7 +515,7 @@ def _user_split(count: int, path: Path) -> tuple[list[int], list[int]]:
 def _label_names(train: list[Example], kind: str) -> tuple[str, ...]:
     """Class names in index order: the training split's, sorted (numerically when all are integers); for tags "O"
     comes first, so index 0 means "no entity" (words cut off by the length limit are tagged with it)."""
-    names = {t for e in train for t in e.label} if kind == "tag" else {e.label for e in train}
+    names = {t for e in train for t in e.label} if kind in ("tag", "multi") else {e.label for e in train}
     if all(re.fullmatch(r"-?\d+", n) for n in names):
         return tuple(sorted(names, key=int))
     return tuple(sorted(names, key=lambda n: (n != "O", n) if kind == "tag" else n))
@@ -476,11 +534,13 @@ def _indexed(examples: list[Example], labels: tuple[str, ...], kind: str) -> lis
 
     if kind == "tag":
         return [Example(e.texts, tuple(lookup(t, e, i) for i, t in enumerate(e.label)), e.source) for e in examples]
+    if kind == "multi":
+        return [Example(e.texts, tuple(sorted(lookup(t, e) for t in e.label)), e.source) for e in examples]
     return [Example(e.texts, lookup(e.label, e), e.source) for e in examples]
 
 
 def _task_data(name: str, kind: str, metrics: tuple[str, ...], regression: bool, splits: Splits,
-               order_matters: bool = True) -> TaskData:
+               order_matters: bool = True, labels: tuple[str, ...] = ()) -> TaskData:
     """The spec and the examples with final labels: class indices, scores as floats, choice indices as read."""
     if kind == "choice":
         return TaskData(TaskSpec(name, kind, (), metrics), *splits)
@@ -488,7 +548,7 @@ def _task_data(name: str, kind: str, metrics: tuple[str, ...], regression: bool,
         scores = [None if split is None else [Example(e.texts, _number(e.label, e.source), e.source) for e in split]
                   for split in splits]
         return TaskData(TaskSpec(name, kind, (), metrics, regression=True, order_matters=order_matters), *scores)
-    labels = _label_names(splits[0], kind)
+    labels = labels or _label_names(splits[0], kind)
     indexed = [None if split is None else _indexed(split, labels, kind) for split in splits]
     return TaskData(TaskSpec(name, kind, labels, metrics, order_matters=order_matters), *indexed)
 
@@ -506,15 +566,22 @@ def load_task(name: str, *, train_size: int | None = None, seed: int = 0,
         raise UserError(f"train size {train_size}: expected a positive number of examples")
     if name.startswith("csv:"):
         options = csv_options or UserTaskOptions()
-        kind = "pair" if options.text_pair_column else "single"
-        metrics = ("spearman", "pearson") if options.regression else ("accuracy", "macro_f1")
+        kind = "pair" if options.text_pair_column else "multi" if options.multi_label else "single"
+        metrics = (("spearman", "pearson") if options.regression else _MULTI_METRICS if options.multi_label
+                   else ("accuracy", "macro_f1"))
         if options.symmetric and kind != "pair":
             raise UserError("--symmetric says the two texts of a pair have no order: it needs --pair-column")
+        if options.multi_label and (options.text_pair_column or options.regression):
+            raise UserError("--multi-label labels single texts with names: it takes neither --pair-column nor "
+                            "--regression")
+        if options.multi_label and not options.label_separator:
+            raise UserError("--label-separator: expected a non-empty string between label names")
         data = _task_data("csv", kind, metrics, options.regression, _read_user(Path(name[4:]), options),
                           order_matters=not options.symmetric)
     elif name in TASKS:
         task = TASKS[name]
-        data = _task_data(name, task.kind, task.metrics, task.regression, task.labelled(test), task.order_matters)
+        data = _task_data(name, task.kind, task.metrics, task.regression, task.labelled(test), task.order_matters,
+                          task.labels)
     else:
         raise _unknown_task(name)
     if train_size is not None and train_size < len(data.train):
@@ -541,7 +608,7 @@ def task_texts(name: str, csv_options: UserTaskOptions | None = None) -> list[tu
         options, path = csv_options or UserTaskOptions(), Path(name[4:])
         examples = _user_examples(path, options, labelled=False)
         if not options.dev_path:
-            kept, _ = _user_split(len(examples), path)
+            kept, _ = _holdout(len(examples), path)
             examples = [examples[i] for i in sorted(kept)]
         return [e.texts for e in examples]
     if name not in TASKS:

@@ -3,9 +3,10 @@
 Every task is read the same way. The backbone's states become *slot features* (batch, slots, dim) with a
 slot mask, and a linear layer scores them:
 
-- single text, encoder pair, decoder pair whose order matters (entailment): one slot per example, the pooled
-  sequence ([CLS], mean, last token, or ULMFiT's [last, max, mean]); a long text read in windows fills its slot
-  with its windows' vectors pooled into one (`ctxlm.nn.long_text.pool_windows`);
+- single text (one class, or multi-label: one logit per label), encoder pair, decoder pair whose order matters
+  (entailment): one slot per example, the pooled sequence ([CLS], mean, last token, or ULMFiT's [last, max,
+  mean]); a long text read in windows fills its slot with its windows' vectors pooled into one
+  (`ctxlm.nn.long_text.pool_windows`);
 - decoder pair without an order (GPT §3.3, similarity): two slots, the pooled states of (a, b) and of (b, a),
   added, so the prediction cannot depend on the order of the texts;
 - multiple choice: one slot per choice (context + answer), each scored, softmax over the real ones;
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from ctxlm.nn.long_text import pool_windows
 
-TASK_KINDS = ("single", "pair", "choice", "tag")  # how `TaskHead` reads slots (TaskSpec.kind)
+TASK_KINDS = ("single", "pair", "choice", "tag", "multi")  # how `TaskHead` reads slots (TaskSpec.kind)
 
 
 def extract_features(states: Tensor, batch: dict[str, Tensor], pooling: str) -> tuple[Tensor, Tensor]:
@@ -48,7 +49,8 @@ def extract_features(states: Tensor, batch: dict[str, Tensor], pooling: str) -> 
 class TaskHead(nn.Module):
     """Dropout → linear over slot features. `kind` says how slots become predictions:
 
-    "single"/"pair": slots are added (one slot, or a similarity pair's two orderings) → (examples, outputs);
+    "single"/"pair"/"multi": slots are added (one slot, or a similarity pair's two orderings) → (examples, outputs:
+    one per class, or per label for "multi");
     "choice": one score per slot, padded slots at -inf → (examples, slots);
     "tag": one prediction per slot → (examples, slots, outputs).
     """
@@ -65,7 +67,7 @@ class TaskHead(nn.Module):
 
     def forward(self, features: Tensor, slot_mask: Tensor) -> Tensor:
         features = self.dropout(features)
-        if self.kind in ("single", "pair"):
+        if self.kind in ("single", "pair", "multi"):
             return self.linear((features * slot_mask.unsqueeze(-1).to(features.dtype)).sum(1))
         scores = self.linear(features)
         if self.kind == "choice":
@@ -74,7 +76,10 @@ class TaskHead(nn.Module):
 
 
 def task_loss(logits: Tensor, labels: Tensor, kind: str, regression: bool) -> Tensor:
-    """Mean squared error for regression, else cross-entropy (over classes, choices, or tagged words)."""
+    """Mean squared error for regression; multi-label: binary cross-entropy of each label's logit against its 0/1,
+    averaged over examples and labels; else cross-entropy (over classes, choices, or tagged words)."""
+    if kind == "multi":
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
     if regression:
         return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float())
     if kind == "tag":
@@ -82,6 +87,16 @@ def task_loss(logits: Tensor, labels: Tensor, kind: str, regression: bool) -> Te
     return nn.functional.cross_entropy(logits.float(), labels)
 
 
-def predictions(logits: Tensor, regression: bool) -> Tensor:
-    """Scores for regression, else the arg-max class / choice / tag."""
+def predictions(logits: Tensor, kind: str, regression: bool) -> Tensor:
+    """Scores for regression; multi-label: each label's probability (its sigmoid), which a threshold turns into
+    labels (`label_sets`), so that the threshold can be tuned after the model has run; else the arg-max class /
+    choice / tag."""
+    if kind == "multi":
+        return logits.float().sigmoid()
     return logits.squeeze(-1).float() if regression else logits.argmax(-1)
+
+
+def label_sets(probabilities, threshold: float) -> list[tuple[int, ...]]:
+    """Multi-label predictions: per example (a row of label probabilities), the indices whose probability reaches
+    `threshold`; possibly none."""
+    return [tuple(i for i, p in enumerate(row) if p >= threshold) for row in probabilities]

@@ -48,7 +48,7 @@ def encode_examples(tokenizer: TokenizerProtocol, spec: TaskSpec, examples: Sequ
         return []
     if spec.kind == "tag":
         return _encode_tagged(tokenizer, examples, max_length)
-    if spec.kind == "single":
+    if spec.one_text:
         texts = [e.texts[0] for e in examples]
         if long_text.how == "truncate":
             return [_encoded([enc]) for enc in tokenizer.encode_text_batch(texts, max_length)]
@@ -128,7 +128,13 @@ def collate(encoded: Sequence[Encoded], labels: Sequence | None, spec: TaskSpec,
 
 
 def label_tensor(labels: Sequence, spec: TaskSpec, words: int) -> Tensor:
-    """Class / choice indices (long), scores (float), or per-word tags padded with -100 (not scored)."""
+    """Class / choice indices (long), scores (float), per-word tags padded with -100 (not scored), or for
+    multi-label a 0/1 row per example (float, as the binary cross-entropy takes it)."""
+    if spec.kind == "multi":
+        out = torch.zeros((len(labels), len(spec.labels)))
+        for row, indices in enumerate(labels):
+            out[row, list(indices)] = 1.0
+        return out
     if spec.regression:
         return torch.tensor(labels, dtype=torch.float)
     if spec.kind != "tag":

@@ -152,7 +152,7 @@ class TaskModel(HeadedModel):
         if pooling not in POOLINGS:
             raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.long_text = LongText.parse(long_text)
-        if self.long_text.how != "truncate" and spec.kind != "single":
+        if self.long_text.how != "truncate" and not spec.one_text:
             raise UserError(f"long text {str(self.long_text)!r} reads a single text whole or by its ends; the inputs "
                             f"of a {spec.kind} task are cut to max_length (long text 'truncate')")
         if lm.config.causal and lm.config.word_level:

@@ -33,7 +33,8 @@ def predict(model: nn.Module, inputs: list, *, batch_size: int = 64, dtype: str 
             **options) -> list:
     """The model's prediction for each input (`read_inputs`' result): for classification, pair, choice and tagging
     models a dict of "label" (class name, choice index, tag names, or score) and, for classes and choices, its
-    "probability"; for question answering, given (question, passage) pairs, each pair's `n_best` answers."""
+    "probability"; for multi-label models the "labels" that reach the threshold saved with the model and every
+    label's "probabilities"; for question answering, given (question, passage) pairs, each pair's `n_best` answers."""
     with inference_context(dtype, device_of(model)):
         return task_for(model).predict(model, inputs, batch_size=batch_size, **options)
 

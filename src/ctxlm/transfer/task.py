@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -31,9 +32,9 @@ from torch import Tensor, nn
 
 from ctxlm.errors import UserError
 from ctxlm.progress import progress
-from ctxlm.transfer.config import FinetuneConfig
+from ctxlm.transfer.config import DEFAULT_THRESHOLD, FinetuneConfig, fixed_threshold
 from ctxlm.transfer.data import TASKS, Example, TaskData, TaskSpec, UserTaskOptions, load_task
-from ctxlm.transfer.heads import predictions, task_loss
+from ctxlm.transfer.heads import label_sets, predictions, task_loss
 from ctxlm.transfer.inputs import TaskBatches, encode_examples, label_tensor
 from ctxlm.transfer.model import HeadedModel, TaskModel, discover_tasks
 from ctxlm.transfer.strategies import Strategy
@@ -122,9 +123,13 @@ def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tenso
 
 # -- the classification family ----------------------------------------------------------------------------------
 class ClassificationTask:
-    """Single texts, pairs (`TaskSpec.order_matters`), multiple choice and tagging: one `TaskModel`, whose
-    `TaskHead` scores slot features, batched by `TaskBatches`, scored by `metrics.compute_metrics`. The only family
-    that trains on cached features when the backbone is frozen (an epoch of a linear head is then cheap)."""
+    """Single texts, pairs (`TaskSpec.order_matters`), multiple choice, tagging and multi-label: one `TaskModel`,
+    whose `TaskHead` scores slot features, batched by `TaskBatches`, scored by `metrics.compute_metrics`. The only
+    family that trains on cached features when the backbone is frozen (an epoch of a linear head is then cheap).
+
+    Multi-label predicts the labels whose probability reaches the spec's threshold: `config.threshold` fixes it,
+    or ("tuned") each evaluation of dev sets it to the one that scores best there (`metrics.tune_threshold`); the
+    model's spec carries it into task.json, and later splits (test) are scored with it, never tuned on."""
 
     names: ClassVar[tuple[str, ...]] = ()
     model: ClassVar[type[HeadedModel]] = TaskModel
@@ -156,6 +161,12 @@ class ClassificationTask:
             config = self.config
             self.data = load_task(config.task, train_size=config.train_size, seed=config.seed,
                                   csv_options=config.user_task)
+        threshold = fixed_threshold(self.config.threshold)
+        if self.data.spec.kind == "multi" and threshold is not None:
+            self.data.spec = replace(self.data.spec, threshold=threshold)
+        elif self.data.spec.kind != "multi" and self.config.threshold != DEFAULT_THRESHOLD:
+            raise UserError(f"threshold {self.config.threshold!r}: a threshold is for multi-label tasks, and "
+                            f"{self.data.spec.name} is a {self.data.spec.kind} task")
 
     def build(self, lm: nn.Module, config: FinetuneConfig, strategy: Strategy) -> TaskModel:
         builtin = TASKS.get(self.data.spec.name)
@@ -166,6 +177,7 @@ class ClassificationTask:
             raise UserError(f"strategy {strategy.name!r} adds a language-model loss, which needs a decoder "
                             "(GPT, GPT-2)")
         self.aux = strategy.aux_lm_weight if model.decoder else 0.0
+        self.model = model  # whose spec takes a tuned threshold
         return model
 
     def batches(self, model: TaskModel, config: FinetuneConfig, device: torch.device) -> TaskBatches:
@@ -196,14 +208,18 @@ class ClassificationTask:
         return loss + self.aux * lm_loss if lm_loss is not None else loss
 
     def evaluate(self, module: TaskModel | _HeadOnFeatures, split: str) -> dict[str, float]:
-        """The task's metrics and mean loss over a whole split."""
-        from ctxlm.transfer.metrics import compute_metrics  # scipy, scikit-learn, seqeval: seconds to import
+        """The task's metrics and mean loss over a whole split; a tuned multi-label threshold is chosen on dev."""
+        from ctxlm.transfer.metrics import tune_threshold  # scipy, scikit-learn, seqeval: seconds to import
 
         was_training = module.training
         module.eval()
         preds, loss = gather_predictions(module, self.split_batches[split], self.device)
         module.train(was_training)
-        return {"loss": loss, **compute_metrics(self.data.spec, preds, self.split_batches[split].labels)}
+        labels = self.split_batches[split].labels
+        if split == "dev" and self.data.spec.kind == "multi" and fixed_threshold(self.config.threshold) is None:
+            threshold = tune_threshold(self.data.spec, preds, labels)
+            self.data.spec = self.model.spec = replace(self.data.spec, threshold=threshold)
+        return {"loss": loss, **scored(self.data.spec, preds, labels)}
 
     def sizes(self) -> dict[str, int]:
         return {"train_examples": len(self.data.train)}
@@ -217,7 +233,8 @@ class ClassificationTask:
     @torch.inference_mode()
     def predict(cls, model: TaskModel, inputs: list[Example], *, batch_size: int = 64, **options) -> list[dict]:
         """One dict per example: "label" (class name, choice index, tag names, or score) and, for classes and
-        choices, "probability" of that label. Other tasks' `options` (n_best, ...) are ignored."""
+        choices, "probability" of that label; multi-label: `multi_label_result`. Other tasks' `options` (n_best,
+        ...) are ignored."""
         if not inputs:
             return []
         model.eval()
@@ -227,10 +244,12 @@ class ClassificationTask:
         for batch in _batches(model, inputs, batch_size, labelled=False).eval_batches():
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(batch).float()
-            predicted = predictions(logits, spec.regression).cpu()
+            predicted = predictions(logits, spec.kind, spec.regression).cpu()
             probs = None if spec.regression else logits.softmax(-1).cpu()
             for row, i in enumerate(batch["index"].tolist()):
-                if spec.regression:
+                if spec.kind == "multi":
+                    out[i] = multi_label_result(spec, predicted[row].tolist())
+                elif spec.regression:
                     out[i] = {"label": round(float(predicted[row]), 4)}
                 elif spec.kind == "tag":
                     kept = batch["slot_mask"][row].cpu()
@@ -246,9 +265,8 @@ class ClassificationTask:
     def score(cls, model: TaskModel, task: str | None, split: str = "dev", *, batch_size: int = 64,
               csv_options: UserTaskOptions | None = None, **options) -> dict[str, float]:
         """The task's metrics for a fine-tuned model on a split of a built-in task (or csv:PATH); `task` None: the
-        one it was fine-tuned on. Other tasks' `options` are ignored."""
-        from ctxlm.transfer.metrics import compute_metrics
-
+        one it was fine-tuned on. Multi-label: at the threshold saved with the model. Other tasks' `options` are
+        ignored."""
         task = task or model.spec.name
         if task == "csv":
             raise UserError("the model was fine-tuned on a user file: name it with --task csv:PATH (and its columns)")
@@ -265,10 +283,26 @@ class ClassificationTask:
         model.eval()
         source = _batches(model, examples, batch_size, labelled=True)
         preds, loss = gather_predictions(model, source, next(model.parameters()).device)
-        return {"loss": loss, **compute_metrics(model.spec, preds, source.labels)}
+        return {"loss": loss, **scored(model.spec, preds, source.labels)}
 
 
 register_task(ClassificationTask)
+
+def scored(spec: TaskSpec, preds: list, labels: Sequence) -> dict[str, float]:
+    """`gather_predictions`' result scored by `metrics.compute_metrics`; multi-label probabilities become label
+    sets at the spec's threshold, which the metrics record."""
+    from ctxlm.transfer.metrics import compute_metrics
+
+    if spec.kind != "multi":
+        return compute_metrics(spec, preds, labels)
+    return {**compute_metrics(spec, label_sets(preds, spec.threshold), labels), "threshold": spec.threshold}
+
+
+def multi_label_result(spec: TaskSpec, probabilities: list[float]) -> dict:
+    """A multi-label prediction: the "labels" whose probability reaches the threshold (in the spec's order, maybe
+    none) and every label's probability."""
+    return {"labels": [spec.labels[i] for i in label_sets([probabilities], spec.threshold)[0]],
+            "probabilities": {label: round(p, 4) for label, p in zip(spec.labels, probabilities, strict=True)}}
 
 
 def _batches(model: TaskModel, examples: list[Example], batch_size: int, labelled: bool) -> TaskBatches:
@@ -280,8 +314,9 @@ def _batches(model: TaskModel, examples: list[Example], batch_size: int, labelle
 
 @torch.inference_mode()
 def gather_predictions(logits_of, source: TaskBatches, device: torch.device) -> tuple[list, float]:
-    """Every example's prediction (class, choice, score, or a tag per word) in the split's order, and the mean
-    loss. Metrics such as F1 or Spearman are computed over a whole split, not averaged over batches."""
+    """Every example's prediction (class, choice, score, a tag per word, or multi-label each label's probability)
+    in the split's order, and the mean loss. Metrics such as F1 or Spearman are computed over a whole split, not
+    averaged over batches."""
     spec = source.spec
     preds: dict[int, object] = {}
     total = 0.0
@@ -289,9 +324,11 @@ def gather_predictions(logits_of, source: TaskBatches, device: torch.device) -> 
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = logits_of(batch).float()  # bf16 under an autocast inference: metrics from float32
         total += float(task_loss(logits, batch["labels"], spec.kind, spec.regression)) * len(batch["index"])
-        predicted = predictions(logits, spec.regression).cpu()
+        predicted = predictions(logits, spec.kind, spec.regression).cpu()
         for row, i in enumerate(batch["index"].tolist()):
-            if spec.kind == "tag":
+            if spec.kind == "multi":
+                preds[i] = tuple(predicted[row].tolist())
+            elif spec.kind == "tag":
                 tags = predicted[row][batch["slot_mask"][row].cpu()].tolist()
                 preds[i] = tags + [0] * (len(source.labels[i]) - len(tags))  # words cut by max_length: tag 0
             else:
@@ -301,7 +338,8 @@ def gather_predictions(logits_of, source: TaskBatches, device: torch.device) -> 
 
 def parse_inputs(lines: Iterable[str], spec: TaskSpec, source: str) -> list[Example]:
     """Inputs for `predict`, one per line: a text; "a<TAB>b" for pairs; a JSON object {"context": ...,
-    "choices": [...]} for multiple choice; words separated by spaces for tagging. Blank lines are skipped."""
+    "choices": [...]} for multiple choice; words separated by spaces for tagging; a text for multi-label. Blank
+    lines are skipped."""
     examples = []
     for number, line in enumerate(lines, 1):
         line = line.rstrip("\n")
