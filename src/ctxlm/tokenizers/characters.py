@@ -199,6 +199,10 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return " ".join(self.words.words[i] for i in ids if not (skip_special_tokens and i in self.special_ids))
 
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Each token's word, markers included ("<S>"): ELMo's tokens are whole words."""
+        return [self.words.words[int(i)] for i in ids]
+
     # Model inputs by role (TokenizerProtocol): `<S> a </S>` or `<S> a </S> b </S>`, cut to `max_length` tokens one
     # word at a time from the end of the longer text (from the first on ties). Segment ids 0 then 1, as BERT's;
     # ELMo itself reads none.
