@@ -229,6 +229,7 @@ def test_fill_mask_for_a_masked_lm(models, minilm):
     best = logits.softmax(-1).topk(3)
     assert [c["id"] for c in mask["candidates"]] == best.indices.tolist()
     assert [c["probability"] for c in mask["candidates"]] == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert [c["display"] for c in mask["candidates"]] == bert.tokenizer.token_texts(best.indices.tolist())
     with client(minilm) as c:
         refused(c.post("/fill-mask", json={"text": "a [MASK] b"}), 400, "no masked-LM head")
     with client(models["gpt2"]) as c:
@@ -266,6 +267,11 @@ def test_generate_step_by_step_as_ctxlm_generate_does(models, family):
         assert "".join(step["piece"] for step in result["steps"]) == result["text"]
     for step in greedy["steps"]:  # greedy: the chosen token is the first candidate
         assert step["id"] == step["candidates"][0]["id"]
+    for step in greedy["steps"] + sampled["steps"]:  # tokens shown as text, the raw entries kept beside them
+        assert step["display"] == model.tokenizer.token_texts([step["id"]])[0]
+        assert [c["display"] for c in step["candidates"]] == model.tokenizer.token_texts(
+            [c["id"] for c in step["candidates"]])
+        assert not any(c["display"].startswith("Ġ") for c in step["candidates"])
     for step in sampled["steps"]:
         probabilities = [c["probability"] for c in step["candidates"]]
         assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) <= 4

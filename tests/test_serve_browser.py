@@ -130,4 +130,5 @@ def test_generation_streams_step_by_step_with_candidates(browser, corpus_dir):
         assert shown.split() == expected["text"].split()
         steps[0].click()
         bars = texts(browser, "#gen-candidates .bar-label")
-        assert bars == [c["token"] for c in expected["steps"][0]["candidates"]]
+        # each bar reads as text (a space shown as ␣), never a byte-level entry such as "Ġthe"
+        assert bars == [c["display"].replace(" ", "\u2423") for c in expected["steps"][0]["candidates"]]

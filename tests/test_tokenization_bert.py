@@ -91,7 +91,7 @@ def test_training_errors() -> None:
         Tokenizer.train(iter(CORPUS), "bert", 5)
     with pytest.raises(UserError, match="vocab_size=20 is smaller"):
         Tokenizer.train(iter(CORPUS), "bert", 20)  # the alphabet (and its "##" twins) does not fit
-    with pytest.raises(UserError, match="lowercase= applies to bert tokenizers only"):
+    with pytest.raises(UserError, match="lowercase= and strip_accents= apply to gpt and bert tokenizers only"):
         Tokenizer.train(iter(CORPUS), "gpt2", 300, lowercase=True)
 
 
@@ -103,7 +103,8 @@ def test_save_load_round_trip(tmp_path: Path, lowercase: bool) -> None:
     tok = Tokenizer.train(iter(CORPUS), "bert", 300, lowercase=lowercase)
     tok.save(tmp_path / "tok")
     config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
-    assert config == {"kind": "bert", "special_tokens": BERT_SPECIALS, "lowercase": lowercase}
+    assert config == {"kind": "bert", "special_tokens": BERT_SPECIALS, "lowercase": lowercase,
+                      "strip_accents": lowercase}  # accents go exactly when lower-casing, unless asked
     loaded = Tokenizer.from_files(tmp_path / "tok")
     assert (loaded.kind, loaded.vocab_size, loaded.lowercase) == ("bert", 300, lowercase)
     assert loaded.special_tokens == tok.special_tokens

@@ -38,7 +38,16 @@ def info(model) -> None:
     click.echo(f"{'layer groups':>16}: {len(groups)} (" + ", ".join(
         f"{sum(p.numel() for p in g):,}" for g in groups) + ")")
     tok = lm.tokenizer
-    click.echo(f"{'tokenizer':>16}: " + (f"{tok.kind}, {tok.vocab_size:,} tokens" if tok else "none"))
+    click.echo(f"{'tokenizer':>16}: " + (f"{tok.kind}, {tok.vocab_size:,} tokens{_casing(tok)}" if tok else "none"))
+
+
+def _casing(tok) -> str:
+    """How the tokenizer treats case and accents, where it knows (saved with it; see `Tokenizer.train`)."""
+    lowercase = getattr(tok, "lowercase", None)
+    if lowercase is None:
+        return ""
+    return (", lower-cased" if lowercase else ", cased") + (", accents stripped" if getattr(tok, "strip_accents", False)
+                                                           else "")
 
 
 COMMANDS = [convert, info]

@@ -101,6 +101,13 @@ Examples:
 @click.option("--lr-decay", type=float, help="discriminative rates (ULMFiT's stage 2 uses 2.6 with --schedule "
               "slanted): the top layer group at --lr, each group below at the rate of the one above / this")
 @click.option("--dropout", type=float, help="[default: 0.1; with --init: the checkpoint's]")
+@click.option("--lowercase/--no-lowercase", default=None,
+              help="gpt, bert: whether the tokenizer the run trains lower-cases text (saved with it) [default: "
+              "lower-case Latin-script text, as the published uncased models; keep the case of any other, e.g. "
+              "Russian]")
+@click.option("--strip-accents/--keep-accents", default=None,
+              help="gpt, bert: whether that tokenizer strips accents (also Russian й → и, ё → е) [default: strip "
+              "only when lower-casing]")
 @click.option("--whole-word-masking", is_flag=True, help="bert: mask all pieces of a chosen word together")
 @click.option("--eval-every", default=200, show_default=True)
 @save_every_option(200, "write the checkpoint (OUT/checkpoint, for --resume) every this many steps")

@@ -27,6 +27,8 @@ from ctxlm.paths import cache_root
 from ctxlm.pretrain.corpus import BlockBatches, TokenizedCorpus, TokenSpan
 from ctxlm.textfiles import find_text_files
 from ctxlm.tokenizers import Tokenizer
+from ctxlm.tokenizers.published import NORMALISED_KINDS
+from ctxlm.tokenizers.training import latin_script
 from ctxlm.train import TrainConfig, Trainer
 
 
@@ -61,11 +63,15 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest()[:16]
 
 
-def run_tokenizer(data: LMData, run_dir: Path, model_config, *, given: Tokenizer | None,
-                  resume: bool) -> Tokenizer:
+def run_tokenizer(data: LMData, run_dir: Path, model_config, *, given: Tokenizer | None, resume: bool,
+                  lowercase: bool | None = None, strip_accents: bool | None = None) -> Tokenizer:
     """The run's tokenizer: the checkpoint's when resuming, else the one given, else one trained on the
     training text with the config's vocabulary size (the config then takes the tokenizer's exact size). Under
-    torchrun rank 0 makes it and sends it to the others."""
+    torchrun rank 0 makes it and sends it to the others.
+
+    A trained one lower-cases as `lowercase` says, or when None, exactly when the text is Latin-script
+    (`latin_script`: English keeps the uncased default it always had, Russian stays cased); `strip_accents`
+    (None: when lower-casing) as `Tokenizer.train`. Both are saved with it."""
 
     def make() -> Tokenizer:
         if resume and (run_dir / "checkpoint" / "tokenizer.json").is_file():
@@ -75,7 +81,13 @@ def run_tokenizer(data: LMData, run_dir: Path, model_config, *, given: Tokenizer
         files = find_text_files(data.train)
         print(f"training a {model_config.vocab_size}-token {model_config.model_type} tokenizer "
               f"on {len(files)} file(s)")
-        return Tokenizer.train(files, kind=model_config.model_type, vocab_size=model_config.vocab_size)
+        kind, lower = model_config.model_type, lowercase
+        if lower is None and kind in NORMALISED_KINDS:
+            lower = latin_script(files)
+            print(f"{'Latin-script' if lower else 'not Latin-script'} text: a {'lower-cased' if lower else 'cased'} "
+                  "tokenizer (--lowercase or --no-lowercase to choose)")
+        return Tokenizer.train(files, kind=kind, vocab_size=model_config.vocab_size, lowercase=lower,
+                               strip_accents=strip_accents)
 
     tokenizer = distributed.from_main(make)
     model_config.vocab_size = tokenizer.vocab_size
@@ -130,16 +142,18 @@ def starting_model(config, tokenizer, seed: int, init: nn.Module | None) -> nn.M
 
 def pretrain_causal_lm(data: LMData, run_dir: str | Path, model_config: GPTConfig, train: TrainConfig, *,
                        block_size: int = 256, batch_size: int = 16, tokenizer: Tokenizer | None = None,
-                       resume: bool = False, eval_batches: int = 50, init: nn.Module | None = None) -> nn.Module:
+                       resume: bool = False, eval_batches: int = 50, init: nn.Module | None = None,
+                       casing: dict[str, bool | None] | None = None) -> nn.Module:
     """Pretrain a GPT / GPT-2 on raw text; the model (with its tokenizer) ends in run_dir/checkpoint.
 
     `init`: continue this model (a checkpoint's, with its tokenizer; `model_config` is its config) instead of
-    a freshly initialised one."""
+    a freshly initialised one. `casing`: "lowercase" and "strip_accents" of a tokenizer trained here
+    (`run_tokenizer`)."""
     run_dir = Path(run_dir)
     if block_size > model_config.max_positions:
         raise UserError(f"block size {block_size} exceeds the model's {model_config.max_positions} positions")
     tokenizer = init.tokenizer if init is not None else run_tokenizer(data, run_dir, model_config, given=tokenizer,
-                                                                       resume=resume)
+                                                                       resume=resume, **(casing or {}))
 
     train_span, valid_span = corpus_spans(data, lambda path: tokenize(path, tokenizer))
     rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows

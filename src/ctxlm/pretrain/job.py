@@ -78,7 +78,8 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              eval_every: int = 200, save_every: int = 200, save_every_minutes: float | None = 10.0,
              max_minutes: float | None = None, precision: str = "fp32", compile: bool = False,
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
-             deterministic: bool = False, seed: int = 0, resume: bool = False) -> dict[str, Any] | None:
+             deterministic: bool = False, seed: int = 0, resume: bool = False, lowercase: bool | None = None,
+             strip_accents: bool | None = None) -> dict[str, Any] | None:
     """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl) from scratch on the text `data` (a file,
     a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl and
     loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the sizes go to
@@ -91,6 +92,11 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
     must be left out or agree with it; `dropout` and `mem_len` given replace its own. The run evaluates once
     before its first step (step 0 in metrics.jsonl): where it starts. `resume` continues such a run from its own
     checkpoint (`init` need not be given again).
+
+    `lowercase` and `strip_accents` set the case and accent handling of the gpt or bert tokenizer the run trains
+    (saved with it): None lower-cases Latin-script text, as the published uncased models, and keeps any other
+    text's case; accents are stripped only when lower-casing, unless `strip_accents` says otherwise. They apply
+    only when the run trains its tokenizer (no `tokenizer`, no `init`).
 
     The checkpoint is written every `save_every` steps and once `save_every_minutes` have passed since the last
     one (None: by steps only), atomically: a kill loses at most that much, and `resume` continues exactly.
@@ -112,6 +118,10 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
     if fsdp and not distributed.launched():
         raise UserError("--fsdp shards the model across processes: start several with torchrun, e.g. "
                         "torchrun --nproc_per_node=4 -m ctxlm pretrain --fsdp ...")
+    casing = {"lowercase": lowercase, "strip_accents": strip_accents}
+    if (tokenizer is not None or init is not None) and any(v is not None for v in casing.values()):
+        raise UserError("--lowercase and --strip-accents set up the tokenizer a run trains; with --tokenizer or "
+                        "--init the run keeps that tokenizer's own settings")
     start = None
     if init is not None:
         sizes = dict(tokenizer=tokenizer, vocab_size=vocab_size, layers=layers, dim=dim, heads=heads,
@@ -134,6 +144,9 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
                         f"{config.model_type}")
     data_spec = LMData.resolve(resolve_corpus(data), resolve_corpus(valid) if valid else None)
     objective = objective_of(config)
+    if objective in (SEGMENTS, BILM) and any(v is not None for v in casing.values()):
+        raise UserError(f"--lowercase and --strip-accents apply to gpt and bert: {config.model_type} reads words as "
+                        "they are written")
     with distributed.session():  # joins torchrun's processes, if it started several
         if not resume and distributed.is_main():  # what a later --resume reads (a run from scratch has none)
             if start is not None:
@@ -146,14 +159,15 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
                                   init=start)
         elif objective == CAUSAL_LM:
             trained = pretrain_causal_lm(data_spec, run_dir, config, train, block_size=block_size,
-                                         batch_size=batch_size, tokenizer=given, resume=resume, init=start)
+                                         batch_size=batch_size, tokenizer=given, resume=resume, init=start,
+                                         casing=casing)
         elif objective == BILM:
             trained = pretrain_bilm(data_spec, run_dir, config, train, block_size=block_size, batch_size=batch_size,
                                     tokenizer=given, resume=resume, init=start)
         else:
             trained = pretrain_masked_lm(data_spec, run_dir, config, train, max_length=block_size,
                                          batch_size=batch_size, tokenizer=given, resume=resume,
-                                         whole_word=whole_word_masking, init=start)
+                                         whole_word=whole_word_masking, init=start, casing=casing)
         if not distributed.is_main():
             return None  # the other processes hold the same model: rank 0 reports on it
     if fsdp:  # the trained model is in shards, whose processes are gone: the whole one is in the checkpoint

@@ -482,19 +482,21 @@ def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
 # -- the job ----------------------------------------------------------------------------------------------------
 def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_length: int = 128,
                        batch_size: int = 32, tokenizer=None, resume: bool = False, whole_word: bool = False,
-                       dupe_factor: int = 1, eval_batches: int = 50, init: nn.Module | None = None) -> nn.Module:
+                       dupe_factor: int = 1, eval_batches: int = 50, init: nn.Module | None = None,
+                       casing: dict[str, bool | None] | None = None) -> nn.Module:
     """Pretrain a BERT by masked LM + next-sentence prediction; the model ends in run_dir/checkpoint.
 
     `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
     documents are held out. `init`: continue this model (a checkpoint's, with its tokenizer and a masked-LM
     head; `model_config` is its config) instead of a freshly initialised one; without a next-sentence head
-    (`nsp_head` false) it trains the masked LM alone.
+    (`nsp_head` false) it trains the masked LM alone. `casing`: "lowercase" and "strip_accents" of a tokenizer
+    trained here (`causal_lm.run_tokenizer`).
     """
     run_dir = Path(run_dir)
     if max_length > model_config.max_positions:
         raise UserError(f"max length {max_length} exceeds the model's {model_config.max_positions} positions")
     tokenizer = init.tokenizer if init is not None else run_tokenizer(data, run_dir, model_config, given=tokenizer,
-                                                                       resume=resume)
+                                                                       resume=resume, **(casing or {}))
     vocab = Vocabulary.of(tokenizer)
 
     documents = load_documents(data.train, tokenizer.encode_batch)

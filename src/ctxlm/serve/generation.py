@@ -22,14 +22,17 @@ class Step:
     index: int  # 0 for the first new token
     id: int
     token: str  # its vocabulary entry
+    display: str  # the token as a person reads it (`token_texts`: GPT-2's "Ġare" as " are")
     probability: float  # in the distribution it was drawn from (the model's own for greedy decoding)
-    candidates: list[dict]  # the likeliest tokens of that distribution: {"token", "id", "text", "probability"}
+    candidates: list[dict]  # the likeliest tokens of that distribution: {"token", "display", "id", "text",
+    #                         "probability"}
     text: str  # the continuation so far
     piece: str  # what this step added to it (a byte-level token that is part of a character adds it later)
     finished: str | None  # "eos", "length", or None while it goes on
 
     def public(self) -> dict:
-        return {"index": self.index, "id": self.id, "token": self.token, "probability": self.probability,
+        return {"index": self.index, "id": self.id, "token": self.token, "display": self.display,
+                "probability": self.probability,
                 "candidates": self.candidates, "text": self.text, "piece": self.piece, "finished": self.finished}
 
 
@@ -105,15 +108,16 @@ class Stepper:
             self._logits = out.logits[:, -1]
         best = probs.topk(min(self.n_candidates, probs.shape[-1]))
         ids = [i for i, p in zip(best.indices.tolist(), best.values.tolist(), strict=True) if p > 0]
-        candidates = [{"token": self._entry(i), "id": i, "text": self.tokenizer.decode([i]),
-                       "probability": round(float(probs[i]), 4)} for i in ids]
+        candidates = [{"token": self._entry(i), "display": display, "id": i, "text": self.tokenizer.decode([i]),
+                       "probability": round(float(probs[i]), 4)}
+                      for i, display in zip(ids, self.tokenizer.token_texts(ids), strict=True)]
         text = self.text()
         # A character split over byte-level tokens decodes as U+FFFD until its last byte comes: hold it back.
         settled = text if self.finished else text.rstrip("\ufffd")
         piece = settled[len(self.shown):] if settled.startswith(self.shown) else settled
         self.shown = settled
-        return Step(len(self.new) - 1, chosen, self._entry(chosen), round(float(probs[chosen]), 4), candidates,
-                    text, piece, self.finished)
+        return Step(len(self.new) - 1, chosen, self._entry(chosen), self.tokenizer.token_texts([chosen])[0],
+                    round(float(probs[chosen]), 4), candidates, text, piece, self.finished)
 
     def text(self) -> str:
         """The continuation so far, as `ctxlm.generate` returns it (the end-of-text token dropped)."""

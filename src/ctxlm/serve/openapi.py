@@ -36,7 +36,8 @@ def openapi(info: dict[str, Any]) -> dict[str, Any]:
                              "list of layer numbers, concatenated",
               "oneOf": [{"type": "string", "enum": list(LAYER_NAMES)}, _INT, {"type": "array", "items": _INT}],
               "default": "last"}
-    candidate = {"type": "object", "properties": {"token": _STR, "id": _INT, "text": _STR, "probability": _NUM}}
+    candidate = {"type": "object", "properties": {"token": _STR, "display": _STR, "id": _INT, "text": _STR,
+                                                  "probability": _NUM}}
     paths = {
         "/health": {"get": {"summary": "Liveness, the model and what it can do", "responses": {"200": {
             "description": "OK"}}}},
@@ -80,7 +81,8 @@ def openapi(info: dict[str, Any]) -> dict[str, Any]:
              "top_k": _INT, "top_p": _NUM, "seed": _INT, "stream": {"type": "boolean", "default": False},
              "candidates": {**_INT, "default": 5}}, ["prompt"],
             {"text": _STR, "steps": {"type": "array", "items": {"type": "object", "properties": {
-                "token": _STR, "id": _INT, "probability": _NUM, "candidates": {"type": "array", "items": candidate},
+                "token": _STR, "display": _STR, "id": _INT, "probability": _NUM,
+                "candidates": {"type": "array", "items": candidate},
                 "text": _STR, "finished": _STR}}}},
             "stream=true answers text/event-stream: `data: {step}` per token, then `event: done` with the "
             "whole result (or `event: error`)."),

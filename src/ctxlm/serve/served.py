@@ -33,16 +33,6 @@ COMBINATIONS = (("embeddings", "Embeddings"), ("second-to-last", "Second-to-last
 WORDS = re.compile(r"\w+|[^\w\s]")  # the polysemy view's words: runs of letters and digits, single other marks
 
 
-def _byte_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level BPE writes each byte as one printable character (its `bytes_to_unicode`): character → byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
-
-
-_BYTES = _byte_alphabet()
-
-
 def _round(values: Tensor, digits: int = 4) -> list:
     """A tensor as nested lists of floats with `digits` decimals (in float64, so that they print short)."""
     scale = 10.0 ** digits
@@ -132,22 +122,8 @@ class Served:
         return [words[i] for i in ids]
 
     def readable(self, ids: list[int]) -> list[str]:
-        """Each token as a reader sees it: GPT-2's byte-level entries as the text they stand for ("Ġthe" → " the";
-        a byte that is only part of a character as "\\xd0"), every other kind's vocabulary entry as it is."""
-        tokens = self.token_strings(ids)
-        if getattr(self.tokenizer, "kind", None) != "gpt2":
-            return tokens
-        out = []
-        for token in tokens:
-            if not all(ch in _BYTES for ch in token):
-                out.append(token)
-                continue
-            raw = bytes(_BYTES[ch] for ch in token)
-            try:
-                out.append(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                out.append("".join(f"\\x{b:02x}" for b in raw))
-        return out
+        """Each token as a reader sees it (`token_texts`: GPT-2's "Ġthe" as " the", Cyrillic as Cyrillic)."""
+        return self.tokenizer.token_texts(ids)
 
     def model_input(self, text: str) -> Encoding:
         """`text` as the model reads it: BERT `[CLS] text [SEP]`, ELMo `<S> words </S>`, a decoder's plain tokens
@@ -308,9 +284,11 @@ class Served:
         for position, p, i in zip(positions, best.values, best.indices, strict=True):
             ids_ = i.tolist()
             masks.append({"position": position, "candidates": [
-                {"token": token, "id": t, "text": tokenizer.decode([t]), "probability": prob}
-                for token, t, prob in zip(self.token_strings(ids_), ids_, _round(p), strict=True)]})
-        return {"text": text, "tokens": self.token_strings(encoding.ids), "masks": masks}
+                {"token": token, "display": shown, "id": t, "text": tokenizer.decode([t]), "probability": prob}
+                for token, shown, t, prob in zip(self.token_strings(ids_), self.readable(ids_), ids_, _round(p),
+                                                 strict=True)]})
+        return {"text": text, "tokens": self.token_strings(encoding.ids), "display": self.readable(encoding.ids),
+                "masks": masks}
 
     # ---- Transformer-XL's memory --------------------------------------------------------------------------
     @torch.inference_mode()

@@ -8,6 +8,10 @@ are the softmax vocabulary of the language model (most frequent first); a target
 Characters follow AllenNLP's ELMoCharacterMapper: a word is [begin-of-word, byte 1, ..., byte n, end-of-word]
 padded to `max_characters` (bytes cut at max_characters - 2), every id + 1 so that 0 is the padding of an
 absent token; the sentence markers <S> and </S> have their own marker characters.
+
+The cut is by design and reaches only what the character CNN reads: a Cyrillic letter is two bytes, so the CNN
+sees the first 24 letters of a longer Russian word (a cut may fall inside a letter, as in AllenNLP), while the id,
+`decode`, `token_texts` and word alignment keep the whole word.
 """
 
 from __future__ import annotations
@@ -198,6 +202,10 @@ class CharTokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         return " ".join(self.words.words[i] for i in ids if not (skip_special_tokens and i in self.special_ids))
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Each token's word, markers included ("<S>"): ELMo's tokens are whole words."""
+        return [self.words.words[int(i)] for i in ids]
 
     # Model inputs by role (TokenizerProtocol): `<S> a </S>` or `<S> a </S> b </S>`, cut to `max_length` tokens one
     # word at a time from the end of the longer text (from the first on ties). Segment ids 0 then 1, as BERT's;

@@ -85,6 +85,11 @@ class TokenizerProtocol(Protocol):
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str: ...
 
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Each token as text a person can read, one per id, special tokens included: what a page, an endpoint or
+        the command line shows for a token (a byte-level entry such as GPT-2's "Ġare" reads " are"). The raw
+        vocabulary entries stay the ids' business of the tokenizer's own vocabulary."""
+
     def encode_text(self, text: str, max_length: int | None = None) -> Encoding:
         """One text as a task input (classification)."""
 

@@ -35,13 +35,14 @@ TASK_TOKENS = {"start": "<|start|>", "delimiter": "<|delimiter|>", "extract": "<
 # In BERT's vocabulary order: [PAD] is id 0 in every published BERT vocab.txt, and in the ones we train.
 BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 BERT_MAX_WORD_CHARS = 100  # a longer word becomes one [UNK], as in BERT's WordpieceTokenizer
+NORMALISED_KINDS = ("gpt", "bert")  # kinds with a normaliser whose case and accent handling is a setting
 
 
 @dataclass(frozen=True)
 class Kind:
     """How to build one tokeniser family: its pipeline around a model, its model settings and trainer."""
 
-    pipeline: Callable[..., Backend]  # (model, **options) -> backend; only "bert" takes options (lowercase...)
+    pipeline: Callable[..., Backend]  # (model, **options) -> backend; "gpt" and "bert" take lowercase, strip_accents
     model: Callable[..., models.Model]  # models.BPE or models.WordPiece
     model_options: dict
     trainer: Callable[..., trainers.Trainer]
@@ -51,9 +52,10 @@ class Kind:
     task_tokens: bool = True  # GPT §3.3 tokens trained in after the specials
 
 
-def _gpt_pipeline(model: models.Model) -> Backend:
+def _gpt_pipeline(model: models.Model, lowercase: bool = True, strip_accents: bool | None = None) -> Backend:
+    """Lower-cased and accent-stripped by default, as HF openai-gpt; a trained vocabulary may keep either."""
     backend = Backend(model)
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)  # also strips accents, as HF openai-gpt
+    backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.BPEDecoder(suffix="</w>")
     return backend
@@ -76,6 +78,29 @@ def _bert_pipeline(model: models.Model, lowercase: bool = True, strip_accents: b
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     return backend
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE writes each byte as one printable character (its `bytes_to_unicode`): character → byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+
+_BYTES = _byte_alphabet()
+
+
+def byte_level_text(entry: str) -> str:
+    """A byte-level vocabulary entry as the text its bytes spell ("Ġare" → " are", "Ð·" → "з"); bytes that are only
+    part of a character as escapes ("\\xd0"), never as mojibake; an entry outside the byte alphabet (a special
+    token) as it is."""
+    if not all(ch in _BYTES for ch in entry):
+        return entry
+    raw = bytes(_BYTES[ch] for ch in entry)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"\\x{b:02x}" for b in raw)
 
 
 def set_bert_post_processor(backend: Backend) -> None:
@@ -144,9 +169,8 @@ def load_backend(directory: Path, kind: str | None, lowercase: bool | None) -> t
         kind = _check_kind(kind, _infer_kind(backend), path, kind_how)
         if kind == "bert":
             _check_lowercase(backend, lowercase, path, "was asked for")
-            if roles is not None:  # our own config: its flag must agree with the file it sits beside
-                _check_lowercase(backend, _config_flag(config, "lowercase", config_path), path,
-                                 f"is written in {config_path}")
+        if kind in NORMALISED_KINDS and roles is not None:  # our own config must agree with the file beside it
+            _check_normaliser(backend, config, config_path, path)
     elif (directory / "vocab.json").is_file() or (directory / "merges.txt").is_file():
         path = directory / "merges.txt"
         backend, kind = _from_vocab_merges(directory, kind)
@@ -189,14 +213,20 @@ def with_pad(roles: dict[str, str], spec: Kind) -> dict[str, str]:
     return roles
 
 
-def pipeline_options(kind: str, lowercase: bool | None, where: str) -> dict:
-    if kind != "bert":
-        if lowercase is not None:
-            raise UserError(f"{where}: lowercase= applies to bert tokenizers only ({kind} has a fixed casing)")
+def pipeline_options(kind: str, lowercase: bool | None, strip_accents: bool | None, where: str) -> dict:
+    """The normaliser settings a new vocabulary is trained with. "gpt" and "bert" lower-case by default (the
+    papers' uncased vocabularies); accents are stripped only when asked, or by default when lower-casing (as BERT's
+    uncased normaliser), never silently from cased text. "gpt2" reads bytes as they are and takes neither."""
+    if kind not in NORMALISED_KINDS:
+        if lowercase is not None or strip_accents is not None:
+            raise UserError(f"{where}: lowercase= and strip_accents= apply to gpt and bert tokenizers only ({kind} "
+                            "keeps text as it is)")
         return {}
-    if lowercase is not None and not isinstance(lowercase, bool):
-        raise UserError(f"{where}: lowercase={lowercase!r}; expected True, False or None")
-    return {"lowercase": True if lowercase is None else lowercase}
+    for name, value in (("lowercase", lowercase), ("strip_accents", strip_accents)):
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"{where}: {name}={value!r}; expected True, False or None")
+    lowercase = True if lowercase is None else lowercase
+    return {"lowercase": lowercase, "strip_accents": lowercase if strip_accents is None else strip_accents}
 
 
 def normalizer_lowercase(backend: Backend) -> bool | None:
@@ -204,10 +234,29 @@ def normalizer_lowercase(backend: Backend) -> bool | None:
     return normalizer.lowercase if isinstance(normalizer, normalizers.BertNormalizer) else None
 
 
+def normalizer_strip_accents(backend: Backend) -> bool | None:
+    """Whether the normaliser strips accents: its own setting, or when unset (None), exactly when it lower-cases
+    (BERT's rule)."""
+    normalizer = backend.normalizer
+    if not isinstance(normalizer, normalizers.BertNormalizer):
+        return None
+    return normalizer.lowercase if normalizer.strip_accents is None else normalizer.strip_accents
+
+
 def _check_lowercase(backend: Backend, wanted: bool | None, path: Path, how: str) -> None:
     actual = normalizer_lowercase(backend)
     if wanted is not None and actual is not None and wanted != actual:
         raise UserError(f"{path}: its normaliser has lowercase={actual}, but lowercase={wanted} {how}")
+
+
+def _check_normaliser(backend: Backend, config: object, config_path: Path, path: Path) -> None:
+    """Our tokenizer_config.json's "lowercase" and "strip_accents" (absent from folders written before they were
+    saved: then nothing to check) against the normaliser in tokenizer.json, which is what encodes."""
+    how = f"is written in {config_path}"
+    _check_lowercase(backend, _config_flag(config, "lowercase", config_path), path, how)
+    wanted, actual = _config_flag(config, "strip_accents", config_path), normalizer_strip_accents(backend)
+    if wanted is not None and actual is not None and wanted != actual:
+        raise UserError(f"{path}: its normaliser has strip_accents={actual}, but strip_accents={wanted} {how}")
 
 
 def _config_flag(config: object, key: str, config_path: Path) -> bool | None:

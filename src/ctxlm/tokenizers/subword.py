@@ -37,11 +37,14 @@ from ctxlm.errors import UserError
 from ctxlm.tokenizers.protocol import Encoding, as_list, check_pairs, length_budget, longest_first, str_list
 from ctxlm.tokenizers.published import (
     BERT_SPECIALS,
+    NORMALISED_KINDS,
     TASK_TOKENS,
+    byte_level_text,
     default_roles,
     kind_spec,
     load_backend,
     normalizer_lowercase,
+    normalizer_strip_accents,
 )
 from ctxlm.tokenizers.training import train_backend
 
@@ -108,11 +111,21 @@ class Tokenizer:
 
     @property
     def lowercase(self) -> bool | None:
-        """Whether text is lower-cased (and, unless configured otherwise, accent-stripped) before splitting:
-        always for "gpt", never for "gpt2", as the vocabulary was made for "bert"; None if unknown."""
+        """Whether text is lower-cased before splitting: never for "gpt2"; for "gpt" and "bert" as the normaliser
+        saved with the vocabulary says (the published ones: always for "gpt", as made for "bert"); None if
+        unknown."""
         if self.kind == "gpt2":
             return False
         return normalizer_lowercase(self.backend)
+
+    @property
+    def strip_accents(self) -> bool | None:
+        """Whether accents are stripped after Unicode decomposition ("й" → "и", "ё" → "е", "é" → "e"): never for
+        "gpt2"; for "gpt" and "bert" as the normaliser says (BERT's rule when unset: exactly when lower-casing);
+        None if unknown."""
+        if self.kind == "gpt2":
+            return False
+        return normalizer_strip_accents(self.backend)
 
     @property
     def start_id(self) -> int | None:
@@ -142,7 +155,7 @@ class Tokenizer:
     @classmethod
     def train(cls, files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str], kind: str,
               vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False,
-              lowercase: bool | None = None) -> Tokenizer:
+              lowercase: bool | None = None, strip_accents: bool | None = None) -> Tokenizer:
         """Learn a BPE (gpt, gpt2) or WordPiece (bert) vocabulary of at most `vocab_size` tokens (special
         tokens included).
 
@@ -152,11 +165,13 @@ class Tokenizer:
         bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4). A corpus too small to supply enough merges gives a
         smaller vocabulary. The same files give the same tokenizer (gpt and bert read them twice for that; a
         one-shot iterator of texts is read once, and its gpt or bert vocabulary may then vary between runs).
-        `lowercase` (bert only, default True): lower-case and strip accents first, as "uncased" BERT; False keeps
-        case and accents, as "cased" BERT.
+        `lowercase` (gpt, bert; default True): lower-case first, as "uncased" BERT and the 2018 GPT; False keeps
+        case, as "cased" BERT. `strip_accents` (gpt, bert; default: as `lowercase`): strip accents after Unicode
+        decomposition, which also turns Russian "й" into "и" and "ё" into "е": a cased vocabulary keeps them unless
+        asked. Both are saved with the tokenizer (the normaliser in tokenizer.json, and tokenizer_config.json).
         """
         backend, roles = train_backend(files, kind, vocab_size, min_frequency=min_frequency,
-                                       show_progress=show_progress, lowercase=lowercase)
+                                       show_progress=show_progress, lowercase=lowercase, strip_accents=strip_accents)
         return cls(backend, kind, roles)
 
     @classmethod
@@ -179,8 +194,8 @@ class Tokenizer:
         """Write tokenizer.json (loadable by HF `PreTrainedTokenizerFast` too) and tokenizer_config.json."""
         directory = Path(directory)
         config: dict[str, object] = {"kind": self.kind, "special_tokens": self.special_tokens}
-        if self.kind == "bert":
-            config["lowercase"] = self.lowercase
+        if self.kind in NORMALISED_KINDS:
+            config.update(lowercase=self.lowercase, strip_accents=self.strip_accents)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self.backend.save(str(directory / "tokenizer.json"))
@@ -210,12 +225,23 @@ class Tokenizer:
         return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """Text of `ids` (a list, or a 1-D tensor). "gpt" gives lower-cased words joined by single spaces."""
+        """Text of `ids` (a list, or a 1-D tensor). "gpt" gives its words joined by single spaces (lower-cased
+        unless the vocabulary keeps case)."""
+        return self.backend.decode(self._known(ids, "decode"), skip_special_tokens=skip_special_tokens)
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Each token as a person reads it (see `TokenizerProtocol.token_texts`): "gpt2"'s byte-level entries as the
+        text their bytes spell ("Ġare" → " are", Cyrillic as Cyrillic, a byte that is only part of a character as
+        "\\xd0"); "gpt"'s and "bert"'s entries as they are (BERT's "##" marks a piece inside a word)."""
+        entries = [self.backend.id_to_token(i) or "" for i in self._known(ids, "token_texts")]
+        return [byte_level_text(entry) for entry in entries] if self.kind == "gpt2" else entries
+
+    def _known(self, ids: Iterable[int], caller: str) -> list[int]:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise UserError(f"decode: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+            raise UserError(f"{caller}: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return ids
 
     def encode_for_lm(self, text: str) -> list[int]:
         """Ids of one document for language-model pretraining: the text then <|endoftext|>, so that

@@ -7,6 +7,7 @@ import gzip
 import itertools
 import json
 import os
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,14 +18,16 @@ from ctxlm.textfiles import decode_line
 from ctxlm.tokenizers.published import TASK_TOKENS, kind_spec, pipeline_options, set_bert_post_processor, with_pad
 
 _BATCH_LINES = 1000  # lines handed to the Rust trainer per call: amortises the Python -> Rust crossing
+_SCRIPT_LINES = 2000  # lines read to tell a corpus's script (`latin_script`)
+_LATIN_SHARE = 0.9  # of the letters, for a corpus to count as Latin-script
 
 
 def train_backend(files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str], kind: str,
                   vocab_size: int, *, min_frequency: int, show_progress: bool,
-                  lowercase: bool | None) -> tuple[Backend, dict[str, str]]:
+                  lowercase: bool | None, strip_accents: bool | None) -> tuple[Backend, dict[str, str]]:
     """The trained backend and its special tokens' roles (see `Tokenizer.train`)."""
     spec = kind_spec(kind, "Tokenizer.train")
-    options = pipeline_options(kind, lowercase, "Tokenizer.train")
+    options = pipeline_options(kind, lowercase, strip_accents, "Tokenizer.train")
     specials = {**spec.specials, **(TASK_TOKENS if spec.task_tokens else {})}
     smallest = spec.alphabet + len(specials) + 1
     if not isinstance(vocab_size, int) or vocab_size < smallest:
@@ -61,6 +64,19 @@ def train_backend(files: str | os.PathLike | Sequence[str | os.PathLike] | Itera
     if kind == "bert":
         set_bert_post_processor(backend)
     return backend, with_pad(specials, spec)
+
+
+def latin_script(files: str | os.PathLike | Sequence[str | os.PathLike]) -> bool:
+    """Whether the letters of the training files' first lines are (at least 90 %) Latin: the text for which an
+    uncased vocabulary is the published models' default. `ctxlm pretrain` lower-cases such text unless told, and
+    keeps the case and accents of any other (Russian "Ёлка" and "йод" stay as they are)."""
+    letters = latin = 0
+    for text in itertools.islice(_training_texts(files), _SCRIPT_LINES):
+        for ch in text:
+            if ch.isalpha():
+                letters += 1
+                latin += unicodedata.name(ch, "").startswith("LATIN")
+    return latin >= _LATIN_SHARE * letters
 
 
 def _not_special(backend: Backend, tokens: list[str]) -> Backend:

@@ -187,12 +187,19 @@ class WordTokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Words joined by spaces; <eos> is dropped, or with skip_special_tokens=False kept as the word "<eos>"."""
+        eos = self.eos_id
+        return " ".join(self.words[i] for i in self._known(ids, "decode") if not (skip_special_tokens and i == eos))
+
+    def token_texts(self, ids: Iterable[int]) -> list[str]:
+        """Each token's word as the vocabulary holds it, "<eos>" included."""
+        return [self.words[i] for i in self._known(ids, "token_texts")]
+
+    def _known(self, ids: Iterable[int], caller: str) -> list[int]:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise UserError(f"decode: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        eos = self.eos_id
-        return " ".join(self.words[i] for i in ids if not (skip_special_tokens and i == eos))
+            raise UserError(f"{caller}: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        return ids
 
     # Model inputs by role (TokenizerProtocol). Transformer-XL reads running text and its vocabulary has no special
     # tokens to frame an input with: a text or a list of words is encoded as it is, one id per word, the first

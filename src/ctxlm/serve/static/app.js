@@ -244,7 +244,7 @@ async function showFill() {
     out.replaceChildren();
     data.masks.forEach((mask, i) => {
       out.append(el("h3", { text: `mask ${i + 1}` }));
-      bars(out, mask.candidates.map((c, j) => ({ label: c.token, value: c.probability, chosen: j === 0 })));
+      bars(out, mask.candidates.map((c, j) => ({ label: visible(c.display), value: c.probability, chosen: j === 0 })));
     });
     status("fill-status", "");
   } catch (err) { status("fill-status", err.message, true); }
@@ -256,8 +256,8 @@ let GENERATION = null;
 function showStep(step, index) {
   const box = $("gen-candidates");
   box.replaceChildren();
-  $("gen-step-title").textContent = `step ${index + 1}: drew “${step.token}” (p = ${fmt(step.probability)})`;
-  bars(box, step.candidates.map((c) => ({ label: c.token, value: c.probability, chosen: c.id === step.id })));
+  $("gen-step-title").textContent = `step ${index + 1}: drew “${visible(step.display)}” (p = ${fmt(step.probability)})`;
+  bars(box, step.candidates.map((c) => ({ label: visible(c.display), value: c.probability, chosen: c.id === step.id })));
   document.querySelectorAll("#gen-text .step").forEach((node) => node.classList.toggle("selected", Number(node.dataset.index) === index));
 }
 
@@ -297,7 +297,7 @@ async function generate() {
         const index = steps.length;
         steps.push(data);
         // what this step added to the text (a byte-level token that is part of a character adds nothing yet)
-        const span = el("span", { class: "step", text: data.piece || "·", title: `${data.token} p=${fmt(data.probability)}` });
+        const span = el("span", { class: "step", text: data.piece || "·", title: `${visible(data.display)} p=${fmt(data.probability)}` });
         span.dataset.index = index;
         span.addEventListener("click", () => showStep(steps[index], index));
         text.append(span);
