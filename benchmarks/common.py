@@ -206,3 +206,14 @@ def logged_rate(run_dir: Path) -> float:
 
     rates = [r["tokens_per_s"] for r in read_metrics(run_dir) if "tokens_per_s" in r][1:]
     return sum(rates) / len(rates) if rates else float("nan")
+
+
+def named_rows(found: dict, names: str | None, out: Path) -> dict:
+    """The rows of `found` (row name → model) named in `names` (comma-separated, in that order), or all of them;
+    a row without a model in `out` ends the script, naming the rows there are."""
+    if not names:
+        return found
+    missing = [name for name in names.split(",") if name not in found]
+    if missing:
+        raise SystemExit(f"no model for rows {', '.join(missing)} in {out} (run build first); have {', '.join(found)}")
+    return {name: found[name] for name in names.split(",")}

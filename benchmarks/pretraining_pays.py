@@ -39,7 +39,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import mean_cell, once_json, plot_curves
+from common import mean_cell, named_rows, once_json, plot_curves
 
 import ctxlm
 from ctxlm.checkpoint import is_checkpoint
@@ -187,13 +187,7 @@ def select(args) -> None:
 
 
 def pick_rows(out: Path, names: str | None) -> dict[str, str]:
-    found = rows(out)
-    if not names:
-        return found
-    missing = [n for n in names.split(",") if n not in found]
-    if missing:
-        raise SystemExit(f"no model for rows {', '.join(missing)} in {out} (run build first); have {', '.join(found)}")
-    return {n: found[n] for n in names.split(",")}
+    return named_rows(rows(out), names, out)
 
 
 def table(args) -> None:

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine_info, mean_cell, once_json, plot_curves
+from common import machine_info, mean_cell, named_rows, once_json, plot_curves
 from pretraining_pays import RECIPES as PAYS_RECIPES
 from pretraining_pays import general_corpus, held_out_task, once, random_copy
 
@@ -105,13 +105,7 @@ def rows(out: Path) -> dict[str, str | None]:
 
 def pick_rows(out: Path, names: str | None) -> dict[str, str | None]:
     """`rows(out)`, or the ones named (comma-separated), in the order given; a missing model is an error."""
-    found = rows(out)
-    if not names:
-        return found
-    missing = [name for name in names.split(",") if name not in found]
-    if missing:
-        raise SystemExit(f"no model for rows {', '.join(missing)} in {out} (run build first); have {', '.join(found)}")
-    return {name: found[name] for name in names.split(",")}
+    return named_rows(rows(out), names, out)
 
 
 def balanced_subset(examples: list[Example], count: int | None, seed: int = TEST_SEED) -> list[Example]:
