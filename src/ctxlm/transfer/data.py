@@ -334,14 +334,17 @@ def _cedr_sentences(path: Path) -> list[Example]:
                             for where, row in _tsv_rows(path, 3, header=True)])
 
 
-def _read_cedr() -> Splits:
+def _cedr_train_dev() -> tuple[list[Example], list[Example]]:
     """CEDR ships train and test only, and test is for final figures: dev is held out of the training sentences
     as `_holdout` does for user files (a fixed seeded 10 %, 752 of 7,528), the same for every run and seed."""
     path = dataset_path("cedr", "train.tsv.gz")
     sentences = _cedr_sentences(path)
     kept, held_out = _holdout(len(sentences), path)
-    return ([sentences[i] for i in kept], [sentences[i] for i in held_out],
-            _cedr_sentences(dataset_path("cedr", "test.tsv")))
+    return [sentences[i] for i in kept], [sentences[i] for i in held_out]
+
+
+def _read_cedr() -> Splits:
+    return *_cedr_train_dev(), _cedr_sentences(dataset_path("cedr", "test.tsv"))
 
 
 @dataclass(frozen=True)
@@ -402,7 +405,7 @@ TASKS: dict[str, BuiltinTask] = {
     "imdb": BuiltinTask("single", ("accuracy",), _read_imdb, read_train=lambda: _imdb_train_dev()[0],
                         read_train_dev=_imdb_train_dev, long_text="windows"),
     # Russian sentences with none, one or several of five emotions
-    "cedr": BuiltinTask("multi", _MULTI_METRICS, _read_cedr, labels=_CEDR_LABELS),
+    "cedr": BuiltinTask("multi", _MULTI_METRICS, _read_cedr, labels=_CEDR_LABELS, read_train_dev=_cedr_train_dev),
 }
 
 # ---------------------------------------------------------------------------------------------------- user files
