@@ -57,6 +57,8 @@ def test_pretraining_run_loads_as_an_xlnet_with_task_tokens(pretrained):
     assert objective_of(config) == "permutation-lm"
     assert tokenizer.kind == "gpt2" and tokenizer.vocab_size == config.vocab_size
     assert None not in (tokenizer.start_id, tokenizer.delimiter_id, tokenizer.extract_id)  # a summary token last
+    with pytest.raises(ctxlm.UserError, match="generation needs a decoder"):  # it has a memory, but no decoder
+        ctxlm.generate(model, ["the cat"], max_new_tokens=2)
     data = json.loads((pretrained / "data.json").read_text())
     assert data["partial_prediction"] == 4 and data["mem_len"] == 12
     records = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
