@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from ctxlm.config import XLNetConfig
 from ctxlm.errors import UserError
 from ctxlm.models.xlnet import XLNetLanguageModel
+from ctxlm.pretrain import permutation_lm
+from ctxlm.pretrain.causal_lm import LMData
 from ctxlm.pretrain.corpus import TokenSpan
 from ctxlm.pretrain.permutation_lm import (
     PermutationRecurrence,
@@ -18,10 +20,14 @@ from ctxlm.pretrain.permutation_lm import (
     n_predicted,
     permutation_loss,
     predict_position,
+    pretrain_permutation_lm,
     sample_factorisation,
     segment_generator,
 )
 from ctxlm.pretrain.xl import StreamBatches
+from ctxlm.tokenizers import Tokenizer
+from ctxlm.train import TrainConfig
+from helpers import Interrupt, dying_at, metrics_records
 
 VOCAB, T = 40, 9
 
@@ -142,3 +148,27 @@ def test_segments_recur_with_memory_and_draw_the_same_orders_for_the_same_index(
     assert torch.equal(*orders)  # a pure function of seed and index: an exact resume redraws them
     with pytest.raises(UserError, match="2 tokens or more"):
         PermutationRecurrence(StreamBatches(span, 1, 2), k=3)
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_resumed_run_matches_uninterrupted(tmp_path, corpus_dir, monkeypatch):
+    """The orders are a function of the segment's index and the memory is saved beside each checkpoint: a run
+    killed mid-way and resumed ends with the uninterrupted run's weights and metrics, bit for bit."""
+    tokenizer = Tokenizer.train([corpus_dir / "train.txt"], kind="gpt2", vocab_size=300)
+
+    def run(run_dir, resume=False):
+        train = TrainConfig(steps=6, lr=1e-2, warmup_steps=2, eval_every=3, save_every=3, log_every=1)
+        config = XLNetConfig(vocab_size=300, dim=32, n_layers=2, n_heads=4, mlp_dim=64, mem_len=8)  # dropout 0.1
+        return pretrain_permutation_lm(LMData.resolve(corpus_dir), run_dir, config, train, block_size=8,
+                                       batch_size=4, tokenizer=tokenizer, resume=resume, k=3, eval_batches=2)
+
+    reference = run(tmp_path / "a")
+    with monkeypatch.context() as patch:  # as if the process died in step 5; the last checkpoint is step 3
+        patch.setattr(permutation_lm, "StreamBatches", dying_at(StreamBatches, 4))
+        with pytest.raises(Interrupt):
+            run(tmp_path / "b")
+    resumed = run(tmp_path / "b", resume=True)
+    for (name, p), q in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
+    assert strip(metrics_records(tmp_path / "a")) == strip(metrics_records(tmp_path / "b"))
