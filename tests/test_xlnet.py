@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+import ctxlm
+
 transformers = pytest.importorskip("transformers")
 
 from ctxlm.config import XLNetConfig  # noqa: E402
@@ -14,6 +16,7 @@ from ctxlm.convert.hf_xlnet import config_from_hf, state_dict_from_hf  # noqa: E
 from ctxlm.errors import UserError  # noqa: E402
 from ctxlm.models.xlnet import XLNetLanguageModel  # noqa: E402
 from ctxlm.nn.attention import bidirectional_relative_positions, bidirectional_relative_shift  # noqa: E402
+from ctxlm.tokenizers import Tokenizer  # noqa: E402
 from tolerances import assert_fp_close  # noqa: E402
 
 LAYERS, HEADS, HEAD_DIM, INNER, VOCAB, MEM = 2, 4, 8, 96, 67, 5
@@ -59,10 +62,7 @@ def inputs(time=11, seed=1):
     return ids, segments, mask, lengths
 
 
-pytestmark_numeric = pytest.mark.numeric
-
-
-@pytestmark_numeric
+@pytest.mark.numeric
 def test_content_stream_matches_reference_with_segments_and_padding():
     ref, ours = reference_pair(transformers.XLNetModel)
     ids, segments, mask, lengths = inputs()
@@ -75,7 +75,7 @@ def test_content_stream_matches_reference_with_segments_and_padding():
             assert_fp_close(a[i, :n], b[i, :n], **fp32(), msg=f"row {i}, layer {layer}")
 
 
-@pytestmark_numeric
+@pytest.mark.numeric
 def test_memory_of_a_previous_segment_matches_reference():
     ref, ours = reference_pair(transformers.XLNetModel)
     first, _, _, _ = inputs(time=7, seed=2)
@@ -107,7 +107,7 @@ def permutation_inputs(time=10, n_predict=3, seed=4):
     return ids, perm_mask, predict_at
 
 
-@pytestmark_numeric
+@pytest.mark.numeric
 def test_query_stream_logits_match_reference_under_a_permutation():
     ref, ours = reference_pair()
     ids, perm_mask, predict_at = permutation_inputs()
@@ -125,7 +125,7 @@ def test_query_stream_logits_match_reference_under_a_permutation():
         assert_fp_close(a, b, **fp32(), msg=f"content stream, layer {layer}")
 
 
-@pytestmark_numeric
+@pytest.mark.numeric
 def test_content_logits_without_a_permutation_match_reference():
     ref, ours = reference_pair()
     ids, segments, _, _ = inputs()
@@ -184,3 +184,20 @@ def test_config_round_trips_and_validates():
         XLNetConfig(activation="tanh").validate()
     with pytest.raises(UserError, match="mem_len"):
         XLNetConfig(mem_len=-1).validate()
+
+
+@pytest.mark.numeric
+def test_convert_a_hub_folder_then_load_it(tmp_path, corpus_dir):
+    """`ctxlm.convert` on a folder as `save_pretrained` writes it, with a tokenizer.json beside the weights: the
+    converted model loads with `ctxlm.load` and gives the reference's outputs."""
+    ref, _ = reference_pair()
+    ref.save_pretrained(tmp_path / "hub")
+    Tokenizer.train([corpus_dir / "train.txt"], kind="gpt2", vocab_size=300).save(tmp_path / "hub")
+    ctxlm.convert(tmp_path / "hub", tmp_path / "ours")
+    model = ctxlm.load(tmp_path / "ours")
+    assert model.config.model_type == "xlnet" and model.tokenizer.kind == "gpt2"
+    ids, segments, mask, _ = inputs()
+    with torch.no_grad():
+        expected = ref(ids, token_type_ids=segments).logits
+        got = model(ids, segments=segments).logits
+    assert_fp_close(got, expected, **fp32())

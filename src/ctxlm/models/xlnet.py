@@ -153,13 +153,15 @@ class XLNet(nn.Module):
         past = 0 if memory is None else memory[0].shape[1]
 
         sees = self._visibility(batch, time, past, mask, perm_mask, ids.device)
-        itself = torch.arange(past + time, device=ids.device)[None, :] == past + torch.arange(time, device=ids.device)[
-            :, None]
-        content_mask = None if sees is None else (sees | itself)[:, None]  # the content stream always sees itself
+        content_mask = None
+        if sees is not None:  # the content stream always sees itself: key past + i for query i
+            keys = torch.arange(past + time, device=ids.device)
+            itself = keys[None, :] == past + torch.arange(time, device=ids.device)[:, None]
+            content_mask = (sees | itself)[:, None]
         same_segment = None
         if segments is not None:  # memory counts as segment 0, as in the reference
-            keys = torch.cat([segments.new_zeros(batch, past), segments], dim=1)
-            same_segment = segments[:, :, None] == keys[:, None, :]
+            key_segments = torch.cat([segments.new_zeros(batch, past), segments], dim=1)
+            same_segment = segments[:, :, None] == key_segments[:, None, :]
 
         h = self.embed.dropout(self.embed.tokens(ids))
         positions = self.embed.dropout(bidirectional_relative_positions(
