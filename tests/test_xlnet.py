@@ -10,12 +10,14 @@ import ctxlm
 
 transformers = pytest.importorskip("transformers")
 
-from ctxlm.config import XLNetConfig  # noqa: E402
+from ctxlm.checkpoint import load_weights  # noqa: E402
+from ctxlm.config import XLNetConfig, load_config  # noqa: E402
 from ctxlm.convert import from_hub_folder  # noqa: E402
 from ctxlm.convert.hf_xlnet import config_from_hf, state_dict_from_hf  # noqa: E402
 from ctxlm.errors import UserError  # noqa: E402
 from ctxlm.models.xlnet import XLNetLanguageModel  # noqa: E402
 from ctxlm.nn.attention import bidirectional_relative_positions, bidirectional_relative_shift  # noqa: E402
+from ctxlm.nn.peft import LoRA, add_adapters, add_lora, peft_parameters  # noqa: E402
 from ctxlm.tokenizers import Tokenizer  # noqa: E402
 from tolerances import assert_fp_close  # noqa: E402
 
@@ -201,3 +203,32 @@ def test_convert_a_hub_folder_then_load_it(tmp_path, corpus_dir):
         expected = ref(ids, token_type_ids=segments).logits
         got = model(ids, segments=segments).logits
     assert_fp_close(got, expected, **fp32())
+
+
+def test_adapters_and_lora_live_in_its_blocks_and_load_back(tmp_path):
+    """Both streams run through the blocks' adapters and LoRA updates; a saved adapted model loads as itself."""
+    torch.manual_seed(0)
+    model = XLNetLanguageModel(XLNetConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, mlp_dim=64,
+                                           dropout=0.0, attn_dropout=0.0)).eval()
+    ids = torch.randint(0, VOCAB, (1, 8))
+    perm_mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    perm_mask[:, :, 5] = True
+    predict_at = torch.tensor([[5]])
+    with torch.no_grad():
+        plain = model(ids, perm_mask=perm_mask, predict_at=predict_at).logits
+    assert add_lora(model, 4, targets="qkvo") > 0 and add_adapters(model, 8) > 0
+    assert len(peft_parameters(model, "lora")) == 2 * 2 * 4  # A and B of q, k, v, o in each block
+    with torch.no_grad():
+        lora_only = [m for m in model.modules() if isinstance(m, LoRA)]
+        near = model(ids, perm_mask=perm_mask, predict_at=predict_at).logits  # LoRA exact, adapters near identity
+        assert (near - plain).abs().max() < 0.1 * plain.abs().max()
+        for update in lora_only:
+            update.B.normal_(0.0, 0.1)
+        moved = model(ids, perm_mask=perm_mask, predict_at=predict_at).logits
+    assert (moved - near).abs().max() > 1e-3  # the query stream's projections carry the updates
+    model.tokenizer = None
+    ctxlm.save(model, tmp_path / "adapted")
+    loaded = XLNetLanguageModel(load_config(tmp_path / "adapted" / "config.json")).eval()
+    load_weights(loaded, tmp_path / "adapted" / "model.safetensors")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, perm_mask=perm_mask, predict_at=predict_at).logits, moved)
