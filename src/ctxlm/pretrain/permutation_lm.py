@@ -38,7 +38,7 @@ from ctxlm.progress import progress as progress_of
 from ctxlm.runlog import last_validation
 from ctxlm.train import TrainConfig
 
-PAPER_K = 6  # Yang et al. 2019, §3.1: K = 6 for the large model (and the base one, Appendix A.3)
+PAPER_K = 6  # Yang et al. 2019: partial prediction K = 6 (their pretraining hyperparameters, Appendix A)
 EVAL_SEED = 0  # validation draws the same orders at every evaluation, so its loss is comparable over a run
 
 
