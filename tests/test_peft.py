@@ -327,8 +327,8 @@ def test_config_refuses_bad_fields_naming_them(field, value):
 ], ids=["elmo", "transformer-xl"])
 def test_models_without_transformer_blocks_are_refused(config, name):
     model = build_model(config)
-    with pytest.raises(UserError, match=f"adapters are built into the transformer blocks of GPT, GPT-2 and BERT; "
-                                        f"{name} has none"):
+    with pytest.raises(UserError, match=f"adapters are built into the transformer blocks of GPT, GPT-2, BERT and "
+                                        f"XLNet; {name} has none"):
         add_adapters(model, 4)
     with pytest.raises(UserError, match=f"{name} has none"):
         add_lora(model, 4)

@@ -420,7 +420,7 @@ def test_adapters_on_elmo_are_a_one_line_error(backbones, tmp_path, monkeypatch,
     write_csv(train, synthetic_task("single", n=16))
     assert_user_error(run_cli(monkeypatch, capsys, "finetune", "--model", backbones["elmo"], "--task", f"csv:{train}",
                               "--text-column", "review", "--label-column", "stars", "--strategy", "adapters",
-                              "--out", tmp_path / "run"), "GPT, GPT-2 and BERT", "elmo")
+                              "--out", tmp_path / "run"), "GPT, GPT-2, BERT and XLNet", "elmo")
 
 
 def test_predict_rejects_malformed_input_lines(backbones, tmp_path, monkeypatch, capsys):

@@ -25,6 +25,13 @@ class ModelConfig:
     has_segments: ClassVar[bool] = False  # reads segment ids: [CLS] a [SEP] b [SEP] pairs (BERT)
     word_level: ClassVar[bool] = False  # one input id per word, no sub-word pieces (ELMo, Transformer-XL)
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
+    permutation_lm: ClassVar[bool] = False  # pretrains by permutation LM over two attention streams (XLNet)
+    summary_last: ClassVar[bool] = False  # an encoder that sums a text up at its last token (XLNet's <cls>)
+
+    @property
+    def tokenizer_kind(self) -> str:
+        """The kind of tokenizer that a pretraining run from scratch trains for this family."""
+        return getattr(self, "model_type", "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,7 +284,46 @@ class TransformerXLConfig(ModelConfig):
                             f"got {self.tie_projs}")
 
 
+@dataclass
+class XLNetConfig(TransformerConfig):
+    """XLNet (Yang et al. 2019): a bidirectional Transformer-XL pretrained by permutation language modelling.
+
+    Names as TransformerConfig's (the reference's d_model, n_layer, n_head, d_inner, ff_activation are `dim`,
+    `n_layers`, `n_heads`, `mlp_dim`, `activation`); heads are dim / n_heads wide, and one `dropout` serves the
+    residual branches and (as `attn_dropout`) the attention weights alike in published models. Positions are
+    relative, with no table: `max_positions` only bounds the inputs of tasks and embeddings. `mem_len`: content
+    states kept per layer for the next segment (0: none, the published models' default for fine-tuning);
+    `clamp_len` > 0 caps relative distances. Defaults are xlnet-base-cased's sizes. A run from scratch trains a
+    byte-level BPE tokenizer (the published models' SentencePiece vocabulary is converted with them).
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("xlnet",)
+    has_segments: ClassVar[bool] = True
+    has_memory: ClassVar[bool] = True
+    permutation_lm: ClassVar[bool] = True
+    summary_last: ClassVar[bool] = True
+    model_type: str = "xlnet"
+    vocab_size: int = 32000
+    max_positions: int = 512
+    layer_norm_eps: float = 1e-12
+    activation: str = "gelu"
+    mem_len: int = 0
+    clamp_len: int = -1
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return "gpt2"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.activation not in ("gelu", "relu", "gelu_tanh"):
+            raise UserError(f"config: activation must be gelu, relu or gelu_tanh, got {self.activation!r}")
+        if self.mem_len < 0:
+            raise UserError(f"config: mem_len must be 0 or more, got {self.mem_len}")
+
+
 CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
+CONFIG_CLASSES.append(XLNetConfig)
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -343,6 +389,8 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
       "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default
       2) LSTMs of `cell_dim` cells (default 4 x dim) per direction, clipping at ±3 (`clip`) or none, a softmax
       (full, or adaptive with the word ranks `cutoffs`) over `vocab_size` words (default 50,000).
+    - xlnet: as bert, post-LN with GELU, relative positions (`max_positions` bounds task inputs only), `mem_len`
+      content states of memory.
     - transformer-xl: heads of dim / heads, a 4 x dim MLP, post-LN as the paper, relative distances unclamped,
       `mem_len` states of memory, a plain or adaptive (input and softmax, div_val 4, `cutoffs`) vocabulary whose
       size the training tokenizer sets.
@@ -353,6 +401,8 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
         config = cls(model_type=family, vocab_size=8192 if vocab_size is None else vocab_size,
                      max_positions=max_positions, dim=dim, n_layers=4 if layers is None else layers, n_heads=heads,
                      dropout=dropout, attn_dropout=dropout)
+        if isinstance(config, XLNetConfig):  # segment recurrence in pretraining, as Transformer-XL's
+            config.mem_len = mem_len
         config.validate()
         return config
     if cls is ElmoConfig:

@@ -118,8 +118,10 @@ def generate_ids(model: nn.Module, prompts: list[list[int]], *, max_new_tokens: 
 
 
 def has_memory(model: nn.Module) -> bool:
-    """A model that carries states across segments (Transformer-XL) generates through its memory, not a cache."""
-    return getattr(getattr(model, "config", None), "has_memory", False)
+    """A decoder that carries states across segments (Transformer-XL) generates through its memory, not a cache;
+    an encoder with a memory (XLNet) does not generate."""
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "has_memory", False) and getattr(config, "causal", False))
 
 
 @torch.inference_mode()

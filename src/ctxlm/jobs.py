@@ -30,6 +30,7 @@ from ctxlm.generate import generate
 from ctxlm.paths import cache_root
 from ctxlm.precision import device_of, inference_context
 from ctxlm.pretrain import job
+from ctxlm.pretrain.permutation_lm import predict_position
 from ctxlm.train import pick_device
 
 # transfer/ and qa/ are imported inside the functions: their metrics (scipy, scikit-learn, seqeval) take seconds to
@@ -160,6 +161,8 @@ def glimpse(objective: str, model: nn.Module, seed: int) -> dict[str, Any]:
         return {"sample": {"prompt": PROMPT, "continuation": continuation}}
     if objective == job.MASKED_LM:
         return {"fill_in": fill_in(model, "the city is on the [MASK] of the river .")}
+    if objective == job.PERMUTATION_LM:
+        return {"fill_in": fill_in_by_permutation(model, "the city is on the", "of the river .")}
     return {"next_words": next_words(model, PROMPT, "of the river .")}
 
 
@@ -172,6 +175,18 @@ def fill_in(model: nn.Module, text: str, k: int = 5) -> dict[str, Any]:
     logits = model(ids).logits[0]
     best = logits[enc.ids.index(tok.mask_id)].topk(k).indices.tolist()
     return {"text": text, "best": [tok.decode([i]) for i in best]}
+
+
+@torch.no_grad()
+def fill_in_by_permutation(model: nn.Module, left: str, right: str, k: int = 5) -> dict[str, Any]:
+    """The k likeliest tokens between `left` and `right` by a permutation LM (XLNet): the order that predicts the
+    gap last, from every other token."""
+    tok = model.eval().tokenizer
+    left_ids = tok.encode(left)
+    stand_in = next(i for i in (tok.eos_id, tok.pad_id, 0) if i is not None)  # never read: the gap is hidden
+    ids = torch.tensor([[*left_ids, stand_in, *tok.encode(" " + right)]], device=next(model.parameters()).device)
+    best = predict_position(model, ids, len(left_ids))[0].topk(k).indices.tolist()
+    return {"text": f"{left} ___ {right}", "best": [tok.decode([i]) for i in best]}
 
 
 @torch.no_grad()

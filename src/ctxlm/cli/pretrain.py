@@ -51,10 +51,10 @@ Examples:
   # a model too large to train on one GPU: each of 8 holds an eighth of its weights and optimizer state (FSDP)
   torchrun --nproc_per_node=8 -m ctxlm pretrain --model gpt2 --dim 2048 --layers 24 --heads 16 --fsdp --out runs/big
 """)
-@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl"]),
+@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl", "xlnet"]),
               help="architecture family (and objective: causal LM, masked LM + NSP for bert, forward + backward LM "
-              "for elmo, causal LM over segments with memory for transformer-xl) [default: gpt2; with --init: the "
-              "checkpoint's]")
+              "for elmo, causal LM over segments with memory for transformer-xl, permutation LM over segments "
+              "with memory for xlnet) [default: gpt2; with --init: the checkpoint's]")
 @click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
               "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,
@@ -86,8 +86,10 @@ Examples:
               "[default: 2000,10000]")
 @click.option("--block-size", default=256, show_default=True, help="tokens per training sequence (context); "
               "transformer-xl: tokens per segment (tgt_len)")
-@click.option("--mem-len", type=int, help="transformer-xl: states of memory per layer in training [default: "
+@click.option("--mem-len", type=int, help="transformer-xl, xlnet: states of memory per layer in training [default: "
               "block size]")
+@click.option("--partial-prediction", "partial_prediction", type=int, default=6, show_default=True, metavar="K",
+              help="xlnet: predict the last 1/K of each random factorisation order (the paper's K)")
 @click.option("--eval-mem-len", type=int, help="transformer-xl: memory when evaluating (may exceed training's) "
               "[default: mem-len]")
 @click.option("--batch-size", default=16, show_default=True)

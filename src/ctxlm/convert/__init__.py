@@ -34,7 +34,7 @@ from ctxlm.checkpoint import (
     read_safetensors_header,
     save,
 )
-from ctxlm.convert import allennlp_elmo, hf_bert, hf_gpt, hf_transfo_xl
+from ctxlm.convert import allennlp_elmo, hf_bert, hf_gpt, hf_transfo_xl, hf_xlnet
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.tokenizers import Tokenizer
@@ -52,6 +52,7 @@ HUB_MODELS = {
     "distilgpt2": "distilbert/distilgpt2",
     "transfo-xl-wt103": "transfo-xl/transfo-xl-wt103",
 }
+HUB_MODELS["xlnet-base-cased"] = "xlnet/xlnet-base-cased"
 
 
 def is_hub_layout(path: Path) -> bool:
@@ -112,15 +113,20 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     elif hub_type == "transfo-xl":
         config = hf_transfo_xl.config_from_hf(hf_config)
         state = hf_transfo_xl.state_dict_from_hf(weights, config)
+    elif hub_type == "xlnet":
+        config = hf_xlnet.config_from_hf(hf_config)
+        state = hf_xlnet.state_dict_from_hf(weights, config)
     else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2, bert, transfo-xl")
+                        "supported: openai-gpt, gpt2, bert, transfo-xl, xlnet")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     check_dtypes(model, {name: t.dtype for name, t in state.items()}, str(path))
     model.load_state_dict(state)
     if hub_type == "transfo-xl":  # a word vocabulary, not a `tokenizers` file
         model.tokenizer = hf_transfo_xl.published_tokenizer(path)
+    elif hub_type == "xlnet":  # SentencePiece: read only as a tokenizer.json
+        model.tokenizer = hf_xlnet.published_tokenizer(path)
     elif has_tokenizer(path):
         model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
     return model.eval()

@@ -9,9 +9,11 @@ from ctxlm.models.bert import BertModel
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
 from ctxlm.models.transformer_xl import TransformerXLLanguageModel
+from ctxlm.models.xlnet import XLNetLanguageModel
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
                                          "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
+MODEL_CLASSES["xlnet"] = XLNetLanguageModel
 
 
 def build_model(config: ModelConfig) -> nn.Module:

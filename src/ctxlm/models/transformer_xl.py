@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlm.config import TransformerXLConfig
-from ctxlm.nn.attention import RelativeMultiHeadAttention, memory_attention_mask, sinusoidal_relative_positions
+from ctxlm.nn.attention import (
+    RelativeMultiHeadAttention,
+    keep_last,
+    memory_attention_mask,
+    sinusoidal_relative_positions,
+)
 from ctxlm.nn.blocks import MLP, init_transformer_weights
 from ctxlm.nn.losses import linear_cross_entropy
 from ctxlm.outputs import Hidden, LMOutput
@@ -213,7 +218,7 @@ class TransformerXL(nn.Module):
         states, new_memory = [x], []
         for i, block in enumerate(blocks):
             layer_memory = None if memory is None else memory[i]
-            new_memory.append(_keep_last(x, layer_memory, mem_len))
+            new_memory.append(keep_last(x, layer_memory, mem_len))
             x = block(x, positions, attn_mask, layer_memory, biases)
             states.append(x)
         return Hidden(tuple(states), memory=new_memory)
@@ -222,13 +227,6 @@ class TransformerXL(nn.Module):
         """[embeddings (tables, projections, shared position biases), block 1, ..., block L]."""
         shared = [p for p in (self.content_bias, self.position_bias) if p is not None]
         return [[*self.embed.parameters(), *shared]] + [list(b.parameters()) for b in self.blocks]
-
-
-def _keep_last(x: Tensor, memory: Tensor | None, mem_len: int) -> Tensor:
-    """The next segment's memory of one layer: [memory ‖ x], its last mem_len positions, without gradient."""
-    with torch.no_grad():
-        both = x if memory is None else torch.cat([memory, x], dim=1)
-        return both[:, max(0, both.shape[1] - mem_len):].detach()
 
 
 class TransformerXLLanguageModel(nn.Module):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +170,12 @@ def sinusoidal_relative_positions(k_len: int, dim: int, clamp_len: int = 0, *, d
     distances = torch.arange(k_len - 1, -1, -1.0, device=device, dtype=dtype)
     if clamp_len > 0:
         distances = distances.clamp(max=clamp_len)
-    inv_freq = 1 / (10000 ** (torch.arange(0.0, dim, 2.0, device=device, dtype=dtype) / dim))
+    return sinusoidal_encoding(distances, dim)
+
+
+def sinusoidal_encoding(distances: Tensor, dim: int) -> Tensor:
+    """(n, dim) encodings [sin(d ω) ‖ cos(d ω)] of n distances d, ω_k = 10000^(-2k/dim) (Vaswani et al. 2017)."""
+    inv_freq = 1 / (10000 ** (torch.arange(0.0, dim, 2.0, device=distances.device, dtype=distances.dtype) / dim))
     angles = torch.outer(distances, inv_freq)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -185,6 +191,13 @@ def relative_shift(x: Tensor) -> Tensor:
     *lead, q_len, k_len = x.shape
     padded = F.pad(x, (1, 0)).view(*lead, k_len + 1, q_len)
     return padded[..., 1:, :].reshape(*lead, q_len, k_len)
+
+
+def keep_last(x: Tensor, memory: Tensor | None, mem_len: int) -> Tensor:
+    """The next segment's memory of one layer: [memory ‖ x], its last mem_len positions, without gradient."""
+    with torch.no_grad():
+        both = x if memory is None else torch.cat([memory, x], dim=1)
+        return both[:, max(0, both.shape[1] - mem_len):].detach()
 
 
 def memory_attention_mask(q_len: int, past: int, *, mem_len: int, same_length: bool,
@@ -256,6 +269,120 @@ class RelativeMultiHeadAttention(nn.Module):
         y = F.scaled_dot_product_attention(q + u[:, None], k, v, attn_mask=by_position, scale=scale,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, q_len, inner))
+
+
+# ---- XLNet: positions both ways, relative segments, two streams (Yang et al. 2019, §2.3-2.5) ---------------------
+
+
+def bidirectional_relative_positions(q_len: int, k_len: int, dim: int, clamp_len: int = 0, *,
+                                     device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(k_len + q_len, dim) encodings of the distances k_len, k_len - 1, ..., 1 - q_len (XLNet's attn_type "bi").
+
+    The queries are the last q_len of k_len positions and, the model being bidirectional, see keys after them
+    too: distances run from the farthest memory key to the last key seen from the first query (negative). Row
+    m is distance k_len - m; `bidirectional_relative_shift` lines each query's row up with its keys.
+    `clamp_len` > 0 caps |distance|."""
+    distances = torch.arange(k_len, -q_len, -1.0, device=device, dtype=dtype)
+    if clamp_len > 0:
+        distances = distances.clamp(-clamp_len, clamp_len)
+    return sinusoidal_encoding(distances, dim)
+
+
+def bidirectional_relative_shift(x: Tensor, k_len: int, query_positions: Tensor | None = None) -> Tensor:
+    """(batch, heads, n_q, k_len + q_len) scores against `bidirectional_relative_positions` → (batch, heads, n_q,
+    k_len) scores against each key: the query at segment position i reads key j (memory first) at distance
+    past + i - j, column q_len - i + j.
+
+    Without `query_positions` the queries are the segment's q_len positions in order, and the reshape trick of
+    `relative_shift` applies (read the buffer as (k_len + q_len, q_len), drop its first row: each row shifts
+    left by one more than the row above), here exact for every key. `query_positions` (batch, n_q) gives each
+    query's own position instead (XLNet's query stream at the positions it predicts): its columns are gathered.
+    """
+    *lead, n_q, width = x.shape
+    if query_positions is None:
+        return x.reshape(*lead, width, n_q)[..., 1:, :].reshape(*lead, n_q, width - 1)[..., :k_len]
+    q_len = width - k_len
+    columns = q_len - query_positions[..., None] + torch.arange(k_len, device=x.device)  # (batch, n_q, k_len)
+    return x.gather(-1, columns[:, None].expand(*lead, n_q, k_len))
+
+
+class RelativeKeys(NamedTuple):
+    """What both of XLNet's streams attend to: keys and values of [memory ‖ segment] (batch, heads, k_len,
+    head_dim) and the projected distance encodings (heads, k_len + q_len, head_dim)."""
+
+    k: Tensor
+    v: Tensor
+    r: Tensor
+
+
+class TwoStreamRelativeAttention(RelativeMultiHeadAttention):
+    """XLNet's attention (Yang et al. 2019, §2.3, §2.5, Appendix A.2): Transformer-XL's, both ways, plus segments.
+
+    score(i, j) = [(q_i + u)·k_j + (q_i + v)·R_{i-j} + (q_i + b)·s_ij] / sqrt(head_dim): the content and position
+    terms of `RelativeMultiHeadAttention`, with distances of either sign, and a relative segment term: s_ij is
+    one of two learned vectors, s+ when positions i and j are in the same segment and s- when not, with its own
+    bias b (§2.5), so that the model only asks whether two tokens share a segment, never which segment it is.
+    Memory keys count as segment 0, as in the paper's code. Keys and values always come from the content stream
+    over [memory ‖ segment]; queries from whichever stream asks (`project` gives the content stream's with the
+    keys, `queries` any other's), so the query stream costs one query projection and one attention.
+
+    Masked scores are set to -1e30 (the reference's constant), not -inf: a row with nothing to see then spreads
+    its attention evenly instead of producing NaN, as the reference does. The projections are called as
+    modules (`qkv`, `out`), so LoRA updates of `ctxlm.nn.peft` apply to both streams.
+    """
+
+    def __init__(self, dim: int, n_heads: int, *, dropout: float = 0.0) -> None:
+        super().__init__(dim, n_heads, dim // n_heads, dropout=dropout, own_biases=True)
+        self.segment_bias = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # b
+        self.segment_embed = nn.Parameter(torch.zeros(2, n_heads, self.head_dim))  # s+ (same segment), s- (other)
+
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None, memory: Tensor | None = None,
+                biases: tuple[Tensor, Tensor] | None = None, *, same_segment: Tensor | None = None) -> Tensor:
+        """The content stream alone: `x` (batch, q_len, dim), `positions` from `bidirectional_relative_positions`,
+        `mask` (batch or 1, 1, q_len, k_len) True where a query may attend (None: everywhere), `same_segment`
+        (batch, q_len, k_len) or None (no segment term: one segment)."""
+        if biases is not None:
+            raise ValueError("XLNet's attention has its own biases")
+        q, keys = self.project(x, memory, positions)
+        return self.attend(q, keys, mask, same_segment)
+
+    def project(self, x: Tensor, memory: Tensor | None, positions: Tensor) -> tuple[Tensor, RelativeKeys]:
+        """The content stream's queries (batch, heads, q_len, head_dim) and the keys both streams read."""
+        batch, q_len, _ = x.shape
+        context = x if memory is None else torch.cat([memory, x], dim=1)
+        k_len = context.shape[1]
+        qkv = self.qkv(context).view(batch, k_len, 3, self.n_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, k_len, head_dim); memory rows' q unused
+        r = self.pos(positions).view(-1, self.n_heads, self.head_dim).transpose(0, 1)
+        return q[:, :, k_len - q_len:], RelativeKeys(k, v, r)
+
+    def queries(self, g: Tensor) -> Tensor:
+        """Queries of another stream's states `g` (batch, n, dim) → (batch, heads, n, head_dim)."""
+        batch, n, _ = g.shape
+        inner = self.n_heads * self.head_dim
+        return self.qkv(g)[..., :inner].reshape(batch, n, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def attend(self, q: Tensor, keys: RelativeKeys, mask: Tensor | None, same_segment: Tensor | None,
+               query_positions: Tensor | None = None) -> Tensor:
+        """Attention of queries `q` (batch, heads, n_q, head_dim) over `keys`, out-projected: (batch, n_q, dim).
+        Without `query_positions` the queries are the segment's positions in order; else (batch, n_q) their
+        positions. `mask` and `same_segment` have one row per query."""
+        batch, _, n_q, _ = q.shape
+        k_len = keys.k.shape[2]
+        u, bias_v, bias_s = (p.to(q.dtype) for p in (self.content_bias, self.position_bias, self.segment_bias))
+        scale = self.head_dim ** -0.5
+        bias = bidirectional_relative_shift((q + bias_v[:, None]) @ keys.r.transpose(1, 2), k_len, query_positions)
+        if same_segment is not None:
+            by_segment = (q + bias_s[:, None]) @ self.segment_embed.to(q.dtype).permute(1, 2, 0)  # (b, h, n_q, 2)
+            bias = bias + torch.where(same_segment[:, None], by_segment[..., :1], by_segment[..., 1:])
+        bias = bias * scale
+        if mask is not None:
+            bias = bias.masked_fill(~mask, max(-1e30, torch.finfo(bias.dtype).min))
+        if self.record is not None and query_positions is None:
+            self.record.append(attention_weights(q + u[:, None], keys.k, scale=scale, bias=bias))
+        y = F.scaled_dot_product_attention(q + u[:, None], keys.k, keys.v, attn_mask=bias, scale=scale,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(batch, n_q, self.n_heads * self.head_dim))
 
 
 # ---- attention weights, for looking at them --------------------------------------------------------------------

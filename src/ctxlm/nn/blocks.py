@@ -54,7 +54,28 @@ class MLP(nn.Module):
         return self.proj(self.activation(self.fc(x)))
 
 
-class TransformerBlock(nn.Module):
+class AdaptableBlock(nn.Module):
+    """A block that parameter-efficient transfer (`ctxlm.nn.peft`) can extend: an attention sub-layer `attn` whose
+    `qkv` (fused query, key, value rows, each `attn.out.in_features` wide) and `out` projections are called as
+    modules, LayerNorms `attn_norm` and `mlp_norm`, and two adapter slots that `_branch` applies."""
+
+    attn: nn.Module
+    attn_norm: nn.LayerNorm
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Houlsby adapters of the two sub-layers (ctxlm.nn.peft); a plain block has none, and no extra work
+        self.attn_adapter: nn.Module | None = None
+        self.mlp_adapter: nn.Module | None = None
+
+    def _branch(self, h: Tensor, adapter: nn.Module | None) -> Tensor:
+        """A sub-layer's output as it joins the residual stream: dropout, then the adapter if there is one
+        (Houlsby et al. 2019, §2.1: before the residual addition; after the dropout, as AdapterHub places it)."""
+        h = self.dropout(h)
+        return h if adapter is None else adapter(h)
+
+
+class TransformerBlock(AdaptableBlock):
     """Attention and MLP sub-layers, each in a residual connection with LayerNorm.
 
     post-LN (GPT, BERT):  x = LN(x + Attn(x));   x = LN(x + MLP(x))
@@ -71,9 +92,6 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(dim, mlp_dim, activation)
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
-        # Houlsby adapters of the two sub-layers (ctxlm.nn.peft); a plain block has none, and no extra work
-        self.attn_adapter: nn.Module | None = None
-        self.mlp_adapter: nn.Module | None = None
         self.checkpointing = False  # see `use_gradient_checkpointing`
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
@@ -91,12 +109,6 @@ class TransformerBlock(nn.Module):
             return x + self._branch(self.mlp(self.mlp_norm(x)), self.mlp_adapter)
         x = self.attn_norm(x + self._branch(self.attn(x, mask, cache, layer), self.attn_adapter))
         return self.mlp_norm(x + self._branch(self.mlp(x), self.mlp_adapter))
-
-    def _branch(self, h: Tensor, adapter: nn.Module | None) -> Tensor:
-        """A sub-layer's output as it joins the residual stream: dropout, then the adapter if there is one
-        (Houlsby et al. 2019, §2.1: before the residual addition; after the dropout, as AdapterHub places it)."""
-        h = self.dropout(h)
-        return h if adapter is None else adapter(h)
 
 
 def use_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:

@@ -1,4 +1,4 @@
-"""Parameter-efficient transfer for the transformer families (GPT, GPT-2, BERT): adapters and LoRA.
+"""Parameter-efficient transfer for the transformer families (GPT, GPT-2, BERT, XLNet): adapters and LoRA.
 
 Both keep the pretrained weights as they are and add few parameters that start at or near the identity, so that
 fine-tuning starts from the pretrained model and trains only what was added (Houlsby et al. 2019, §2.1; Hu et
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ctxlm.errors import UserError
 from ctxlm.nn.attention import DecodingLinear
-from ctxlm.nn.blocks import TransformerBlock
+from ctxlm.nn.blocks import AdaptableBlock
 
 if TYPE_CHECKING:
     from ctxlm.config import TransformerConfig
@@ -117,7 +117,7 @@ class LoRALinear(DecodingLinear):
         return plain
 
 
-def build_peft(blocks: Iterable[TransformerBlock], config: TransformerConfig) -> None:
+def build_peft(blocks: Iterable[AdaptableBlock], config: TransformerConfig) -> None:
     """The adapters and LoRA updates a TransformerConfig asks for (`adapter_dim`, `lora_*`) in `blocks`: how GPT
     and BERT build an adapted model from its config.json. Their models then call `reset_peft_parameters` after
     drawing the pretrained-style initialisation, which would otherwise overwrite these modules' own."""
@@ -200,7 +200,7 @@ def peft_parameters(model: nn.Module, kind: str) -> list[nn.Parameter]:
     return [p for m in owners for p in m.parameters()]
 
 
-def _insert_adapters(blocks: list[TransformerBlock], bottleneck: int) -> int:
+def _insert_adapters(blocks: list[AdaptableBlock], bottleneck: int) -> int:
     for block in blocks:
         param = block.attn_norm.weight
         for name in ("attn_adapter", "mlp_adapter"):
@@ -208,7 +208,7 @@ def _insert_adapters(blocks: list[TransformerBlock], bottleneck: int) -> int:
     return sum(p.numel() for b in blocks for a in (b.attn_adapter, b.mlp_adapter) for p in a.parameters())
 
 
-def _insert_lora(blocks: list[TransformerBlock], rank: int, alpha: float, targets: str) -> int:
+def _insert_lora(blocks: list[AdaptableBlock], rank: int, alpha: float, targets: str) -> int:
     added = 0
     for block in blocks:
         attn = block.attn
@@ -223,11 +223,12 @@ def _insert_lora(blocks: list[TransformerBlock], rank: int, alpha: float, target
     return added
 
 
-def _transformer_blocks(model: nn.Module, what: str) -> list[TransformerBlock]:
-    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+def _transformer_blocks(model: nn.Module, what: str) -> list[AdaptableBlock]:
+    blocks = [m for m in model.modules() if isinstance(m, AdaptableBlock)]
     if not blocks:
         kind = next((c.model_type for c in _configs(model)), type(model).__name__)
-        raise UserError(f"{what} are built into the transformer blocks of GPT, GPT-2 and BERT; {kind} has none")
+        raise UserError(f"{what} are built into the transformer blocks of GPT, GPT-2, BERT and XLNet; {kind} has "
+                        "none")
     return blocks
 
 

@@ -2,7 +2,8 @@
 calls for run, the final figures returned. `ctxlm.pretrain` (and `ctxlm pretrain`) runs it.
 
 The objective follows from what the family can do (the config's capability flags), never from its name:
-memory across segments → causal LM over segments (Transformer-XL); causal → causal LM (GPT, GPT-2); a word-level
+two attention streams → permutation LM over segments (XLNet); memory across segments → causal LM over segments
+(Transformer-XL); causal → causal LM (GPT, GPT-2); a word-level
 bidirectional model → forward + backward LMs (ELMo's biLM); else an encoder → masked LM, with next-sentence
 prediction for a model that reads segment pairs (BERT).
 
@@ -24,6 +25,7 @@ from ctxlm.pretrain.bilm import pretrain_bilm
 from ctxlm.pretrain.causal_lm import LMData, pretrain_causal_lm
 from ctxlm.pretrain.init import INIT_FILE, record_init, recorded_init, start_from
 from ctxlm.pretrain.masked_lm import pretrain_masked_lm
+from ctxlm.pretrain.permutation_lm import PAPER_K, pretrain_permutation_lm
 from ctxlm.pretrain.xl import pretrain_xl
 from ctxlm.runlog import PLOT_FILE, last_validation
 from ctxlm.train import TrainConfig
@@ -34,10 +36,14 @@ DEFAULTS = dict(model="gpt2", dim=256, heads=4, clip=False, softmax="full", cuto
 # the key of the final evaluation's record in metrics.jsonl, by objective
 FINAL_KEY = {SEGMENTS: "valid_perplexity", CAUSAL_LM: "valid_perplexity", BILM: "valid_forward_perplexity",
              MASKED_LM: "valid_mlm_accuracy"}
+PERMUTATION_LM = "permutation-lm"
+FINAL_KEY[PERMUTATION_LM] = "valid_perplexity"
 
 
 def objective_of(config: ModelConfig) -> str:
     """The pretraining objective a family's config calls for, from its capability flags."""
+    if config.permutation_lm:
+        return PERMUTATION_LM
     if config.has_memory:
         return SEGMENTS
     if config.causal:
@@ -79,8 +85,8 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              max_minutes: float | None = None, precision: str = "fp32", compile: bool = False,
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
              deterministic: bool = False, seed: int = 0, resume: bool = False, lowercase: bool | None = None,
-             strip_accents: bool | None = None) -> dict[str, Any] | None:
-    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl) from scratch on the text `data` (a file,
+             strip_accents: bool | None = None, partial_prediction: int = PAPER_K) -> dict[str, Any] | None:
+    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl, xlnet) from scratch on the text `data` (a file,
     a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl and
     loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the sizes go to
     `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a tokenizer. Sizes left None take
@@ -97,6 +103,9 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
     (saved with it): None lower-cases Latin-script text, as the published uncased models, and keeps any other
     text's case; accents are stripped only when lower-casing, unless `strip_accents` says otherwise. They apply
     only when the run trains its tokenizer (no `tokenizer`, no `init`).
+
+    `partial_prediction`: XLNet's K, the permutation LM predicting the last 1/K of each order (see
+    `ctxlm.pretrain.permutation_lm`).
 
     The checkpoint is written every `save_every` steps and once `save_every_minutes` have passed since the last
     one (None: by steps only), atomically: a kill loses at most that much, and `resume` continues exactly.
@@ -153,7 +162,11 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
                 record_init(run_dir, init)
             else:
                 (run_dir / INIT_FILE).unlink(missing_ok=True)
-        if objective == SEGMENTS:
+        if objective == PERMUTATION_LM:
+            trained = pretrain_permutation_lm(data_spec, run_dir, config, train, block_size=block_size,
+                                              batch_size=batch_size, tokenizer=given, resume=resume,
+                                              k=partial_prediction, init=start, casing=casing)
+        elif objective == SEGMENTS:
             trained = pretrain_xl(data_spec, run_dir, config, train, tgt_len=block_size, batch_size=batch_size,
                                   tokenizer=given, resume=resume, eval_mem_len=eval_mem_len, vocab_size=vocab_size,
                                   init=start)

@@ -126,12 +126,17 @@ class SegmentRecurrence:
         elif segment.index != self.next_index:
             raise RuntimeError(f"segment {segment.index} asked for, but the memory is that of segment "
                                f"{self.next_index}: Transformer-XL segments must be read in order")
-        device = _device(model)
-        out = model(segment.x.to(device), memory=self.memory, targets=segment.y.to(device))
+        out = self.forward(model, segment)
         memory = out.hidden.memory
         self.memory = [m.detach() for m in memory] if memory else None  # mem_len 0: nothing to carry
         self.next_index = segment.index + 1
         return out.loss, {}
+
+    def forward(self, model: nn.Module, segment: Segment):
+        """The model's output on one segment given `self.memory`, its loss and its new memory (next-token loss:
+        another objective over the same segments overrides this)."""
+        device = _device(model)
+        return model(segment.x.to(device), memory=self.memory, targets=segment.y.to(device))
 
     # -- the memory beside checkpoints --------------------------------------------------------------------------
     def save(self, folder: Path, index: int) -> None:

@@ -30,9 +30,10 @@ HEAD_FILE = "head.safetensors"
 
 
 def default_pooling(model: nn.Module) -> str:
-    """Decoders: the last token (<|extract|>), the only one that has seen the whole input. Encoders: the mean
-    of the tokens, which suits sentence-embedding encoders (MiniLM) and fine-tunes as well as [CLS]."""
-    return "last" if model.config.causal else "mean"
+    """Decoders: the last token (<|extract|>), the only one that has seen the whole input; so too an encoder that
+    sums a text up at its last token (XLNet's <cls>, `summary_last`). Other encoders: the mean of the tokens,
+    which suits sentence-embedding encoders (MiniLM) and fine-tunes as well as [CLS]."""
+    return "last" if model.config.causal or model.config.summary_last else "mean"
 
 
 def add_task_tokens(model: nn.Module) -> None:
