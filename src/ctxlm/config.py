@@ -25,6 +25,8 @@ class ModelConfig:
     has_segments: ClassVar[bool] = False  # reads segment ids: [CLS] a [SEP] b [SEP] pairs (BERT)
     word_level: ClassVar[bool] = False  # one input id per word, no sub-word pieces (ELMo, Transformer-XL)
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
+    next_sentence: ClassVar[bool] = False  # pretrained on segment pairs with next-sentence prediction (BERT)
+    tokenizer_kind: ClassVar[str] = ""  # the kind of tokenizer a run from scratch trains ("": the model_type)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +115,7 @@ class BertConfig(TransformerConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
     has_segments: ClassVar[bool] = True
+    next_sentence: ClassVar[bool] = True
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
@@ -126,6 +129,62 @@ class BertConfig(TransformerConfig):
         super().validate()
         if self.nsp_head and not self.pooler:
             raise UserError("config: nsp_head needs the pooler (pooler: true)")
+
+
+def _both_position_terms() -> list[str]:
+    return ["c2p", "p2c"]
+
+
+@dataclass
+class DebertaConfig(TransformerConfig):
+    """DeBERTa (He et al. 2020) in the v2/v3 layout as published: a post-LN encoder with disentangled attention
+    over log-bucketed relative positions, no absolute positions in its input, no segment embeddings.
+
+    The defaults are deberta-v3-base's. `position_buckets` (k): relative distances beyond ±k/2 share log-spaced
+    buckets, 2k rows of position embeddings; 0: exact distances, clamped to ±max_relative_positions.
+    `max_relative_positions`: the distance the buckets reach (0: max_positions). `position_terms`: which of the
+    content → position ("c2p") and position → content ("p2c") terms the attention adds (both in DeBERTa).
+    `emd_layers`: the enhanced mask decoder's n, the top layer applied again that many times with absolute
+    positions in its queries before the masked-LM head (2 in the paper; 0: the head reads the top layer, as
+    Hugging Face's DebertaV2ForMaskedLM does). The published v3 layout's other settings are fixed: position
+    projections shared with the content ones, the position table LayerNorm'ed, GELU (erf).
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("deberta",)
+    tokenizer_kind: ClassVar[str] = "bert"  # WordPiece from scratch; the published v3 vocabulary is SentencePiece
+    model_type: str = "deberta"
+    vocab_size: int = 128100
+    max_positions: int = 512
+    layer_norm_eps: float = 1e-7
+    position_buckets: int = 256
+    max_relative_positions: int = 0
+    position_terms: list[str] = dataclasses.field(default_factory=_both_position_terms)
+    mlm_head: bool = True
+    emd_layers: int = 2
+
+    @property
+    def relative_reach(self) -> int:
+        """The largest distance the buckets tell apart: max_relative_positions, or max_positions when 0."""
+        return self.max_relative_positions or self.max_positions
+
+    @property
+    def relative_span(self) -> int:
+        """k: the position table has 2k rows, for the (bucketed) distances -k .. k - 1."""
+        return self.position_buckets or self.relative_reach
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("position_buckets", "max_relative_positions", "emd_layers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"config: {name} must be 0 or positive, got {getattr(self, name)}")
+        if self.position_buckets == 1:
+            raise UserError("config: position_buckets must be 0 (no buckets) or at least 2, got 1")
+        terms = self.position_terms
+        if not all(isinstance(t, str) for t in terms) or set(terms) - {"c2p", "p2c"} or len(set(terms)) != len(terms):
+            raise UserError(f"config: position_terms must be some of 'c2p', 'p2c' (each once), got {terms}")
+        if self.emd_layers and not self.mlm_head:
+            raise UserError("config: emd_layers decode for the masked-LM head: set it to 0 without one (mlm_head: "
+                            "false)")
 
 
 def _published_filters() -> list[list[int]]:
@@ -278,6 +337,7 @@ class TransformerXLConfig(ModelConfig):
 
 
 CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
+CONFIG_CLASSES.append(DebertaConfig)
 
 
 def config_class(model_type: str) -> type[ModelConfig]:

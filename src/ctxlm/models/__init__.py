@@ -6,12 +6,14 @@ from torch import nn
 
 from ctxlm.config import ModelConfig
 from ctxlm.models.bert import BertModel
+from ctxlm.models.deberta import DebertaModel
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
 from ctxlm.models.transformer_xl import TransformerXLLanguageModel
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
                                          "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
+MODEL_CLASSES["deberta"] = DebertaModel
 
 
 def build_model(config: ModelConfig) -> nn.Module:
