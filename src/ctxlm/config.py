@@ -397,8 +397,8 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
     keywords are its options of the same names (a bad value is refused naming the option), and those a family has
     no use for are ignored.
 
-    - gpt, gpt2, bert: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size` (default
-      8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
+    - gpt, gpt2, bert, deberta: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size`
+      (default 8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
     - elmo: the published character CNN with its filter counts scaled by dim / 512 (so dim 512 is ELMo
       "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default
       2) LSTMs of `cell_dim` cells (default 4 x dim) per direction, clipping at ±3 (`clip`) or none, a softmax
