@@ -53,8 +53,8 @@ Examples:
 """)
 @click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl", "deberta"]),
               help="architecture family (and objective: causal LM, masked LM + NSP for bert, forward + backward LM "
-              "for elmo, causal LM over segments with memory for transformer-xl, masked LM for deberta) [default: gpt2; "
-              "with --init: the checkpoint's]")
+              "for elmo, causal LM over segments with memory for transformer-xl, masked LM for deberta) "
+              "[default: gpt2; with --init: the checkpoint's]")
 @click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
               "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,

@@ -80,9 +80,9 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
              deterministic: bool = False, seed: int = 0, resume: bool = False, lowercase: bool | None = None,
              strip_accents: bool | None = None) -> dict[str, Any] | None:
-    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl, deberta) from scratch on the text `data` (a file,
-    a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl and
-    loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the sizes go to
+    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl, deberta) from scratch on the text `data` (a
+    file, a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl
+    and loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the sizes go to
     `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a tokenizer. Sizes left None take
     their defaults (`DEFAULTS`, and the preset's).
 
