@@ -390,3 +390,22 @@ def test_serve_fills_masks_shows_attention_and_embeds(deberta_dir):
     assert weights.shape == (2, 7, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 7), atol=1e-3, rtol=0)
     assert len(embedded.json()["vectors"][0]) == 32
+
+
+@pytest.mark.default_precision
+def test_a_span_head_answers_from_a_passage(deberta_dir):
+    from starlette.testclient import TestClient
+
+    import ctxlm
+    from ctxlm.qa.model import SpanModel
+    from ctxlm.serve import Served, create_app
+
+    model = ctxlm.load(deberta_dir)
+    torch.manual_seed(0)
+    squad = SpanModel(model, max_length=48, doc_stride=16, max_question_tokens=16).eval()
+    context = "the old man sees the house ."
+    with TestClient(create_app(Served("tiny-deberta", model, squad))) as c:
+        response = c.post("/predict", json={"inputs": [{"question": "who sees the house ?", "context": context}]})
+    assert response.status_code == 200, response.text
+    (answer,) = response.json()["predictions"]
+    assert answer["answer"] in context and 0 < answer["probability"] <= 1
