@@ -27,11 +27,8 @@ class ModelConfig:
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
     permutation_lm: ClassVar[bool] = False  # pretrains by permutation LM over two attention streams (XLNet)
     summary_last: ClassVar[bool] = False  # an encoder that sums a text up at its last token (XLNet's <cls>)
-
-    @property
-    def tokenizer_kind(self) -> str:
-        """The kind of tokenizer that a pretraining run from scratch trains for this family."""
-        return getattr(self, "model_type", "")
+    next_sentence: ClassVar[bool] = False  # pretrained on segment pairs with next-sentence prediction (BERT)
+    tokenizer_kind: ClassVar[str] = ""  # the kind of tokenizer a run from scratch trains ("": the model_type)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,6 +117,7 @@ class BertConfig(TransformerConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
     has_segments: ClassVar[bool] = True
+    next_sentence: ClassVar[bool] = True
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
@@ -133,6 +131,62 @@ class BertConfig(TransformerConfig):
         super().validate()
         if self.nsp_head and not self.pooler:
             raise UserError("config: nsp_head needs the pooler (pooler: true)")
+
+
+def _both_position_terms() -> list[str]:
+    return ["c2p", "p2c"]
+
+
+@dataclass
+class DebertaConfig(TransformerConfig):
+    """DeBERTa (He et al. 2020) in the v2/v3 layout as published: a post-LN encoder with disentangled attention
+    over log-bucketed relative positions, no absolute positions in its input, no segment embeddings.
+
+    The defaults are deberta-v3-base's. `position_buckets` (k): relative distances beyond ±k/2 share log-spaced
+    buckets, 2k rows of position embeddings; 0: exact distances, clamped to ±max_relative_positions.
+    `max_relative_positions`: the distance the buckets reach (0: max_positions). `position_terms`: which of the
+    content → position ("c2p") and position → content ("p2c") terms the attention adds (both in DeBERTa).
+    `emd_layers`: the enhanced mask decoder's n, the top layer applied again that many times with absolute
+    positions in its queries before the masked-LM head (2 in the paper; 0: the head reads the top layer, as
+    Hugging Face's DebertaV2ForMaskedLM does). The published v3 layout's other settings are fixed: position
+    projections shared with the content ones, the position table LayerNorm'ed, GELU (erf).
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("deberta",)
+    tokenizer_kind: ClassVar[str] = "bert"  # WordPiece from scratch; the published v3 vocabulary is SentencePiece
+    model_type: str = "deberta"
+    vocab_size: int = 128100
+    max_positions: int = 512
+    layer_norm_eps: float = 1e-7
+    position_buckets: int = 256
+    max_relative_positions: int = 0
+    position_terms: list[str] = dataclasses.field(default_factory=_both_position_terms)
+    mlm_head: bool = True
+    emd_layers: int = 2
+
+    @property
+    def relative_reach(self) -> int:
+        """The largest distance the buckets tell apart: max_relative_positions, or max_positions when 0."""
+        return self.max_relative_positions or self.max_positions
+
+    @property
+    def relative_span(self) -> int:
+        """k: the position table has 2k rows, for the (bucketed) distances -k .. k - 1."""
+        return self.position_buckets or self.relative_reach
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("position_buckets", "max_relative_positions", "emd_layers"):
+            if getattr(self, name) < 0:
+                raise UserError(f"config: {name} must be 0 or positive, got {getattr(self, name)}")
+        if self.position_buckets == 1:
+            raise UserError("config: position_buckets must be 0 (no buckets) or at least 2, got 1")
+        terms = self.position_terms
+        if not all(isinstance(t, str) for t in terms) or set(terms) - {"c2p", "p2c"} or len(set(terms)) != len(terms):
+            raise UserError(f"config: position_terms must be some of 'c2p', 'p2c' (each once), got {terms}")
+        if self.emd_layers and not self.mlm_head:
+            raise UserError("config: emd_layers decode for the masked-LM head: set it to 0 without one (mlm_head: "
+                            "false)")
 
 
 def _published_filters() -> list[list[int]]:
@@ -302,6 +356,7 @@ class XLNetConfig(TransformerConfig):
     has_memory: ClassVar[bool] = True
     permutation_lm: ClassVar[bool] = True
     summary_last: ClassVar[bool] = True
+    tokenizer_kind: ClassVar[str] = "gpt2"  # byte-level BPE from scratch; published models bring SentencePiece
     model_type: str = "xlnet"
     vocab_size: int = 32000
     max_positions: int = 512
@@ -309,10 +364,6 @@ class XLNetConfig(TransformerConfig):
     activation: str = "gelu"
     mem_len: int = 0
     clamp_len: int = -1
-
-    @property
-    def tokenizer_kind(self) -> str:
-        return "gpt2"
 
     def validate(self) -> None:
         super().validate()
@@ -324,6 +375,7 @@ class XLNetConfig(TransformerConfig):
 
 CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
 CONFIG_CLASSES.append(XLNetConfig)
+CONFIG_CLASSES.append(DebertaConfig)
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -383,8 +435,8 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
     keywords are its options of the same names (a bad value is refused naming the option), and those a family has
     no use for are ignored.
 
-    - gpt, gpt2, bert: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size` (default
-      8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
+    - gpt, gpt2, bert, deberta: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size`
+      (default 8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
     - elmo: the published character CNN with its filter counts scaled by dim / 512 (so dim 512 is ELMo
       "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default
       2) LSTMs of `cell_dim` cells (default 4 x dim) per direction, clipping at ±3 (`clip`) or none, a softmax

@@ -51,10 +51,10 @@ Examples:
   # a model too large to train on one GPU: each of 8 holds an eighth of its weights and optimizer state (FSDP)
   torchrun --nproc_per_node=8 -m ctxlm pretrain --model gpt2 --dim 2048 --layers 24 --heads 16 --fsdp --out runs/big
 """)
-@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl", "xlnet"]),
+@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl", "xlnet", "deberta"]),
               help="architecture family (and objective: causal LM, masked LM + NSP for bert, forward + backward LM "
               "for elmo, causal LM over segments with memory for transformer-xl, permutation LM over segments "
-              "with memory for xlnet) [default: gpt2; with --init: the checkpoint's]")
+              "with memory for xlnet, masked LM for deberta) [default: gpt2; with --init: the checkpoint's]")
 @click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
               "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,

@@ -34,7 +34,7 @@ from ctxlm.checkpoint import (
     read_safetensors_header,
     save,
 )
-from ctxlm.convert import allennlp_elmo, hf_bert, hf_gpt, hf_transfo_xl, hf_xlnet
+from ctxlm.convert import allennlp_elmo, hf_bert, hf_deberta, hf_gpt, hf_transfo_xl, hf_xlnet
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.tokenizers import Tokenizer
@@ -51,6 +51,7 @@ HUB_MODELS = {
     "gpt2-xl": "openai-community/gpt2-xl",
     "distilgpt2": "distilbert/distilgpt2",
     "transfo-xl-wt103": "transfo-xl/transfo-xl-wt103",
+    "deberta-v3-base": "microsoft/deberta-v3-base",
 }
 HUB_MODELS["xlnet-base-cased"] = "xlnet/xlnet-base-cased"
 
@@ -99,7 +100,8 @@ def read_legacy_bin(file: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
-    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT or Transformer-XL)."""
+    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT, Transformer-XL or
+    DeBERTa v2/v3)."""
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     hub_type = hf_config.get("model_type")
@@ -116,9 +118,12 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     elif hub_type == "xlnet":
         config = hf_xlnet.config_from_hf(hf_config)
         state = hf_xlnet.state_dict_from_hf(weights, config)
+    elif hub_type in ("deberta-v2", "deberta"):  # v1 ("deberta") is refused by name
+        config = hf_deberta.config_from_hf(hf_config, weights)
+        state = hf_deberta.state_dict_from_hf(weights, config)
     else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2, bert, transfo-xl, xlnet")
+                        "supported: openai-gpt, gpt2, bert, transfo-xl, xlnet, deberta-v2")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     check_dtypes(model, {name: t.dtype for name, t in state.items()}, str(path))
@@ -127,6 +132,8 @@ def from_hub_folder(path: str | Path) -> nn.Module:
         model.tokenizer = hf_transfo_xl.published_tokenizer(path)
     elif hub_type == "xlnet":  # SentencePiece: read only as a tokenizer.json
         model.tokenizer = hf_xlnet.published_tokenizer(path)
+    elif hub_type == "deberta-v2":  # a tokenizer.json if there is one; SentencePiece's spm.model is refused
+        model.tokenizer = hf_deberta.published_tokenizer(path)
     elif has_tokenizer(path):
         model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
     return model.eval()

@@ -6,6 +6,7 @@ from torch import nn
 
 from ctxlm.config import ModelConfig
 from ctxlm.models.bert import BertModel
+from ctxlm.models.deberta import DebertaModel
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
 from ctxlm.models.transformer_xl import TransformerXLLanguageModel
@@ -14,6 +15,7 @@ from ctxlm.models.xlnet import XLNetLanguageModel
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
                                          "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
 MODEL_CLASSES["xlnet"] = XLNetLanguageModel
+MODEL_CLASSES["deberta"] = DebertaModel
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -84,10 +84,13 @@ class TransformerBlock(AdaptableBlock):
 
     def __init__(self, dim: int, n_heads: int, mlp_dim: int, *, causal: bool, pre_norm: bool,
                  dropout: float = 0.0, attn_dropout: float = 0.0, norm_eps: float = 1e-5,
-                 activation: str = "gelu_tanh") -> None:
+                 activation: str = "gelu_tanh", attention: MultiHeadAttention | None = None) -> None:
         super().__init__()
         self.pre_norm = pre_norm
-        self.attn = MultiHeadAttention(dim, n_heads, causal=causal, dropout=attn_dropout)
+        # `attention`: another mode of attention over the same projections (qkv, out), such as DeBERTa's
+        # disentangled one, in place of the plain one; what it reads beyond (x, mask) comes in `attn_inputs`
+        self.attn = attention if attention is not None else MultiHeadAttention(dim, n_heads, causal=causal,
+                                                                                dropout=attn_dropout)
         self.attn_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, mlp_dim, activation)
         self.mlp_norm = nn.LayerNorm(dim, eps=norm_eps)
@@ -95,19 +98,19 @@ class TransformerBlock(AdaptableBlock):
         self.checkpointing = False  # see `use_gradient_checkpointing`
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
-                layer: int = 0) -> Tensor:
+                layer: int = 0, **attn_inputs) -> Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled() and cache is None:
             # Keep only the block's input; backward recomputes the rest (with the same dropout masks: the
             # checkpoint replays the random state).
-            return checkpoint(self._forward, x, mask, use_reentrant=False)
-        return self._forward(x, mask, cache, layer)
+            return checkpoint(self._forward, x, mask, use_reentrant=False, **attn_inputs)
+        return self._forward(x, mask, cache, layer, **attn_inputs)
 
     def _forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
-                 layer: int = 0) -> Tensor:
+                 layer: int = 0, **attn_inputs) -> Tensor:
         if self.pre_norm:
-            x = x + self._branch(self.attn(self.attn_norm(x), mask, cache, layer), self.attn_adapter)
+            x = x + self._branch(self.attn(self.attn_norm(x), mask, cache, layer, **attn_inputs), self.attn_adapter)
             return x + self._branch(self.mlp(self.mlp_norm(x)), self.mlp_adapter)
-        x = self.attn_norm(x + self._branch(self.attn(x, mask, cache, layer), self.attn_adapter))
+        x = self.attn_norm(x + self._branch(self.attn(x, mask, cache, layer, **attn_inputs), self.attn_adapter))
         return self.mlp_norm(x + self._branch(self.mlp(x), self.mlp_adapter))
 
 

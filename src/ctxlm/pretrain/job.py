@@ -5,7 +5,7 @@ The objective follows from what the family can do (the config's capability flags
 two attention streams → permutation LM over segments (XLNet); memory across segments → causal LM over segments
 (Transformer-XL); causal → causal LM (GPT, GPT-2); a word-level
 bidirectional model → forward + backward LMs (ELMo's biLM); else an encoder → masked LM, with next-sentence
-prediction for a model that reads segment pairs (BERT).
+prediction for a model pretrained on segment pairs (`next_sentence`: BERT; DeBERTa reads single segments).
 
 With `init` the run continues a checkpoint instead (ULMFiT's stage 2, task-adaptive pretraining; see
 `ctxlm.pretrain.init`): its weights, config and tokenizer, its family's objective, the heads it lacks created.
@@ -86,11 +86,11 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
              deterministic: bool = False, seed: int = 0, resume: bool = False, lowercase: bool | None = None,
              strip_accents: bool | None = None, partial_prediction: int = PAPER_K) -> dict[str, Any] | None:
-    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl, xlnet) from scratch on the text `data` (a file,
-    a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl and
-    loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the sizes go to
-    `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a tokenizer. Sizes left None take
-    their defaults (`DEFAULTS`, and the preset's).
+    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl, xlnet, deberta) from scratch on the text
+    `data` (a file, a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint,
+    metrics.jsonl and loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the
+    sizes go to `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a tokenizer. Sizes left
+    None take their defaults (`DEFAULTS`, and the preset's).
 
     `init` (a run or model folder, a converted Hub folder, "minilm", ...: what `ctxlm.load` reads) continues
     that checkpoint's family objective from its weights, with its tokenizer and sizes: `model` may be left

@@ -1,4 +1,6 @@
 """BERT pretraining data and objective: masked LM (15 %; 80 % [MASK], 10 % random, 10 % kept) + next sentence.
+A family pretrained without next-sentence prediction (its config's `next_sentence` false: DeBERTa) reads single
+segments instead of pairs (`build_sequences`) and trains the masked LM alone.
 
 Devlin et al. (2018) §3.1 and appendix A.2, data side as Google's `create_pretraining_data.py`:
 
@@ -153,6 +155,7 @@ class Instances:
     first_segment_length: np.ndarray  # int64, len([CLS] A [SEP]) per pair: segment 0, the rest is segment 1
     is_random_next: np.ndarray  # int64 NSP labels: 0 = IsNext (B follows A), 1 = NotNext (B from elsewhere)
     documents: int = 0  # documents that had tokens
+    unit: str = "pairs"  # what each row is: "pairs" (A and B), or "sequences" (one segment, `build_sequences`)
     empty_documents: int = 0  # documents given with no tokens at all: skipped
     skipped_chunks: int = 0  # one-token, one-sentence chunks drawn as IsNext: no pair can be cut from them
 
@@ -163,7 +166,7 @@ class Instances:
         return np.diff(self.offsets)
 
     def describe(self) -> str:
-        text = f"{len(self):,} pairs from {self.documents:,} documents"
+        text = f"{len(self):,} {self.unit} from {self.documents:,} documents"
         if self.empty_documents:
             text += f" ({self.empty_documents:,} empty documents skipped)"
         return text
@@ -195,15 +198,7 @@ def build_instances(documents: Sequence[Document], vocab: Vocabulary, max_length
         raise UserError(f"dupe factor must be at least 1, got {dupe_factor}")
     if not 0 <= short_seq_prob <= 1:
         raise UserError(f"short sequence probability must be in [0, 1], got {short_seq_prob}")
-    docs = [[np.asarray(s, dtype=np.int32) for s in doc] for doc in documents]
-    docs = [[s for s in doc if len(s)] for doc in docs]
-    empty = sum(not doc for doc in docs)
-    docs = [doc for doc in docs if doc]
-    for doc in docs:
-        ids = np.concatenate(doc)
-        if ids.min() < 0 or ids.max() >= vocab.size:
-            bad = ids.max() if ids.max() >= vocab.size else ids.min()
-            raise ValueError(f"token id {bad} is outside the vocabulary of {vocab.size}")
+    docs, empty = _non_empty(documents, vocab)
     if len(docs) < 2:
         raise UserError(f"next-sentence prediction needs at least 2 non-empty documents, got {len(docs)}"
                         + (f" ({empty} more had no tokens)" if empty else ""))
@@ -237,6 +232,51 @@ def build_instances(documents: Sequence[Document], vocab: Vocabulary, max_length
         is_random_next=np.array([labels[k] for k in order], dtype=np.int64),
         documents=len(docs), empty_documents=empty, skipped_chunks=skipped,
     )
+
+
+def _non_empty(documents: Sequence[Document], vocab: Vocabulary) -> tuple[list[list[np.ndarray]], int]:
+    """The documents that have tokens, each without its empty sentences, and how many had none; an id outside
+    the vocabulary is a ValueError."""
+    docs = [[np.asarray(s, dtype=np.int32) for s in doc] for doc in documents]
+    docs = [[s for s in doc if len(s)] for doc in docs]
+    empty = sum(not doc for doc in docs)
+    docs = [doc for doc in docs if doc]
+    for doc in docs:
+        ids = np.concatenate(doc)
+        if ids.min() < 0 or ids.max() >= vocab.size:
+            bad = ids.max() if ids.max() >= vocab.size else ids.min()
+            raise ValueError(f"token id {bad} is outside the vocabulary of {vocab.size}")
+    return docs, empty
+
+
+def build_sequences(documents: Sequence[Document], vocab: Vocabulary, max_length: int, seed: int) -> Instances:
+    """Single segments `[CLS] text [SEP]` for a masked LM without next-sentence prediction: each document's
+    sentences packed in order into rows of up to `max_length - 2` tokens (a longer sentence is cut), never across
+    documents (RoBERTa's DOC-SENTENCES, Liu et al. 2019 §4.2), the rows shuffled from `random.Random(seed)`. Every
+    token is in segment 0 and the next-sentence labels are 0, unread."""
+    if max_length < 3:
+        raise UserError(f"max sequence length {max_length} is too short for [CLS] text [SEP] (need >= 3)")
+    docs, empty = _non_empty(documents, vocab)
+    if not docs:
+        raise UserError("no sequences could be made: every document is empty")
+    budget = max_length - 2
+    cls, sep = np.array([vocab.cls_id], np.int32), np.array([vocab.sep_id], np.int32)
+    rows: list[np.ndarray] = []
+    for doc in docs:
+        chunk: list[np.ndarray] = []
+        length = 0
+        for piece in (s[i:i + budget] for s in doc for i in range(0, len(s), budget)):
+            if chunk and length + len(piece) > budget:
+                rows.append(np.concatenate([cls, *chunk, sep]))
+                chunk, length = [], 0
+            chunk.append(piece)
+            length += len(piece)
+        rows.append(np.concatenate([cls, *chunk, sep]))
+    random.Random(seed).shuffle(rows)
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    return Instances(ids=np.concatenate(rows), offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                     first_segment_length=lengths, is_random_next=np.zeros(len(rows), dtype=np.int64),
+                     documents=len(docs), empty_documents=empty, unit="sequences")
 
 
 def _document_pairs(docs: list[list[np.ndarray]], index: int, budget: int, short_seq_prob: float,
@@ -484,7 +524,8 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
                        batch_size: int = 32, tokenizer=None, resume: bool = False, whole_word: bool = False,
                        dupe_factor: int = 1, eval_batches: int = 50, init: nn.Module | None = None,
                        casing: dict[str, bool | None] | None = None) -> nn.Module:
-    """Pretrain a BERT by masked LM + next-sentence prediction; the model ends in run_dir/checkpoint.
+    """Pretrain a BERT by masked LM + next-sentence prediction (a family without it, `next_sentence` false, by
+    masked LM on single segments); the model ends in run_dir/checkpoint.
 
     `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
     documents are held out. `init`: continue this model (a checkpoint's, with its tokenizer and a masked-LM
@@ -505,8 +546,13 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     else:
         held_out = max(2, len(documents) // 20)
         documents, valid_documents = documents[:-held_out], documents[-held_out:]
-    train_pairs = build_instances(documents, vocab, max_length, seed=train.seed, dupe_factor=dupe_factor)
-    valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
+    pairs = model_config.next_sentence
+    if pairs:
+        train_pairs = build_instances(documents, vocab, max_length, seed=train.seed, dupe_factor=dupe_factor)
+        valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
+    else:  # dynamic masking already varies each epoch's rows: no duplicates
+        train_pairs = build_sequences(documents, vocab, max_length, seed=train.seed)
+        valid_pairs = build_sequences(valid_documents, vocab, max_length, seed=train.seed + 1)
     # Google's 20 predictions for 128 tokens; it binds only with whole words (15 % of 125 tokens is 19).
     options = dict(whole_word=whole_word, max_predictions=max(1, math.ceil(0.15 * max_length)))
     rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows
@@ -516,13 +562,15 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
           f"validation: {valid_pairs.describe()}")
 
     model = starting_model(model_config, tokenizer, train.seed, init)
-    objectives = "masked LM + next sentence" if model_config.nsp_head else "masked LM (no next-sentence head)"
-    print(f"model: bert, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, {objectives}")
+    objectives = ("masked LM" if not pairs else "masked LM + next sentence" if model_config.nsp_head
+                  else "masked LM (no next-sentence head)")
+    print(f"model: {model_config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{objectives}")
     write_data_json(run_dir, data, max_length=max_length, batch_size=batch_size)
     # A pooler without the next-sentence head gets no gradient: DDP must be told.
     trainer = Trainer(model, mlm_nsp_objective, train_batches.batch, train, run_dir,
                       eval_batches=lambda: valid_batches.eval_batches(eval_batches),
                       tokens_per_batch=int(train_pairs.lengths().mean() * batch_size),
-                      find_unused_parameters=model_config.pooler and not model_config.nsp_head)
+                      find_unused_parameters=pairs and model_config.pooler and not model_config.nsp_head)
     trainer.fit(resume=resume)
     return model

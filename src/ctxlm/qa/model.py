@@ -52,7 +52,7 @@ class SpanModel(HeadedModel):
     def __init__(self, lm: nn.Module, *, max_length: int = 384, doc_stride: int = 128, max_question_tokens: int = 64,
                  max_answer_tokens: int = 30, no_answer: bool = False, dropout: float = 0.1) -> None:
         super().__init__()
-        if not lm.config.has_segments:
+        if lm.config.causal or lm.config.word_level:  # a bidirectional sub-word encoder, with segments or not
             raise UserError(f"span extraction needs a BERT-family encoder, got {lm.config.model_type}; a decoder "
                             "can answer questions zero-shot with `ctxlm zeroshot`")
         if max_length > lm.config.max_positions:
