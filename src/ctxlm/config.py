@@ -25,6 +25,9 @@ class ModelConfig:
     has_segments: ClassVar[bool] = False  # reads segment ids: [CLS] a [SEP] b [SEP] pairs (BERT)
     word_level: ClassVar[bool] = False  # one input id per word, no sub-word pieces (ELMo, Transformer-XL)
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
+    # an encoder pretrained on sentence pairs with next-sentence prediction (BERT); one without it is pretrained on
+    # full sentences packed across document boundaries (RoBERTa)
+    next_sentence: ClassVar[bool] = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +116,7 @@ class BertConfig(TransformerConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
     has_segments: ClassVar[bool] = True
+    next_sentence: ClassVar[bool] = True
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
@@ -126,6 +130,33 @@ class BertConfig(TransformerConfig):
         super().validate()
         if self.nsp_head and not self.pooler:
             raise UserError("config: nsp_head needs the pooler (pooler: true)")
+
+
+@dataclass
+class RobertaConfig(BertConfig):
+    """RoBERTa (Liu et al. 2019): BERT's encoder pretrained without next-sentence prediction.
+
+    One token type: every token adds segment embedding 0 (the published weights hold that one row; a checkpoint
+    with more keeps them, unread, as the reference's tokenizer never asks for another). No NSP head, LayerNorm eps
+    1e-5, a byte-level BPE vocabulary. `max_positions` counts usable positions: the published table has two more
+    rows (514), the padding index and the one before it, which conversion drops.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("roberta",)
+    has_segments: ClassVar[bool] = False
+    next_sentence: ClassVar[bool] = False
+    model_type: str = "roberta"
+    vocab_size: int = 50265
+    max_positions: int = 512
+    layer_norm_eps: float = 1e-5
+    n_segments: int = 1
+    pooler: bool = False  # only a fine-tuning head would read it; RobertaForMaskedLM ships none
+    nsp_head: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.nsp_head:
+            raise UserError("config: RoBERTa has no next-sentence prediction (nsp_head must be false)")
 
 
 def _published_filters() -> list[list[int]]:
@@ -278,6 +309,7 @@ class TransformerXLConfig(ModelConfig):
 
 
 CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
+CONFIG_CLASSES.append(RobertaConfig)
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -337,8 +369,8 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
     keywords are its options of the same names (a bad value is refused naming the option), and those a family has
     no use for are ignored.
 
-    - gpt, gpt2, bert: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size` (default
-      8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
+    - gpt, gpt2, bert, roberta: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size`
+      (default 8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
     - elmo: the published character CNN with its filter counts scaled by dim / 512 (so dim 512 is ELMo
       "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default
       2) LSTMs of `cell_dim` cells (default 4 x dim) per direction, clipping at ±3 (`clip`) or none, a softmax

@@ -34,7 +34,7 @@ from ctxlm.checkpoint import (
     read_safetensors_header,
     save,
 )
-from ctxlm.convert import allennlp_elmo, hf_bert, hf_gpt, hf_transfo_xl
+from ctxlm.convert import allennlp_elmo, hf_bert, hf_gpt, hf_roberta, hf_transfo_xl
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.tokenizers import Tokenizer
@@ -52,6 +52,8 @@ HUB_MODELS = {
     "distilgpt2": "distilbert/distilgpt2",
     "transfo-xl-wt103": "transfo-xl/transfo-xl-wt103",
 }
+HUB_MODELS |= {"roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large",
+               "distilroberta-base": "distilbert/distilroberta-base"}
 
 
 def is_hub_layout(path: Path) -> bool:
@@ -98,7 +100,7 @@ def read_legacy_bin(file: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
-    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT or Transformer-XL)."""
+    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT, Transformer-XL or RoBERTa)."""
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     hub_type = hf_config.get("model_type")
@@ -112,9 +114,12 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     elif hub_type == "transfo-xl":
         config = hf_transfo_xl.config_from_hf(hf_config)
         state = hf_transfo_xl.state_dict_from_hf(weights, config)
+    elif hub_type == "roberta":
+        config = hf_roberta.config_from_hf(hf_config, weights)
+        state = hf_roberta.state_dict_from_hf(weights, config)
     else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2, bert, transfo-xl")
+                        "supported: openai-gpt, gpt2, bert, transfo-xl, roberta")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     check_dtypes(model, {name: t.dtype for name, t in state.items()}, str(path))

@@ -8,10 +8,12 @@ from ctxlm.config import ModelConfig
 from ctxlm.models.bert import BertModel
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
+from ctxlm.models.roberta import RobertaModel
 from ctxlm.models.transformer_xl import TransformerXLLanguageModel
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
                                          "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
+MODEL_CLASSES["roberta"] = RobertaModel
 
 
 def build_model(config: ModelConfig) -> nn.Module:
