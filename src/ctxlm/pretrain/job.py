@@ -4,7 +4,8 @@ calls for run, the final figures returned. `ctxlm.pretrain` (and `ctxlm pretrain
 The objective follows from what the family can do (the config's capability flags), never from its name:
 memory across segments → causal LM over segments (Transformer-XL); causal → causal LM (GPT, GPT-2); a word-level
 bidirectional model → forward + backward LMs (ELMo's biLM); else an encoder → masked LM, with next-sentence
-prediction for a model that reads segment pairs (BERT).
+prediction for a model that reads segment pairs (BERT), or on full sentences packed across documents for one
+without next-sentence prediction (`next_sentence` false: RoBERTa).
 
 With `init` the run continues a checkpoint instead (ULMFiT's stage 2, task-adaptive pretraining; see
 `ctxlm.pretrain.init`): its weights, config and tokenizer, its family's objective, the heads it lacks created.
@@ -80,8 +81,8 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
              deterministic: bool = False, seed: int = 0, resume: bool = False, lowercase: bool | None = None,
              strip_accents: bool | None = None) -> dict[str, Any] | None:
-    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl) from scratch on the text `data` (a file,
-    a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl and
+    """Pretrain a `model` family (gpt2, gpt, bert, roberta, elmo, transformer-xl) from scratch on the text `data` (a
+    file, a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint, metrics.jsonl and
     loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the sizes go to
     `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a tokenizer. Sizes left None take
     their defaults (`DEFAULTS`, and the preset's).
