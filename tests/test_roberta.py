@@ -433,3 +433,41 @@ def test_convert_a_hub_folder(tmp_path):
     assert model.tokenizer.encode_text(TEXTS[0]).ids == ref_tok(TEXTS[0])["input_ids"]
     for name, value in ours.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+
+
+@pytest.mark.fp32
+def test_span_extraction_reads_robertas_pair_template(pretrained, tmp_path):
+    """SQuAD's windows are `<s> question </s></s> passage piece </s>`, an answer's tokens map back to its word (not
+    the space a byte-level token carries), and a span model trains and answers on the family."""
+    from ctxlm.qa.finetune import answer_questions
+    from ctxlm.qa.model import SpanModel
+    from ctxlm.qa.options import SquadOptions
+    from ctxlm.qa.spans import make_windows
+    from ctxlm.qa.squad import read_squad
+    from ctxlm.transfer.config import FinetuneConfig
+    from ctxlm.transfer.finetune import finetune
+    from ctxlm.transfer.model import load_finetuned
+    from helpers import animal_articles
+
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps({"version": "1.1", "data": animal_articles(3, 4)}))
+    tok = ctxlm.load(pretrained / "checkpoint").tokenizer
+    questions = read_squad(train)
+    windows = make_windows(tok, questions, max_length=24, doc_stride=8)
+    assert len(windows) > len(questions)  # long passages were cut
+    for w in windows:
+        question = tok.encode(questions[w.question].question)
+        assert w.ids[:w.passage_start] == [tok.cls_id, *question, tok.sep_id, tok.sep_id] and w.ids[-1] == tok.sep_id
+        if w.start:
+            (start, _), (_, end) = w.offsets[w.start - w.passage_start], w.offsets[w.end - w.passage_start]
+            assert questions[w.question].context[start:end] == questions[w.question].answers[0][0]
+    config = FinetuneConfig(model=str(pretrained / "checkpoint"), task="squad", epochs=1, batch_size=16, lr=3e-3,
+                            max_length=24, device="cpu",
+                            task_options={"squad": SquadOptions(train_file=str(train), holdout_articles=1,
+                                                                doc_stride=8)})
+    result = finetune(config, tmp_path / "run")
+    assert result["train_windows"] > result["train_questions"]
+    model = load_finetuned(tmp_path / "run")
+    assert isinstance(model, SpanModel)
+    (answers,) = answer_questions(model, [("which animal is here ?", "the ball sees a bird sees the tree .")])
+    assert answers[0]["answer"] and not answers[0]["answer"][0].isspace()

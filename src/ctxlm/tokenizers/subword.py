@@ -387,6 +387,13 @@ class Tokenizer:
             out.append(Encoding(ids + list(closing), None, word_ids + [None] * n, offsets + [(0, 0)] * n))
         return out
 
+    def pair_specials(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """The special tokens of a pair input (before a, between a and b, after b): bert ([CLS],), ([SEP],),
+        ([SEP],); roberta (<s>,), (</s>, </s>), (</s>,); gpt, gpt2 the task tokens. For callers that assemble a
+        pair from pieces themselves (SQuAD's windows of a long passage)."""
+        frame = self._frame("pair_specials")
+        return frame.first, frame.middle, frame.last
+
     def _frame(self, caller: str) -> _Frame:
         """The special tokens around a model input of this kind."""
         if self.kind in ("bert", "roberta"):
