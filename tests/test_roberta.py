@@ -418,8 +418,9 @@ def test_serve_offers_fill_mask_and_the_panels(pretrained):
         assert embedded.status_code == 200, embedded.text
 
 
-def test_convert_a_hub_folder(tmp_path):
-    """A folder as the Hub ships RoBERTa (config.json, model.safetensors, vocab.json + merges.txt) converts."""
+def test_convert_a_hub_folder_and_continue_its_pretraining(tmp_path, monkeypatch, corpus_dir):
+    """A folder as the Hub ships RoBERTa (config.json, model.safetensors, vocab.json + merges.txt) converts, and
+    `--init` continues its masked LM on full sentences."""
     transformers = pytest.importorskip("transformers")
     ref, ours = reference_pair(2, 2, 16, 64, 400)  # room for the tokenizer's vocabulary
     ref.save_pretrained(tmp_path / "hub")
@@ -433,6 +434,11 @@ def test_convert_a_hub_folder(tmp_path):
     assert model.tokenizer.encode_text(TEXTS[0]).ids == ref_tok(TEXTS[0])["input_ids"]
     for name, value in ours.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    result = ctxlm.pretrain(data=write_documents(corpus_dir, tmp_path / "data"), out=tmp_path / "run",
+                            init=tmp_path / "converted", steps=2, block_size=32, batch_size=4, eval_every=2, warmup=1)
+    assert result["objective"] == "masked-lm" and "valid_mlm_accuracy" in result["final"]
+    assert isinstance(result["model"], RobertaModel) and result["model"].config.max_positions == 64
 
 
 @pytest.mark.fp32
