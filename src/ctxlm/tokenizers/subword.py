@@ -117,9 +117,9 @@ class Tokenizer:
 
     @property
     def lowercase(self) -> bool | None:
-        """Whether text is lower-cased before splitting: never for "gpt2"; for "gpt" and "bert" as the normaliser
-        saved with the vocabulary says (the published ones: always for "gpt", as made for "bert"); None if
-        unknown."""
+        """Whether text is lower-cased before splitting: never for "gpt2" and "roberta"; for "gpt" and "bert" as the
+        normaliser saved with the vocabulary says (the published ones: always for "gpt", as made for "bert"); None
+        if unknown."""
         if self.kind in BYTE_LEVEL_KINDS:
             return False
         return normalizer_lowercase(self.backend)
@@ -127,8 +127,8 @@ class Tokenizer:
     @property
     def strip_accents(self) -> bool | None:
         """Whether accents are stripped after Unicode decomposition ("й" → "и", "ё" → "е", "é" → "e"): never for
-        "gpt2"; for "gpt" and "bert" as the normaliser says (BERT's rule when unset: exactly when lower-casing);
-        None if unknown."""
+        "gpt2" and "roberta"; for "gpt" and "bert" as the normaliser says (BERT's rule when unset: exactly when
+        lower-casing); None if unknown."""
         if self.kind in BYTE_LEVEL_KINDS:
             return False
         return normalizer_strip_accents(self.backend)
@@ -162,15 +162,16 @@ class Tokenizer:
     def train(cls, files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str], kind: str,
               vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False,
               lowercase: bool | None = None, strip_accents: bool | None = None) -> Tokenizer:
-        """Learn a BPE (gpt, gpt2) or WordPiece (bert) vocabulary of at most `vocab_size` tokens (special
+        """Learn a BPE (gpt, gpt2, roberta) or WordPiece (bert) vocabulary of at most `vocab_size` tokens (special
         tokens included).
 
         `files`: a path or a list/tuple of paths (.txt, or .txt.gz) read as UTF-8, or any other iterable
         (e.g. a generator, `iter(lines)`) of text strings. The vocabulary starts with the special tokens:
         gpt2: <|endoftext|> and the three task tokens; gpt: <unk>, <|endoftext|> and the three task tokens;
-        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4). A corpus too small to supply enough merges gives a
-        smaller vocabulary. The same files give the same tokenizer (gpt and bert read them twice for that; a
-        one-shot iterator of texts is read once, and its gpt or bert vocabulary may then vary between runs).
+        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4); roberta: <s> <pad> </s> <unk> <mask> (ids 0-4). A corpus
+        too small to supply enough merges gives a smaller vocabulary. The same files give the same tokenizer (gpt
+        and bert read them twice for that; a one-shot iterator of texts is read once, and its gpt or bert
+        vocabulary may then vary between runs).
         `lowercase` (gpt, bert; default True): lower-case first, as "uncased" BERT and the 2018 GPT; False keeps
         case, as "cased" BERT. `strip_accents` (gpt, bert; default: as `lowercase`): strip accents after Unicode
         decomposition, which also turns Russian "й" into "и" and "ё" into "е": a cased vocabulary keeps them unless
@@ -185,7 +186,8 @@ class Tokenizer:
                    lowercase: bool | None = None) -> Tokenizer:
         """Load tokenizer.json (ours or HF's; our tokenizer_config.json restores kind and roles), or else the
         published vocab.json + merges.txt pair (GPT, GPT-2), or else a published BERT vocab.txt. `kind` is
-        inferred when not given ("</w>" suffix => gpt, WordPiece or vocab.txt => bert).
+        inferred when not given ("</w>" suffix => gpt, WordPiece or vocab.txt => bert, byte-level BPE with <s> and
+        <mask> => roberta, other byte-level BPE => gpt2).
 
         BERT's casing: a tokenizer.json holds it. A bare vocab.txt takes it from the tokenizer_config.json
         beside it ("do_lower_case", "strip_accents", "tokenize_chinese_chars", as HF writes them), else from
