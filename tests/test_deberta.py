@@ -274,28 +274,6 @@ def deberta_dir(tmp_path_factory, corpus_dir):
     return ctxlm.save(model, tmp_path_factory.mktemp("models") / "deberta")
 
 
-def test_single_segments_pack_each_documents_sentences_in_order_and_never_across_documents():
-    import numpy as np
-
-    from ctxlm.pretrain.masked_lm import Vocabulary, build_sequences
-
-    vocab = Vocabulary(cls_id=1, sep_id=2, mask_id=3, pad_id=0, size=1000, special_ids=frozenset({0, 1, 2, 3}))
-    documents = [[[10 + i] * (i + 1) for i in range(6)], [[500 + i for i in range(25)]], [[], [7, 8]]]
-    out = build_sequences(documents, vocab, max_length=10, seed=0)
-    rows = [out.ids[a:b] for a, b in zip(out.offsets[:-1], out.offsets[1:], strict=True)]
-    assert all(r[0] == 1 and r[-1] == 2 and len(r) <= 10 for r in rows)
-    assert out.first_segment_length.tolist() == [len(r) for r in rows]  # one segment: every token is segment 0
-    assert not out.is_random_next.any() and out.unit == "sequences" and out.documents == 3
-    for document in documents:  # each row is one document's, and its rows hold the document's tokens in order
-        tokens = [t for sentence in document for t in sentence]
-        own = [r[1:-1] for r in rows if r[1] in tokens]
-        assert all(set(r.tolist()) <= set(tokens) for r in own)
-        assert sorted(np.concatenate(own).tolist()) == sorted(tokens)
-    # whole sentences are packed while they fit (the first document: 1 + 2 + 3 + 4 + 5 + 6 tokens, 8 a row)
-    first = sorted((r[1:-1].tolist() for r in rows if r[1] < 500 and r[1] != 7), key=lambda r: r[0])
-    assert first == [[10, 11, 11, 12, 12, 12], [13] * 4, [14] * 5, [15] * 6]
-
-
 def test_pretrain_deberta_from_the_command_line(monkeypatch, capsys, tmp_path, corpus_dir):
     import ctxlm
 

@@ -189,6 +189,33 @@ class DebertaConfig(TransformerConfig):
                             "false)")
 
 
+@dataclass
+class RobertaConfig(BertConfig):
+    """RoBERTa (Liu et al. 2019): BERT's encoder pretrained without next-sentence prediction.
+
+    One token type: every token adds segment embedding 0 (the published weights hold that one row; a checkpoint
+    with more keeps them, unread, as the reference's tokenizer never asks for another). No NSP head, LayerNorm eps
+    1e-5, a byte-level BPE vocabulary. `max_positions` counts usable positions: the published table has two more
+    rows (514), the padding index and the one before it, which conversion drops.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("roberta",)
+    has_segments: ClassVar[bool] = False
+    next_sentence: ClassVar[bool] = False
+    model_type: str = "roberta"
+    vocab_size: int = 50265
+    max_positions: int = 512
+    layer_norm_eps: float = 1e-5
+    n_segments: int = 1
+    pooler: bool = False  # only a fine-tuning head would read it; RobertaForMaskedLM ships none
+    nsp_head: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.nsp_head:
+            raise UserError("config: RoBERTa has no next-sentence prediction (nsp_head must be false)")
+
+
 def _published_filters() -> list[list[int]]:
     return [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
 
@@ -376,6 +403,7 @@ class XLNetConfig(TransformerConfig):
 CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
 CONFIG_CLASSES.append(XLNetConfig)
 CONFIG_CLASSES.append(DebertaConfig)
+CONFIG_CLASSES.append(RobertaConfig)
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -435,7 +463,7 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
     keywords are its options of the same names (a bad value is refused naming the option), and those a family has
     no use for are ignored.
 
-    - gpt, gpt2, bert, deberta: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size`
+    - gpt, gpt2, bert, roberta, deberta: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size`
       (default 8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
     - elmo: the published character CNN with its filter counts scaled by dim / 512 (so dim 512 is ELMo
       "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default

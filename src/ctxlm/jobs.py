@@ -159,8 +159,9 @@ def glimpse(objective: str, model: nn.Module, seed: int) -> dict[str, Any]:
     if objective in (job.CAUSAL_LM, job.SEGMENTS):
         continuation = generate(model, PROMPT, max_new_tokens=40, temperature=0.8, top_k=40, seed=seed)[0]
         return {"sample": {"prompt": PROMPT, "continuation": continuation}}
-    if objective == job.MASKED_LM:
-        return {"fill_in": fill_in(model, "the city is on the [MASK] of the river .")}
+    if objective == job.MASKED_LM:  # written with the tokenizer's own mask token: BERT's [MASK], RoBERTa's <mask>
+        mask = model.tokenizer.special_tokens.get("mask", "[MASK]")
+        return {"fill_in": fill_in(model, f"the city is on the {mask} of the river .")}
     if objective == job.PERMUTATION_LM:
         return {"fill_in": fill_in_by_permutation(model, "the city is on the", "of the river .")}
     return {"next_words": next_words(model, PROMPT, "of the river .")}
@@ -168,7 +169,7 @@ def glimpse(objective: str, model: nn.Module, seed: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def fill_in(model: nn.Module, text: str, k: int = 5) -> dict[str, Any]:
-    """The k likeliest words for the [MASK] in `text`, by a masked LM."""
+    """The k likeliest words for the mask token in `text`, by a masked LM."""
     tok = model.eval().tokenizer
     enc = tok.encode_text(text)
     ids = torch.tensor([enc.ids], device=next(model.parameters()).device)  # a GPU's under torchrun

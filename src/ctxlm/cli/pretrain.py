@@ -31,6 +31,8 @@ Examples:
   ctxlm pretrain --init runs/gpt2-wt2 --data imdb --out runs/gpt2-imdb --lr-decay 2.6 --schedule slanted
   # BERT: masked LM (15 %, 80/10/10) + next-sentence prediction, whole-word masking
   ctxlm pretrain --model bert --data wikitext2 --out runs/bert-wt2 --block-size 128 --whole-word-masking
+  # RoBERTa: byte-level BPE, masked LM without next-sentence prediction on full sentences, a new mask every epoch
+  ctxlm pretrain --model roberta --data wikitext2 --out runs/roberta-wt2 --block-size 128
   # ELMo: a character CNN under forward and backward LSTMs (biLM), softmax over every wikitext2 word
   ctxlm pretrain --model elmo --data wikitext2 --out runs/elmo-wt2 --dim 128 --max-minutes 10
   # ... with the published cell and projection clipping (slower: a step-by-step LSTM), adaptive softmax
@@ -51,10 +53,12 @@ Examples:
   # a model too large to train on one GPU: each of 8 holds an eighth of its weights and optimizer state (FSDP)
   torchrun --nproc_per_node=8 -m ctxlm pretrain --model gpt2 --dim 2048 --layers 24 --heads 16 --fsdp --out runs/big
 """)
-@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl", "xlnet", "deberta"]),
-              help="architecture family (and objective: causal LM, masked LM + NSP for bert, forward + backward LM "
-              "for elmo, causal LM over segments with memory for transformer-xl, permutation LM over segments "
-              "with memory for xlnet, masked LM for deberta) [default: gpt2; with --init: the checkpoint's]")
+@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "roberta", "deberta", "elmo", "transformer-xl",
+                                          "xlnet"]),
+              help="architecture family (and objective: causal LM, masked LM + NSP for bert, masked LM on full "
+              "sentences across documents for roberta and deberta, forward + backward LM for elmo, causal LM over "
+              "segments with memory for transformer-xl, permutation LM over segments with memory for xlnet) "
+              "[default: gpt2; with --init: the checkpoint's]")
 @click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
               "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,

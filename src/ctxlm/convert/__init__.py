@@ -34,7 +34,7 @@ from ctxlm.checkpoint import (
     read_safetensors_header,
     save,
 )
-from ctxlm.convert import allennlp_elmo, hf_bert, hf_deberta, hf_gpt, hf_transfo_xl, hf_xlnet
+from ctxlm.convert import allennlp_elmo, hf_bert, hf_deberta, hf_gpt, hf_roberta, hf_transfo_xl, hf_xlnet
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.tokenizers import Tokenizer
@@ -54,6 +54,8 @@ HUB_MODELS = {
     "deberta-v3-base": "microsoft/deberta-v3-base",
 }
 HUB_MODELS["xlnet-base-cased"] = "xlnet/xlnet-base-cased"
+HUB_MODELS |= {"roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large",
+               "distilroberta-base": "distilbert/distilroberta-base"}
 
 
 def is_hub_layout(path: Path) -> bool:
@@ -100,8 +102,8 @@ def read_legacy_bin(file: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
-    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT, Transformer-XL or
-    DeBERTa v2/v3)."""
+    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT, RoBERTa, DeBERTa v2/v3,
+    Transformer-XL or XLNet)."""
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     hub_type = hf_config.get("model_type")
@@ -115,6 +117,9 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     elif hub_type == "transfo-xl":
         config = hf_transfo_xl.config_from_hf(hf_config)
         state = hf_transfo_xl.state_dict_from_hf(weights, config)
+    elif hub_type == "roberta":
+        config = hf_roberta.config_from_hf(hf_config, weights)
+        state = hf_roberta.state_dict_from_hf(weights, config)
     elif hub_type == "xlnet":
         config = hf_xlnet.config_from_hf(hf_config)
         state = hf_xlnet.state_dict_from_hf(weights, config)
@@ -123,7 +128,7 @@ def from_hub_folder(path: str | Path) -> nn.Module:
         state = hf_deberta.state_dict_from_hf(weights, config)
     else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2, bert, transfo-xl, xlnet, deberta-v2")
+                        "supported: openai-gpt, gpt2, bert, roberta, deberta-v2, transfo-xl, xlnet")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     check_dtypes(model, {name: t.dtype for name, t in state.items()}, str(path))

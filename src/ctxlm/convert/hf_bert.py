@@ -54,8 +54,7 @@ def config_from_hf(hf: dict, hf_state: dict[str, Tensor]) -> BertConfig:
         raise UserError(f"expected a Hub config of model_type 'bert', got {hf.get('model_type')!r}")
     if hf.get("hidden_act", "gelu") != "gelu" or hf.get("position_embedding_type", "absolute") != "absolute":
         raise UserError("only BERT with GELU (erf) and absolute positions is supported")
-    state = normalise_names(hf_state)
-    present = {head: all(theirs in state for theirs in names.values()) for head, names in _HEADS.items()}
+    present = heads_present(normalise_names(hf_state))
     return BertConfig(
         vocab_size=hf["vocab_size"], max_positions=hf["max_position_embeddings"], n_segments=hf["type_vocab_size"],
         dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
@@ -64,6 +63,11 @@ def config_from_hf(hf: dict, hf_state: dict[str, Tensor]) -> BertConfig:
         init_std=hf.get("initializer_range", 0.02), pooler=present["pooler"], mlm_head=present["mlm_head"],
         nsp_head=present["nsp_head"] and present["pooler"],
     )
+
+
+def heads_present(state: dict[str, Tensor]) -> dict[str, bool]:
+    """Which of pooler, mlm_head, nsp_head a checkpoint (in BERT's names, `normalise_names`) holds whole."""
+    return {head: all(theirs in state for theirs in names.values()) for head, names in _HEADS.items()}
 
 
 def state_dict_from_hf(hf_state: dict[str, Tensor], config: BertConfig) -> dict[str, Tensor]:

@@ -9,6 +9,7 @@ from ctxlm.models.bert import BertModel
 from ctxlm.models.deberta import DebertaModel
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
+from ctxlm.models.roberta import RobertaModel
 from ctxlm.models.transformer_xl import TransformerXLLanguageModel
 from ctxlm.models.xlnet import XLNetLanguageModel
 
@@ -16,6 +17,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GP
                                          "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
 MODEL_CLASSES["xlnet"] = XLNetLanguageModel
 MODEL_CLASSES["deberta"] = DebertaModel
+MODEL_CLASSES["roberta"] = RobertaModel
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -51,7 +51,7 @@ class BERT(nn.Module):
         batch, time = ids.shape
         if time > self.config.max_positions:
             raise UserError(f"input of {time} tokens is longer than the model's {self.config.max_positions} positions")
-        positions = torch.arange(time, device=ids.device)[None]
+        positions = self.positions(ids, mask)
         if segments is None:
             segments = torch.zeros_like(ids)
         attn_mask = build_attention_mask(time, time, causal=False, key_mask=mask)
@@ -61,6 +61,10 @@ class BERT(nn.Module):
             x = block(x, attn_mask)
             states.append(x)
         return Hidden(tuple(states))
+
+    def positions(self, ids: Tensor, mask: Tensor | None) -> Tensor:
+        """Each token's position: its index from 0, padding or not (a family may count otherwise)."""
+        return torch.arange(ids.shape[1], device=ids.device)[None]
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         return [list(self.embed.parameters())] + [list(b.parameters()) for b in self.blocks]
@@ -82,10 +86,12 @@ class MaskedLMHead(nn.Module):
 class BertModel(nn.Module):
     """The encoder with the pooler and pretraining heads its config asks for."""
 
+    backbone_class: type[BERT] = BERT  # a family that reuses these heads over its own backbone names it here
+
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = BERT(config)
+        self.backbone = self.backbone_class(config)
         self.pooler = nn.Linear(config.dim, config.dim) if config.pooler else None
         self.mlm = MaskedLMHead(config) if config.mlm_head else None
         self.nsp = nn.Linear(config.dim, 2) if config.nsp_head else None

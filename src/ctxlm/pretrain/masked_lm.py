@@ -1,6 +1,6 @@
-"""BERT pretraining data and objective: masked LM (15 %; 80 % [MASK], 10 % random, 10 % kept) + next sentence.
-A family pretrained without next-sentence prediction (its config's `next_sentence` false: DeBERTa) reads single
-segments instead of pairs (`build_sequences`) and trains the masked LM alone.
+"""BERT's and its successors' pretraining data and objective: masked LM (15 %; 80 % [MASK], 10 % random, 10 %
+kept), with next-sentence prediction for BERT; a family pretrained without it (its config's `next_sentence` false:
+RoBERTa, DeBERTa) reads full sentences packed across documents (`pack_full_sentences`) and trains the masked LM alone.
 
 Devlin et al. (2018) §3.1 and appendix A.2, data side as Google's `create_pretraining_data.py`:
 
@@ -8,8 +8,12 @@ Devlin et al. (2018) §3.1 and appendix A.2, data side as Google's `create_pretr
 - `build_instances`: tokenised documents -> sentence pairs `[CLS] A [SEP] B [SEP]` with segment ids and a
   next-sentence label (0 = IsNext, 1 = NotNext, as BERT and Hugging Face), drawn once from a seed and stored flat
   in numpy arrays (4 bytes a token).
-- `mask_tokens`: masking drawn at batch time ("dynamic masking", as RoBERTa): every epoch masks differently and
-  a batch is a pure function of (seed, batch index), so a resumed run sees exactly the batches it would have.
+- `pack_full_sentences`: RoBERTa's inputs instead (Liu et al. 2019 §4.2, FULL-SENTENCES): whole sentences read
+  contiguously across document boundaries, a separator between documents, no pairs and no next-sentence labels.
+- `mask_tokens`: masking drawn at batch time, RoBERTa's dynamic masking (§4.1) for both families: a sequence gets
+  a new mask every time it is served (every epoch), where BERT's script masked each pair once and stored it
+  (`dupe_factor` copies); a batch is a pure function of (seed, batch index), so a resumed run sees exactly the
+  batches it would have.
 - `MaskedLMBatches`: the batches the shared `Trainer` asks for by index; `mlm_nsp_objective`: the loss.
 
 Under torchrun every process builds and masks the global batch of N x batch_size pairs, as one process with that
@@ -122,11 +126,17 @@ class Vocabulary:
 
     @classmethod
     def of(cls, tokenizer) -> Vocabulary:
-        """From a `ctxlm.tokenizers.Tokenizer` (BERT kind): its specials and its "##" continuation pieces."""
+        """From a `ctxlm.tokenizers.Tokenizer` (BERT or RoBERTa kind): its specials and its continuation pieces,
+        WordPiece's "##" ones, or where words are led by a space (`word_prefix`, byte-level BPE) every piece that
+        does not start with one (as fairseq's whole-word masking for RoBERTa)."""
         vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
         continuation = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-        for token, index in vocab.items():
-            continuation[index] = token.startswith("##")
+        if tokenizer.word_prefix:
+            texts = tokenizer.token_texts(range(tokenizer.vocab_size))
+            continuation = torch.tensor([not text.startswith(tokenizer.word_prefix) for text in texts])
+        else:
+            for token, index in vocab.items():
+                continuation[index] = token.startswith("##")
         return cls(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.vocab_size,
                    frozenset(tokenizer.special_ids), continuation)
 
@@ -148,16 +158,17 @@ SpecialIds = Vocabulary  # the name the design notes use
 # -- documents -> sentence pairs ---------------------------------------------------------------------------------
 @dataclass
 class Instances:
-    """Sentence pairs `[CLS] A [SEP] B [SEP]`, stored flat: pair k is ids[offsets[k]:offsets[k+1]]."""
+    """Sentence pairs `[CLS] A [SEP] B [SEP]` (or, with `pairs` false, packed sequences `[CLS] ... [SEP]` of one
+    segment with no next-sentence label), stored flat: row k is ids[offsets[k]:offsets[k+1]]."""
 
     ids: np.ndarray  # int32, every pair's ids one after the other
     offsets: np.ndarray  # int64, len = n + 1
     first_segment_length: np.ndarray  # int64, len([CLS] A [SEP]) per pair: segment 0, the rest is segment 1
     is_random_next: np.ndarray  # int64 NSP labels: 0 = IsNext (B follows A), 1 = NotNext (B from elsewhere)
     documents: int = 0  # documents that had tokens
-    unit: str = "pairs"  # what each row is: "pairs" (A and B), or "sequences" (one segment, `build_sequences`)
     empty_documents: int = 0  # documents given with no tokens at all: skipped
     skipped_chunks: int = 0  # one-token, one-sentence chunks drawn as IsNext: no pair can be cut from them
+    pairs: bool = True  # sentence pairs with next-sentence labels (BERT), else packed sequences (RoBERTa)
 
     def __len__(self) -> int:
         return len(self.is_random_next)
@@ -166,7 +177,7 @@ class Instances:
         return np.diff(self.offsets)
 
     def describe(self) -> str:
-        text = f"{len(self):,} {self.unit} from {self.documents:,} documents"
+        text = f"{len(self):,} {'pairs' if self.pairs else 'sequences'} from {self.documents:,} documents"
         if self.empty_documents:
             text += f" ({self.empty_documents:,} empty documents skipped)"
         return text
@@ -249,34 +260,46 @@ def _non_empty(documents: Sequence[Document], vocab: Vocabulary) -> tuple[list[l
     return docs, empty
 
 
-def build_sequences(documents: Sequence[Document], vocab: Vocabulary, max_length: int, seed: int) -> Instances:
-    """Single segments `[CLS] text [SEP]` for a masked LM without next-sentence prediction: each document's
-    sentences packed in order into rows of up to `max_length - 2` tokens (a longer sentence is cut), never across
-    documents (RoBERTa's DOC-SENTENCES, Liu et al. 2019 §4.2), the rows shuffled from `random.Random(seed)`. Every
-    token is in segment 0 and the next-sentence labels are 0, unread."""
+# -- documents -> full sentences (RoBERTa, DeBERTa) ---------------------------------------------------------------
+def pack_full_sentences(documents: Sequence[Document], vocab: Vocabulary, max_length: int, seed: int) -> Instances:
+    """RoBERTa's FULL-SENTENCES inputs (Liu et al. 2019 §4.2): `[CLS] sentences [SEP]` ("<s> ... </s>"), each filled
+    with whole sentences read contiguously, across document boundaries, up to `max_length` tokens. Where a document
+    ends inside an input, one extra separator goes between it and the next document's first sentence; an input
+    never starts with one. A sentence longer than an input is cut into input-sized pieces, each read as a sentence.
+
+    Every token is segment 0 and there is no next-sentence label. Inputs are shuffled with `random.Random(seed)`
+    (the batches shuffle again every epoch); nothing is duplicated, since masking is drawn anew at every epoch.
+    """
     if max_length < 3:
         raise UserError(f"max sequence length {max_length} is too short for [CLS] text [SEP] (need >= 3)")
     docs, empty = _non_empty(documents, vocab)
     if not docs:
-        raise UserError("no sequences could be made: every document is empty")
+        raise UserError(f"no tokens to pack: all {empty} documents are empty")
     budget = max_length - 2
     cls, sep = np.array([vocab.cls_id], np.int32), np.array([vocab.sep_id], np.int32)
     rows: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    length = 0
     for doc in docs:
-        chunk: list[np.ndarray] = []
-        length = 0
-        for piece in (s[i:i + budget] for s in doc for i in range(0, len(s), budget)):
-            if chunk and length + len(piece) > budget:
-                rows.append(np.concatenate([cls, *chunk, sep]))
-                chunk, length = [], 0
-            chunk.append(piece)
-            length += len(piece)
-        rows.append(np.concatenate([cls, *chunk, sep]))
+        boundary = bool(current)  # this document starts inside an input: a separator goes first
+        for sentence in doc:
+            for start in range(0, len(sentence), budget):
+                piece = sentence[start:start + budget]
+                if current and length + boundary + len(piece) > budget:  # full: the sentence opens the next input
+                    rows.append(np.concatenate([cls, *current, sep]))
+                    current, length, boundary = [], 0, False
+                if boundary:
+                    current.append(sep)
+                    length, boundary = length + 1, False
+                current.append(piece)
+                length += len(piece)
+    if current:
+        rows.append(np.concatenate([cls, *current, sep]))
     random.Random(seed).shuffle(rows)
     lengths = np.array([len(row) for row in rows], dtype=np.int64)
     return Instances(ids=np.concatenate(rows), offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                      first_segment_length=lengths, is_random_next=np.zeros(len(rows), dtype=np.int64),
-                     documents=len(docs), empty_documents=empty, unit="sequences")
+                     documents=len(docs), empty_documents=empty, pairs=False)
 
 
 def _document_pairs(docs: list[list[np.ndarray]], index: int, budget: int, short_seq_prob: float,
@@ -427,7 +450,8 @@ def seeded(*numbers: int) -> torch.Generator:
 
 # -- batches ----------------------------------------------------------------------------------------------------
 class MaskedLMBatches:
-    """Batches of masked pairs: dict(ids, mask, segments, mlm_labels, nsp_labels), all int64 but `mask` (bool).
+    """Batches of masked pairs: dict(ids, mask, segments, mlm_labels, nsp_labels), all int64 but `mask` (bool);
+    of packed sequences (`Instances.pairs` false): dict(ids, mask, mlm_labels).
 
     Rows are padded to the longest in the batch (`pad_to=None`), not to the maximum length: a tenth of the pairs
     are short by design and the chunks at document ends are too, so fixed padding would spend compute on padding;
@@ -488,6 +512,8 @@ class MaskedLMBatches:
         segments = ((position >= torch.from_numpy(inst.first_segment_length[rows])[:, None]) & mask).long()
         candidates = mask & ~torch.isin(ids, self.vocab.special_tensor)
         inputs, labels = mask_tokens(ids, candidates, self.vocab, generator, **self.options)
+        if not inst.pairs:  # one segment, no next-sentence label
+            return {"ids": inputs, "mask": mask, "mlm_labels": labels}
         return {"ids": inputs, "mask": mask, "segments": segments, "mlm_labels": labels,
                 "nsp_labels": torch.from_numpy(inst.is_random_next[rows])}
 
@@ -504,7 +530,7 @@ def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
     device = next(model.parameters()).device
     batch = {name: value.to(device) for name, value in batch.items()}
     chosen = batch["mlm_labels"] != IGNORE
-    out = model(batch["ids"], mask=batch["mask"], segments=batch["segments"], masked_positions=chosen)
+    out = model(batch["ids"], mask=batch["mask"], segments=batch.get("segments"), masked_positions=chosen)
     targets = batch["mlm_labels"][chosen]
     mlm_loss = F.cross_entropy(out.mlm_logits.float(), targets)
     with torch.no_grad():
@@ -512,6 +538,9 @@ def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
                    "mlm_accuracy": (out.mlm_logits.argmax(-1) == targets).float().mean()}
     if out.nsp_logits is None:
         return mlm_loss, metrics
+    if "nsp_labels" not in batch:
+        raise UserError("this model has a next-sentence head, but its batches are packed sequences without "
+                        "next-sentence labels")
     nsp_loss = F.cross_entropy(out.nsp_logits.float(), batch["nsp_labels"])
     with torch.no_grad():
         metrics |= {"nsp_loss": nsp_loss.detach(),
@@ -524,8 +553,8 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
                        batch_size: int = 32, tokenizer=None, resume: bool = False, whole_word: bool = False,
                        dupe_factor: int = 1, eval_batches: int = 50, init: nn.Module | None = None,
                        casing: dict[str, bool | None] | None = None) -> nn.Module:
-    """Pretrain a BERT by masked LM + next-sentence prediction (a family without it, `next_sentence` false, by
-    masked LM on single segments); the model ends in run_dir/checkpoint.
+    """Pretrain a BERT by masked LM + next-sentence prediction, or a family without it (`next_sentence` false:
+    RoBERTa, DeBERTa) by masked LM on packed full sentences; the model ends in run_dir/checkpoint.
 
     `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
     documents are held out. `init`: continue this model (a checkpoint's, with its tokenizer and a masked-LM
@@ -546,13 +575,12 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     else:
         held_out = max(2, len(documents) // 20)
         documents, valid_documents = documents[:-held_out], documents[-held_out:]
-    pairs = model_config.next_sentence
-    if pairs:
+    if model_config.next_sentence:
         train_pairs = build_instances(documents, vocab, max_length, seed=train.seed, dupe_factor=dupe_factor)
         valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
-    else:  # dynamic masking already varies each epoch's rows: no duplicates
-        train_pairs = build_sequences(documents, vocab, max_length, seed=train.seed)
-        valid_pairs = build_sequences(valid_documents, vocab, max_length, seed=train.seed + 1)
+    else:  # full sentences: no pairs to duplicate, and the masks differ every epoch anyway
+        train_pairs = pack_full_sentences(documents, vocab, max_length, seed=train.seed)
+        valid_pairs = pack_full_sentences(valid_documents, vocab, max_length, seed=train.seed + 1)
     # Google's 20 predictions for 128 tokens; it binds only with whole words (15 % of 125 tokens is 19).
     options = dict(whole_word=whole_word, max_predictions=max(1, math.ceil(0.15 * max_length)))
     rows = batch_size * distributed.world_size()  # the global batch, of which each process takes its rows
@@ -562,8 +590,8 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
           f"validation: {valid_pairs.describe()}")
 
     model = starting_model(model_config, tokenizer, train.seed, init)
-    objectives = ("masked LM" if not pairs else "masked LM + next sentence" if model_config.nsp_head
-                  else "masked LM (no next-sentence head)")
+    objectives = ("masked LM on full sentences" if not model_config.next_sentence else
+                  "masked LM + next sentence" if model_config.nsp_head else "masked LM (no next-sentence head)")
     print(f"model: {model_config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{objectives}")
     write_data_json(run_dir, data, max_length=max_length, batch_size=batch_size)
@@ -571,6 +599,6 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     trainer = Trainer(model, mlm_nsp_objective, train_batches.batch, train, run_dir,
                       eval_batches=lambda: valid_batches.eval_batches(eval_batches),
                       tokens_per_batch=int(train_pairs.lengths().mean() * batch_size),
-                      find_unused_parameters=pairs and model_config.pooler and not model_config.nsp_head)
+                      find_unused_parameters=getattr(model_config, "pooler", False) and not model_config.nsp_head)
     trainer.fit(resume=resume)
     return model

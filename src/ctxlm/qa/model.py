@@ -52,9 +52,9 @@ class SpanModel(HeadedModel):
     def __init__(self, lm: nn.Module, *, max_length: int = 384, doc_stride: int = 128, max_question_tokens: int = 64,
                  max_answer_tokens: int = 30, no_answer: bool = False, dropout: float = 0.1) -> None:
         super().__init__()
-        if lm.config.causal or lm.config.word_level:  # a bidirectional sub-word encoder, with segments or not
-            raise UserError(f"span extraction needs a BERT-family encoder, got {lm.config.model_type}; a decoder "
-                            "can answer questions zero-shot with `ctxlm zeroshot`")
+        if lm.config.causal or lm.config.word_level:
+            raise UserError(f"span extraction needs a BERT-family encoder (a bidirectional sub-word model), got "
+                            f"{lm.config.model_type}; a decoder can answer questions zero-shot with `ctxlm zeroshot`")
         if max_length > lm.config.max_positions:
             raise UserError(f"--max-length {max_length} exceeds the model's {lm.config.max_positions} positions")
         if doc_stride < 1:
@@ -65,7 +65,8 @@ class SpanModel(HeadedModel):
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(start, end) logits, (windows, positions), -inf where no answer can start or end."""
-        hidden = self.lm.backbone(batch["ids"], mask=batch["mask"], segments=batch["segments"])
+        segments = batch["segments"] if self.lm.config.has_segments else None  # one token type: none to read
+        hidden = self.lm.backbone(batch["ids"], mask=batch["mask"], segments=segments)
         return self.head(hidden.last, batch["passage"])
 
     def window_options(self) -> dict:

@@ -1,6 +1,7 @@
 """SQuAD pre- and post-processing for span extraction (BERT §4.2, as in the paper's run_squad.py).
 
-Pre-processing: each question becomes one or more *windows* `[CLS] question [SEP] passage piece [SEP]`. A passage
+Pre-processing: each question becomes one or more *windows* `[CLS] question [SEP] passage piece [SEP]` (the
+tokenizer's pair template: RoBERTa's `<s> question </s></s> passage piece </s>`). A passage
 longer than the room left by the question is cut into overlapping pieces that start `doc_stride` tokens apart,
 so that every passage token appears in some window with context on both sides. Each token keeps its character
 offsets in the passage, so a predicted token span maps back to the passage's exact characters. For training, the
@@ -77,17 +78,17 @@ def make_windows(tokenizer: Tokenizer, questions: Sequence[Question], *, max_len
     """The windows of every question, in question order (see the module docstring).
 
     `labelled`: locate each question's first answer in its windows (for training and the training loss)."""
-    cls, sep = tokenizer.cls_id, tokenizer.sep_id
-    if cls is None or sep is None:
-        raise ValueError("span extraction reads [CLS] question [SEP] passage [SEP]: it needs a BERT tokenizer")
+    if tokenizer.cls_id is None or tokenizer.sep_id is None:
+        raise ValueError("span extraction reads [CLS] question [SEP] passage [SEP]: it needs a BERT-family tokenizer")
+    first, middle, last = tokenizer.pair_specials()
     contexts = list(dict.fromkeys(q.context for q in questions))
     encoded = tokenizer.encode_plain_batch(contexts)
-    passages = {c: (e.ids, e.offsets) for c, e in zip(contexts, encoded, strict=True)}
+    passages = {c: (e.ids, [_trimmed(c, span) for span in e.offsets]) for c, e in zip(contexts, encoded, strict=True)}
     question_ids = tokenizer.encode_batch([q.question for q in questions])
     windows = []
     for index, (q, q_ids) in enumerate(zip(questions, question_ids, strict=True)):
         q_ids = q_ids[:max_question_tokens]
-        room = max_length - len(q_ids) - 3
+        room = max_length - len(q_ids) - len(first) - len(middle) - len(last)
         if room < 1:
             raise ValueError(f"max_length {max_length} leaves no room for the passage after a "
                              f"{len(q_ids)}-token question")
@@ -98,15 +99,24 @@ def make_windows(tokenizer: Tokenizer, questions: Sequence[Question], *, max_len
             gold = answer_tokens(p_offsets, char_start, char_start + len(text))
         starts = _piece_starts(len(p_ids), room, min(doc_stride, room))
         contexts_best = _max_context(starts, room, len(p_ids))
-        head = [cls, *q_ids, sep]
+        head = [*first, *q_ids, *middle]
         for start, best in zip(starts, contexts_best, strict=True):
             piece = p_ids[start:start + room]
             window_start = window_end = 0
             if gold is not None and start <= gold[0] and gold[1] < start + len(piece):
                 window_start, window_end = (len(head) + g - start for g in gold)
-            windows.append(Window(index, [*head, *piece, sep], [0] * len(head) + [1] * (len(piece) + 1),
+            windows.append(Window(index, [*head, *piece, *last], [0] * len(head) + [1] * (len(piece) + len(last)),
                                   len(head), p_offsets[start:start + len(piece)], best, window_start, window_end))
     return windows
+
+
+def _trimmed(text: str, span: tuple[int, int]) -> tuple[int, int]:
+    """A token's character span without the whitespace a byte-level token carries before its word (GPT-2's and
+    RoBERTa's "Ġbird" spans " bird"): an answer is the word, not its space."""
+    start, end = span
+    while start < end and text[start].isspace():
+        start += 1
+    return start, end
 
 
 def collate_windows(windows: Sequence[Window], pad_id: int) -> dict[str, Tensor]:

@@ -7,6 +7,10 @@ Three kinds, each a recipe in `KINDS`:
   code used ftfy + spaCy before BPE; HF (and we) replace that with BERT's basic tokeniser, so rare inputs
   (contractions, odd unicode) can split differently from the 2018 release.
 - "gpt2" (Radford et al. 2019): byte-level BPE, lossless, no unknown token. Same pipeline as HF's `gpt2`.
+- "roberta" (Liu et al. 2019 §4.4): GPT-2's byte-level BPE with BERT's roles under other names: `<s>` opens an
+  input, `</s>` closes each text (two between a pair's texts), `<pad>` pads (id 1 in published vocabularies),
+  `<mask>` hides a token and takes the space before it with it, as in the published tokenizer. Same pipeline as
+  HF's `roberta-base`; loads its vocab.json + merges.txt or tokenizer.json.
 - "bert" (Devlin et al. 2019): BERT's basic tokeniser (clean-up, optional lower-casing with accent stripping,
   one token per CJK character, split on whitespace and punctuation), then WordPiece with "##" continuation
   pieces and [UNK] for words it cannot spell (or longer than 100 characters). Same pipeline as HF's
@@ -24,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ctxlm.errors import UserError
 from ctxlm.textfiles import read_text
@@ -34,8 +38,11 @@ EOS, UNK = "<|endoftext|>", "<unk>"
 TASK_TOKENS = {"start": "<|start|>", "delimiter": "<|delimiter|>", "extract": "<|extract|>"}
 # In BERT's vocabulary order: [PAD] is id 0 in every published BERT vocab.txt, and in the ones we train.
 BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+# In the published vocabulary's order: <s> <pad> </s> <unk> first (ids 0-3); <mask> is its last id, ours the fifth.
+ROBERTA_SPECIALS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
 BERT_MAX_WORD_CHARS = 100  # a longer word becomes one [UNK], as in BERT's WordpieceTokenizer
 NORMALISED_KINDS = ("gpt", "bert")  # kinds with a normaliser whose case and accent handling is a setting
+BYTE_LEVEL_KINDS = ("gpt2", "roberta")  # byte-level BPE: text as its bytes, a word inside text led by its space
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,13 @@ class Kind:
     pad_from: str  # the role whose token pads batches when there is no "pad" token
     alphabet: int  # symbols every vocabulary of this kind holds, whatever the corpus
     task_tokens: bool = True  # GPT §3.3 tokens trained in after the specials
+    lstrip: tuple[str, ...] = ()  # roles whose token takes the whitespace before it (RoBERTa's <mask>)
+
+    def special_token(self, role: str, token: str) -> str | AddedToken:
+        """`token` as the trainer or the backend registers it: with its `lstrip` where the role has one."""
+        if role in self.lstrip:
+            return AddedToken(token, lstrip=True, rstrip=False, normalized=False, special=True)
+        return token
 
 
 def _gpt_pipeline(model: models.Model, lowercase: bool = True, strip_accents: bool | None = None) -> Backend:
@@ -111,6 +125,13 @@ def set_bert_post_processor(backend: Backend) -> None:
         special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))])
 
 
+def set_roberta_post_processor(backend: Backend) -> None:
+    """<s> A </s> (</s> B </s>), for HF loading our tokenizer.json; our own encode_* add them by hand."""
+    cls, sep = ROBERTA_SPECIALS["cls"], ROBERTA_SPECIALS["sep"]
+    backend.post_processor = processors.RobertaProcessing((sep, backend.token_to_id(sep)),
+                                                          (cls, backend.token_to_id(cls)), add_prefix_space=False)
+
+
 KINDS: dict[str, Kind] = {
     "gpt": Kind(_gpt_pipeline, models.BPE, {"unk_token": UNK, "end_of_word_suffix": "</w>"},
                 lambda **kw: trainers.BpeTrainer(end_of_word_suffix="</w>", **kw),
@@ -125,6 +146,10 @@ KINDS: dict[str, Kind] = {
                  lambda **kw: trainers.WordPieceTrainer(continuing_subword_prefix="##", **kw),
                  BERT_SPECIALS, pad_from="pad", alphabet=0, task_tokens=False),
 }
+KINDS["roberta"] = Kind(_gpt2_pipeline, models.BPE, {}, KINDS["gpt2"].trainer, ROBERTA_SPECIALS, pad_from="pad",
+                        alphabet=256, task_tokens=False, lstrip=("mask",))
+# the roles every vocabulary of these kinds must hold
+REQUIRED_SPECIALS = {"bert": BERT_SPECIALS, "roberta": ROBERTA_SPECIALS}
 
 
 def kind_spec(kind: str | None, where: str) -> Kind:
@@ -187,11 +212,13 @@ def load_backend(directory: Path, kind: str | None, lowercase: bool | None) -> t
         missing = sorted(t for t in roles.values() if backend.token_to_id(t) is None)
         if missing:
             raise UserError(f"{config_path}: special tokens {missing} are not in the vocabulary")
-        lacking = [role for role in BERT_SPECIALS if role not in roles] if kind == "bert" else []
+        lacking = [role for role in REQUIRED_SPECIALS.get(kind, {}) if role not in roles]
         if lacking:
-            raise UserError(f"{config_path}: 'special_tokens' lacks the roles {lacking} a bert tokenizer needs")
+            raise UserError(f"{config_path}: 'special_tokens' lacks the roles {lacking} a {kind} tokenizer needs")
     elif kind == "bert":
         _require_bert_specials(backend, path)
+    elif kind == "roberta":
+        _require_specials(backend, path, kind)
     if kind == "gpt":
         _ensure_unk(backend)
     return backend, kind, roles
@@ -203,7 +230,7 @@ def default_roles(backend: Backend, kind: str) -> dict[str, str]:
     spec = KINDS[kind]
     known = {**spec.specials, **TASK_TOKENS}
     roles = {role: t for role, t in known.items() if backend.token_to_id(t) is not None}
-    backend.add_special_tokens(list(roles.values()))
+    backend.add_special_tokens([spec.special_token(role, t) for role, t in roles.items()])
     return with_pad(roles, spec)
 
 
@@ -285,10 +312,15 @@ def _vocab_txt_options(config: object, config_path: Path, asked: bool | None) ->
 
 
 def _require_bert_specials(backend: Backend, path: Path) -> None:
-    missing = [t for t in BERT_SPECIALS.values() if backend.token_to_id(t) is None]
+    _require_specials(backend, path, "bert")
+
+
+def _require_specials(backend: Backend, path: Path, kind: str) -> None:
+    wanted = REQUIRED_SPECIALS[kind].values()
+    missing = [t for t in wanted if backend.token_to_id(t) is None]
     if missing:
-        raise UserError(f"{path}: lacks the special tokens {' '.join(missing)}; a BERT vocabulary needs all of "
-                        f"{' '.join(BERT_SPECIALS.values())}")
+        raise UserError(f"{path}: lacks the special tokens {' '.join(missing)}; a {kind} vocabulary needs all of "
+                        f"{' '.join(wanted)}")
 
 
 def _from_vocab_txt(path: Path, options: dict) -> Backend:
@@ -328,8 +360,13 @@ def _infer_kind(backend: Backend) -> str | None:
             return "gpt"
         if isinstance(backend.pre_tokenizer, pre_tokenizers.ByteLevel) or isinstance(backend.decoder,
                                                                                       decoders.ByteLevel):
-            return "gpt2"
+            return _byte_level_kind(backend.get_vocab(with_added_tokens=True))
     return None
+
+
+def _byte_level_kind(vocab: dict[str, int]) -> str:
+    """A byte-level BPE vocabulary with RoBERTa's <s> and <mask> is "roberta"'s, any other "gpt2"'s."""
+    return "roberta" if {ROBERTA_SPECIALS["cls"], ROBERTA_SPECIALS["mask"]} <= vocab.keys() else "gpt2"
 
 
 def _check_kind(asked: str | None, found: str | None, path: Path, how: str = "was asked for") -> str:
@@ -371,7 +408,7 @@ def _from_vocab_merges(directory: Path, kind: str | None) -> tuple[Backend, str]
         merges.append((pair[0], pair[1]))
     # GPT's word-final symbols end in "</w>"; GPT-2 has no such suffix.
     ends_in_w = any(b.endswith("</w>") for _, b in merges) or any(t.endswith("</w>") for t in vocab)
-    kind = _check_kind(kind, "gpt" if ends_in_w else "gpt2", merges_path)
+    kind = _check_kind(kind, "gpt" if ends_in_w else _byte_level_kind(vocab), merges_path)
     spec = KINDS[kind]
     try:
         model = spec.model(vocab=vocab, merges=merges, **spec.model_options)

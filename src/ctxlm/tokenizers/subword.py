@@ -1,10 +1,13 @@
 """Sub-word tokenisers for the GPT and BERT families, on Hugging Face `tokenizers` (Rust, parallel batches).
 
-One class, `Tokenizer`, for three kinds ("gpt", "gpt2", "bert"; their pipelines are in `published.py`). It
-implements `TokenizerProtocol`; the kind decides how each role becomes a model input:
+One class, `Tokenizer`, for four kinds ("gpt", "gpt2", "bert", "roberta"; their pipelines are in `published.py`).
+It implements `TokenizerProtocol`; the kind decides how each role becomes a model input:
 
 - "bert" (Devlin et al. 2019 §3): `[CLS] a [SEP] (b [SEP])` with segment ids 0 then 1; a tagged sentence is
   `[CLS] pieces [SEP]`, its words split by the tokeniser one by one (`is_pretokenized`).
+- "roberta" (Liu et al. 2019, as the published tokenizer): `<s> a </s>`, `<s> a </s></s> b </s>`, no segment ids
+  (one token type); a tagged sentence is `<s> pieces </s>`, each word after the first read after a space, as
+  inside running text (byte-level BPE marks a word by the space before it).
 - "gpt", "gpt2" (Radford et al. 2018 §3.3): `<|start|> text <|extract|>`, `<|start|> a <|delimiter|> b
   <|extract|>`, no segment ids; a tagged sentence is `<|start|> pieces` with no closing token (a decoder's state
   has seen only the words to its left). The three task tokens are not in published vocabularies, see
@@ -37,7 +40,9 @@ from ctxlm.errors import UserError
 from ctxlm.tokenizers.protocol import Encoding, as_list, check_pairs, length_budget, longest_first, str_list
 from ctxlm.tokenizers.published import (
     BERT_SPECIALS,
+    BYTE_LEVEL_KINDS,
     NORMALISED_KINDS,
+    ROBERTA_SPECIALS,
     TASK_TOKENS,
     byte_level_text,
     default_roles,
@@ -50,7 +55,8 @@ from ctxlm.tokenizers.training import train_backend
 
 
 class Tokenizer:
-    """A trained tokeniser of kind "gpt" or "gpt2" (BPE) or "bert" (WordPiece), with the special tokens' roles.
+    """A trained tokeniser of kind "gpt", "gpt2" or "roberta" (BPE) or "bert" (WordPiece), with the special tokens'
+    roles.
 
     `backend` is the `tokenizers.Tokenizer` doing the work; use it directly for offsets or other extras.
     """
@@ -111,19 +117,19 @@ class Tokenizer:
 
     @property
     def lowercase(self) -> bool | None:
-        """Whether text is lower-cased before splitting: never for "gpt2"; for "gpt" and "bert" as the normaliser
-        saved with the vocabulary says (the published ones: always for "gpt", as made for "bert"); None if
-        unknown."""
-        if self.kind == "gpt2":
+        """Whether text is lower-cased before splitting: never for "gpt2" and "roberta"; for "gpt" and "bert" as the
+        normaliser saved with the vocabulary says (the published ones: always for "gpt", as made for "bert"); None
+        if unknown."""
+        if self.kind in BYTE_LEVEL_KINDS:
             return False
         return normalizer_lowercase(self.backend)
 
     @property
     def strip_accents(self) -> bool | None:
         """Whether accents are stripped after Unicode decomposition ("й" → "и", "ё" → "е", "é" → "e"): never for
-        "gpt2"; for "gpt" and "bert" as the normaliser says (BERT's rule when unset: exactly when lower-casing);
-        None if unknown."""
-        if self.kind == "gpt2":
+        "gpt2" and "roberta"; for "gpt" and "bert" as the normaliser says (BERT's rule when unset: exactly when
+        lower-casing); None if unknown."""
+        if self.kind in BYTE_LEVEL_KINDS:
             return False
         return normalizer_strip_accents(self.backend)
 
@@ -144,7 +150,7 @@ class Tokenizer:
         """What goes before a word inside running text for it to split as it does there: a space for "gpt2"
         (byte-level BPE marks a word boundary by the space before the word), nothing where the pre-tokeniser
         drops whitespace anyway ("gpt", "bert")."""
-        return " " if self.kind == "gpt2" else ""
+        return " " if self.kind in BYTE_LEVEL_KINDS else ""
 
     def __repr__(self) -> str:
         return (f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, "
@@ -156,15 +162,16 @@ class Tokenizer:
     def train(cls, files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str], kind: str,
               vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False,
               lowercase: bool | None = None, strip_accents: bool | None = None) -> Tokenizer:
-        """Learn a BPE (gpt, gpt2) or WordPiece (bert) vocabulary of at most `vocab_size` tokens (special
+        """Learn a BPE (gpt, gpt2, roberta) or WordPiece (bert) vocabulary of at most `vocab_size` tokens (special
         tokens included).
 
         `files`: a path or a list/tuple of paths (.txt, or .txt.gz) read as UTF-8, or any other iterable
         (e.g. a generator, `iter(lines)`) of text strings. The vocabulary starts with the special tokens:
         gpt2: <|endoftext|> and the three task tokens; gpt: <unk>, <|endoftext|> and the three task tokens;
-        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4). A corpus too small to supply enough merges gives a
-        smaller vocabulary. The same files give the same tokenizer (gpt and bert read them twice for that; a
-        one-shot iterator of texts is read once, and its gpt or bert vocabulary may then vary between runs).
+        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4); roberta: <s> <pad> </s> <unk> <mask> (ids 0-4). A corpus
+        too small to supply enough merges gives a smaller vocabulary. The same files give the same tokenizer (gpt
+        and bert read them twice for that; a one-shot iterator of texts is read once, and its gpt or bert
+        vocabulary may then vary between runs).
         `lowercase` (gpt, bert; default True): lower-case first, as "uncased" BERT and the 2018 GPT; False keeps
         case, as "cased" BERT. `strip_accents` (gpt, bert; default: as `lowercase`): strip accents after Unicode
         decomposition, which also turns Russian "й" into "и" and "ё" into "е": a cased vocabulary keeps them unless
@@ -179,7 +186,8 @@ class Tokenizer:
                    lowercase: bool | None = None) -> Tokenizer:
         """Load tokenizer.json (ours or HF's; our tokenizer_config.json restores kind and roles), or else the
         published vocab.json + merges.txt pair (GPT, GPT-2), or else a published BERT vocab.txt. `kind` is
-        inferred when not given ("</w>" suffix => gpt, WordPiece or vocab.txt => bert).
+        inferred when not given ("</w>" suffix => gpt, WordPiece or vocab.txt => bert, byte-level BPE with <s> and
+        <mask> => roberta, other byte-level BPE => gpt2).
 
         BERT's casing: a tokenizer.json holds it. A bare vocab.txt takes it from the tokenizer_config.json
         beside it ("do_lower_case", "strip_accents", "tokenize_chinese_chars", as HF writes them), else from
@@ -234,7 +242,7 @@ class Tokenizer:
         text their bytes spell ("Ġare" → " are", Cyrillic as Cyrillic, a byte that is only part of a character as
         "\\xd0"); "gpt"'s and "bert"'s entries as they are (BERT's "##" marks a piece inside a word)."""
         entries = [self.backend.id_to_token(i) or "" for i in self._known(ids, "token_texts")]
-        return [byte_level_text(entry) for entry in entries] if self.kind == "gpt2" else entries
+        return [byte_level_text(entry) for entry in entries] if self.kind in BYTE_LEVEL_KINDS else entries
 
     def _known(self, ids: Iterable[int], caller: str) -> list[int]:
         ids = [int(i) for i in ids]
@@ -283,7 +291,7 @@ class Tokenizer:
         context = _str(context, "context", "encode_choices")
         choices = str_list(choices, "choices", "encode_choices")
         frame = self._frame("encode_choices")
-        budget = length_budget(max_length, 3)
+        budget = length_budget(max_length, frame.specials(pair=True))
         first, *rest = self.backend.encode_batch([context, *choices], add_special_tokens=False)
         return [_assemble(frame, _piece(first), _piece(e), budget) for e in rest]
 
@@ -311,14 +319,14 @@ class Tokenizer:
 
     def _encode_texts(self, texts: list[str], max_length: int | None, caller: str) -> list[Encoding]:
         frame = self._frame(caller)
-        budget = length_budget(max_length, 2)
+        budget = length_budget(max_length, frame.specials(pair=False))
         encoded = self.backend.encode_batch(texts, add_special_tokens=False)
         return [_assemble(frame, _piece(a), None, budget) for a in encoded]
 
     def _encode_pairs(self, firsts: list[str], seconds: list[str], max_length: int | None,
                       caller: str) -> list[Encoding]:
         frame = self._frame(caller)
-        budget = length_budget(max_length, 3)
+        budget = length_budget(max_length, frame.specials(pair=True))
         encoded = self.backend.encode_batch(firsts + seconds, add_special_tokens=False)
         n = len(firsts)
         return [_assemble(frame, _piece(a), _piece(b), budget) for a, b in zip(encoded[:n], encoded[n:], strict=True)]
@@ -327,13 +335,17 @@ class Tokenizer:
                       caller: str) -> list[Encoding]:
         checked = [str_list(words, "words" if caller == "encode_words" else f"sentences[{i}]", caller)
                    for i, words in enumerate(as_list(sentences, "sentences", caller))]
+        if self.kind == "roberta":
+            frame = self._frame(caller)
+            return self._encode_words_one_by_one(checked, max_length, caller, frame.first, frame.last,
+                                                 stand_in=self.unk_id)
         if self.kind != "bert":
             return self._encode_words_left_to_right(checked, max_length, caller)
         frame = self._frame(caller)
         unk = self.unk_id
         if unk is None:
             raise UserError(f"{caller}: this vocabulary has no [UNK] token")
-        budget = length_budget(max_length, 2)
+        budget = length_budget(max_length, frame.specials(pair=False))
         encoded = self.backend.encode_batch(checked, is_pretokenized=True, add_special_tokens=False)
         return [_assemble(frame, _every_word(e, words, unk), None, budget)
                 for e, words in zip(encoded, checked, strict=True)]
@@ -346,53 +358,75 @@ class Tokenizer:
             raise UserError(f"{caller}: this {self.kind} vocabulary has neither {TASK_TOKENS['start']} nor an "
                             "end-of-text token to open a sentence with; call tokenizer.add_task_tokens()")
         stand_in = self.unk_id if self.unk_id is not None else start
-        length_budget(max_length, 1)  # checks max_length: room for the start token at least
+        return self._encode_words_one_by_one(sentences, max_length, caller, (start,), (), stand_in)
+
+    def _encode_words_one_by_one(self, sentences: list[list[str]], max_length: int | None, caller: str,
+                                 opening: tuple[int, ...], closing: tuple[int, ...], stand_in: int) -> list[Encoding]:
+        """`opening pieces closing`, each word encoded on its own after `word_prefix` (but the first, as at the
+        start of a text), a word without tokens as `stand_in`; truncation drops words from the end."""
+        length_budget(max_length, len(opening) + len(closing))  # checks max_length: room for the specials at least
+        room = None if max_length is None else max_length - len(closing)
         prefix = self.word_prefix
         flat = [(prefix if j else "") + word for words in sentences for j, word in enumerate(words)]
         pieces = iter(self.backend.encode_batch(flat, add_special_tokens=False))
         out = []
         for words in sentences:
-            ids, word_ids, offsets = [start], [None], [(0, 0)]
+            ids, word_ids, offsets = list(opening), [None] * len(opening), [(0, 0)] * len(opening)
             for j, word in enumerate(words):
                 piece = next(pieces)
                 shift = len(prefix) if j else 0
                 piece_ids = piece.ids or [stand_in]
                 piece_offsets = ([(max(s - shift, 0), max(e - shift, 0)) for s, e in piece.offsets] if piece.ids
                                  else [(0, len(word))])
-                if max_length is not None and len(ids) + len(piece_ids) > max_length:
+                if room is not None and len(ids) + len(piece_ids) > room:
                     for _ in words[j + 1:]:  # the sentence ends here: the pieces of its other words go unused
                         next(pieces)
                     break
                 ids += piece_ids
                 word_ids += [j] * len(piece_ids)
                 offsets += piece_offsets
-            out.append(Encoding(ids, None, word_ids, offsets))
+            n = len(closing)
+            out.append(Encoding(ids + list(closing), None, word_ids + [None] * n, offsets + [(0, 0)] * n))
         return out
+
+    def pair_specials(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """The special tokens of a pair input (before a, between a and b, after b): bert ([CLS],), ([SEP],),
+        ([SEP],); roberta (<s>,), (</s>, </s>), (</s>,); gpt, gpt2 the task tokens. For callers that assemble a
+        pair from pieces themselves (SQuAD's windows of a long passage)."""
+        frame = self._frame("pair_specials")
+        return frame.first, frame.middle, frame.last
 
     def _frame(self, caller: str) -> _Frame:
         """The special tokens around a model input of this kind."""
-        if self.kind == "bert":
+        if self.kind in ("bert", "roberta"):
             cls, sep = self.cls_id, self.sep_id
             if cls is None or sep is None:
-                raise UserError(f"{caller}: this vocabulary has no {BERT_SPECIALS['cls']} or {BERT_SPECIALS['sep']}")
-            return _Frame(cls, sep, sep, segments=True)
+                names = BERT_SPECIALS if self.kind == "bert" else ROBERTA_SPECIALS
+                raise UserError(f"{caller}: this vocabulary has no {names['cls']} or {names['sep']}")
+            if self.kind == "roberta":  # two separators between the texts, as the published tokenizer
+                return _Frame((cls,), (sep, sep), (sep,), segments=False)
+            return _Frame((cls,), (sep,), (sep,), segments=True)
         ids = (self.start_id, self.delimiter_id, self.extract_id)
         if None in ids:
             raise UserError(f"{caller}: this {self.kind} vocabulary has no task tokens "
                             f"{', '.join(TASK_TOKENS.values())}; call tokenizer.add_task_tokens() and "
                             "resize the model's token embeddings to tokenizer.vocab_size before fine-tuning")
         start, delimiter, extract = ids
-        return _Frame(start, delimiter, extract, segments=False)
+        return _Frame((start,), (delimiter,), (extract,), segments=False)
 
 
 @dataclass(frozen=True)
 class _Frame:
     """The special tokens of one kind's inputs: `first a middle b last`, or `first a last` for one text."""
 
-    first: int
-    middle: int
-    last: int
+    first: tuple[int, ...]
+    middle: tuple[int, ...]
+    last: tuple[int, ...]
     segments: bool  # whether the kind has segment ids (BERT's token type ids)
+
+    def specials(self, *, pair: bool) -> int:
+        """How many special tokens an input of one text (or of a pair) holds."""
+        return len(self.first) + len(self.last) + (len(self.middle) if pair else 0)
 
 
 _Piece = tuple[list[int], list[int | None], list[tuple[int, int]]]  # one text's ids, word ids, offsets
@@ -406,18 +440,32 @@ def _assemble(frame: _Frame, a: _Piece, b: _Piece | None, budget: int | None) ->
     """`first a last` or `first a middle b last`, the texts cut longest-first to `budget` tokens in all (None:
     uncut)."""
     a_ids, a_words, a_offsets = a
+    first, middle, last = frame.first, frame.middle, frame.last
     if b is None:
         n = len(a_ids) if budget is None else min(len(a_ids), budget)
-        return Encoding([frame.first, *a_ids[:n], frame.last], [0] * (n + 2) if frame.segments else None,
-                        [None, *a_words[:n], None], [(0, 0), *a_offsets[:n], (0, 0)])
+        length = len(first) + n + len(last)
+        return Encoding([*first, *a_ids[:n], *last], [0] * length if frame.segments else None,
+                        [*_none(first), *a_words[:n], *_none(last)],
+                        [*_zero(first), *a_offsets[:n], *_zero(last)])
     b_ids, b_words, b_offsets = b
     n, m = len(a_ids), len(b_ids)
     if budget is not None and n + m > budget:
         n, m = longest_first(n, m, budget)
-    return Encoding([frame.first, *a_ids[:n], frame.middle, *b_ids[:m], frame.last],
-                    [0] * (n + 2) + [1] * (m + 1) if frame.segments else None,
-                    [None, *a_words[:n], None, *b_words[:m], None],
-                    [(0, 0), *a_offsets[:n], (0, 0), *b_offsets[:m], (0, 0)])
+    a_length = len(first) + n + len(middle)  # segment 0: the first text with the specials before and after it
+    return Encoding([*first, *a_ids[:n], *middle, *b_ids[:m], *last],
+                    [0] * a_length + [1] * (m + len(last)) if frame.segments else None,
+                    [*_none(first), *a_words[:n], *_none(middle), *b_words[:m], *_none(last)],
+                    [*_zero(first), *a_offsets[:n], *_zero(middle), *b_offsets[:m], *_zero(last)])
+
+
+def _none(specials: tuple[int, ...]) -> list[None]:
+    """The word ids of special tokens: none."""
+    return [None] * len(specials)
+
+
+def _zero(specials: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The offsets of special tokens: (0, 0)."""
+    return [(0, 0)] * len(specials)
 
 
 def _every_word(encoding: BackendEncoding, words: list[str], unk: int) -> _Piece:

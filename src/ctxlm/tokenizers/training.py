@@ -1,5 +1,5 @@
-"""Training a sub-word vocabulary (BPE for "gpt" and "gpt2", WordPiece for "bert") on Hugging Face `tokenizers`,
-repeatably: the same corpus gives the same tokenizer, ids included. See `Tokenizer.train`."""
+"""Training a sub-word vocabulary (BPE for "gpt", "gpt2" and "roberta", WordPiece for "bert") on Hugging Face
+`tokenizers`, repeatably: the same corpus gives the same tokenizer, ids included. See `Tokenizer.train`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from tokenizers import Tokenizer as Backend
 
 from ctxlm.errors import UserError
 from ctxlm.textfiles import decode_line
-from ctxlm.tokenizers.published import TASK_TOKENS, kind_spec, pipeline_options, set_bert_post_processor, with_pad
+from ctxlm.tokenizers.published import (
+    TASK_TOKENS,
+    kind_spec,
+    pipeline_options,
+    set_bert_post_processor,
+    set_roberta_post_processor,
+    with_pad,
+)
 
 _BATCH_LINES = 1000  # lines handed to the Rust trainer per call: amortises the Python -> Rust crossing
 _SCRIPT_LINES = 2000  # lines read to tell a corpus's script (`latin_script`)
@@ -39,8 +46,9 @@ def train_backend(files: str | os.PathLike | Sequence[str | os.PathLike] | Itera
 
     def train_once(registered: list[str]) -> Backend:
         backend = spec.pipeline(spec.model(**spec.model_options), **options)
+        special_tokens = [spec.special_token(role, token) for role, token in specials.items()]
         trainer = spec.trainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=show_progress,
-                               special_tokens=[*specials.values(), *registered])
+                               special_tokens=[*special_tokens, *registered])
         # Everything goes through the iterator path so that gzip and UTF-8 errors name the file and line.
         backend.train_from_iterator(_batches(_training_texts(files)), trainer)
         return backend
@@ -63,6 +71,8 @@ def train_backend(files: str | os.PathLike | Sequence[str | os.PathLike] | Itera
     backend = _canonical_numbering(backend)
     if kind == "bert":
         set_bert_post_processor(backend)
+    if kind == "roberta":
+        set_roberta_post_processor(backend)
     return backend, with_pad(specials, spec)
 
 
