@@ -1,7 +1,7 @@
 """Sub-word tokenisers for the GPT and BERT families, on Hugging Face `tokenizers` (Rust, parallel batches).
 
-One class, `Tokenizer`, for three kinds ("gpt", "gpt2", "bert"; their pipelines are in `published.py`). It
-implements `TokenizerProtocol`; the kind decides how each role becomes a model input:
+One class, `Tokenizer`, for four kinds ("gpt", "gpt2", "bert", "sentencepiece"; their pipelines are in
+`published.py`). It implements `TokenizerProtocol`; the kind decides how each role becomes a model input:
 
 - "bert" (Devlin et al. 2019 §3): `[CLS] a [SEP] (b [SEP])` with segment ids 0 then 1; a tagged sentence is
   `[CLS] pieces [SEP]`, its words split by the tokeniser one by one (`is_pretokenized`).
@@ -9,6 +9,9 @@ implements `TokenizerProtocol`; the kind decides how each role becomes a model i
   <|extract|>`, no segment ids; a tagged sentence is `<|start|> pieces` with no closing token (a decoder's state
   has seen only the words to its left). The three task tokens are not in published vocabularies, see
   `add_task_tokens`.
+- "sentencepiece" (ALBERT, DeBERTa-v2/v3, XLNet): the layout its tokenizer.json's template records (ALBERT's
+  `[CLS] a [SEP] (b [SEP])` for one we train; XLNet's `a <sep> (b <sep>) <cls>`, the <cls> in segment 2), with
+  its segment ids; a tagged sentence is the one-text layout around its words' pieces, as for bert.
 
 Truncation to `max_length` (special tokens included) cuts text "longest first": one token at a time from the end of
 the longer of a and b, from b when they are equally long (BERT's `_truncate_seq_pair`; HF's slow tokenisers did the
@@ -38,13 +41,16 @@ from ctxlm.tokenizers.protocol import Encoding, as_list, check_pairs, length_bud
 from ctxlm.tokenizers.published import (
     BERT_SPECIALS,
     NORMALISED_KINDS,
+    SENTENCEPIECE,
     TASK_TOKENS,
+    WORD_START,
     byte_level_text,
     default_roles,
     kind_spec,
     load_backend,
     normalizer_lowercase,
     normalizer_strip_accents,
+    template_of,
 )
 from ctxlm.tokenizers.training import train_backend
 
@@ -138,6 +144,16 @@ class Tokenizer:
     @property
     def extract_id(self) -> int | None:
         return self._role_id("extract")
+
+    def is_continuation(self, token: str) -> bool:
+        """Whether a vocabulary entry continues a word rather than starting one (whole-word masking): bert's "##"
+        pieces; a sentencepiece entry without the "▁" that marks a word's first piece (special tokens excepted).
+        False for the gpt kinds."""
+        if self.kind == "bert":
+            return token.startswith("##")
+        if self.kind == SENTENCEPIECE:
+            return not token.startswith(WORD_START) and token not in self.special_tokens.values()
+        return False
 
     @property
     def word_prefix(self) -> str:
@@ -234,6 +250,8 @@ class Tokenizer:
         text their bytes spell ("Ġare" → " are", Cyrillic as Cyrillic, a byte that is only part of a character as
         "\\xd0"); "gpt"'s and "bert"'s entries as they are (BERT's "##" marks a piece inside a word)."""
         entries = [self.backend.id_to_token(i) or "" for i in self._known(ids, "token_texts")]
+        if self.kind == SENTENCEPIECE:  # "▁castle" reads " castle", as it stands in the text
+            return [entry.replace(WORD_START, " ") for entry in entries]
         return [byte_level_text(entry) for entry in entries] if self.kind == "gpt2" else entries
 
     def _known(self, ids: Iterable[int], caller: str) -> list[int]:
@@ -283,7 +301,7 @@ class Tokenizer:
         context = _str(context, "context", "encode_choices")
         choices = str_list(choices, "choices", "encode_choices")
         frame = self._frame("encode_choices")
-        budget = length_budget(max_length, 3)
+        budget = length_budget(max_length, frame.specials(pair=True))
         first, *rest = self.backend.encode_batch([context, *choices], add_special_tokens=False)
         return [_assemble(frame, _piece(first), _piece(e), budget) for e in rest]
 
@@ -311,14 +329,14 @@ class Tokenizer:
 
     def _encode_texts(self, texts: list[str], max_length: int | None, caller: str) -> list[Encoding]:
         frame = self._frame(caller)
-        budget = length_budget(max_length, 2)
+        budget = length_budget(max_length, frame.specials(pair=False))
         encoded = self.backend.encode_batch(texts, add_special_tokens=False)
         return [_assemble(frame, _piece(a), None, budget) for a in encoded]
 
     def _encode_pairs(self, firsts: list[str], seconds: list[str], max_length: int | None,
                       caller: str) -> list[Encoding]:
         frame = self._frame(caller)
-        budget = length_budget(max_length, 3)
+        budget = length_budget(max_length, frame.specials(pair=True))
         encoded = self.backend.encode_batch(firsts + seconds, add_special_tokens=False)
         n = len(firsts)
         return [_assemble(frame, _piece(a), _piece(b), budget) for a, b in zip(encoded[:n], encoded[n:], strict=True)]
@@ -327,13 +345,13 @@ class Tokenizer:
                       caller: str) -> list[Encoding]:
         checked = [str_list(words, "words" if caller == "encode_words" else f"sentences[{i}]", caller)
                    for i, words in enumerate(as_list(sentences, "sentences", caller))]
-        if self.kind != "bert":
+        if self.kind in ("gpt", "gpt2"):
             return self._encode_words_left_to_right(checked, max_length, caller)
         frame = self._frame(caller)
         unk = self.unk_id
         if unk is None:
-            raise UserError(f"{caller}: this vocabulary has no [UNK] token")
-        budget = length_budget(max_length, 2)
+            raise UserError(f"{caller}: this vocabulary has no unknown token ([UNK], <unk>)")
+        budget = length_budget(max_length, frame.specials(pair=False))
         encoded = self.backend.encode_batch(checked, is_pretokenized=True, add_special_tokens=False)
         return [_assemble(frame, _every_word(e, words, unk), None, budget)
                 for e, words in zip(encoded, checked, strict=True)]
@@ -370,29 +388,63 @@ class Tokenizer:
         return out
 
     def _frame(self, caller: str) -> _Frame:
-        """The special tokens around a model input of this kind."""
+        """The layout of this kind's inputs: where the special tokens go around the texts."""
+        if self.kind == SENTENCEPIECE:
+            return self._template_frame(caller)
         if self.kind == "bert":
             cls, sep = self.cls_id, self.sep_id
             if cls is None or sep is None:
                 raise UserError(f"{caller}: this vocabulary has no {BERT_SPECIALS['cls']} or {BERT_SPECIALS['sep']}")
-            return _Frame(cls, sep, sep, segments=True)
+            return _Frame(((cls, 0), (_A, 0), (sep, 0)), ((cls, 0), (_A, 0), (sep, 0), (_B, 1), (sep, 1)),
+                          segments=True)
         ids = (self.start_id, self.delimiter_id, self.extract_id)
         if None in ids:
             raise UserError(f"{caller}: this {self.kind} vocabulary has no task tokens "
                             f"{', '.join(TASK_TOKENS.values())}; call tokenizer.add_task_tokens() and "
                             "resize the model's token embeddings to tokenizer.vocab_size before fine-tuning")
         start, delimiter, extract = ids
-        return _Frame(start, delimiter, extract, segments=False)
+        return _Frame(((start, 0), (_A, 0), (extract, 0)),
+                      ((start, 0), (_A, 0), (delimiter, 0), (_B, 0), (extract, 0)), segments=False)
+
+    def _template_frame(self, caller: str) -> _Frame:
+        """The layout recorded in tokenizer.json's template (see the module docstring), else ALBERT's from the
+        cls and sep roles."""
+        layouts = template_of(self.backend)
+        if layouts is None:
+            cls, sep = self.cls_id, self.sep_id
+            if cls is None or sep is None:
+                raise UserError(f"{caller}: this tokenizer has neither an input template nor cls and sep tokens")
+            return _Frame(((cls, 0), (_A, 0), (sep, 0)), ((cls, 0), (_A, 0), (sep, 0), (_B, 1), (sep, 1)),
+                          segments=True)
+
+        def ids(layout: list[tuple[str, int]]) -> tuple[tuple[int | str, int], ...]:
+            out = []
+            for what, segment in layout:
+                token_id = what if what in (_A, _B) else self.backend.token_to_id(what)
+                if token_id is None:
+                    raise UserError(f"{caller}: the tokenizer's template names {what!r}, which is not in its "
+                                    "vocabulary")
+                out.append((token_id, segment))
+            return tuple(out)
+
+        return _Frame(ids(layouts["single"]), ids(layouts["pair"]), segments=True)
+
+
+_A, _B = "A", "B"  # the places of the first and second text in a layout
 
 
 @dataclass(frozen=True)
 class _Frame:
-    """The special tokens of one kind's inputs: `first a middle b last`, or `first a last` for one text."""
+    """One kind's input layouts, for one text and for two: per position a special token's id or the place of a
+    text (_A, _B), with its segment id (`segments`: whether the kind has segment ids, BERT's token type ids)."""
 
-    first: int
-    middle: int
-    last: int
-    segments: bool  # whether the kind has segment ids (BERT's token type ids)
+    single: tuple[tuple[int | str, int], ...]
+    pair: tuple[tuple[int | str, int], ...]
+    segments: bool
+
+    def specials(self, pair: bool) -> int:
+        """How many special tokens an input of one text (or of two) holds."""
+        return sum(what not in (_A, _B) for what, _ in (self.pair if pair else self.single))
 
 
 _Piece = tuple[list[int], list[int | None], list[tuple[int, int]]]  # one text's ids, word ids, offsets
@@ -403,21 +455,29 @@ def _piece(encoding: BackendEncoding) -> _Piece:
 
 
 def _assemble(frame: _Frame, a: _Piece, b: _Piece | None, budget: int | None) -> Encoding:
-    """`first a last` or `first a middle b last`, the texts cut longest-first to `budget` tokens in all (None:
-    uncut)."""
-    a_ids, a_words, a_offsets = a
-    if b is None:
-        n = len(a_ids) if budget is None else min(len(a_ids), budget)
-        return Encoding([frame.first, *a_ids[:n], frame.last], [0] * (n + 2) if frame.segments else None,
-                        [None, *a_words[:n], None], [(0, 0), *a_offsets[:n], (0, 0)])
-    b_ids, b_words, b_offsets = b
-    n, m = len(a_ids), len(b_ids)
+    """The texts in the frame's layout (`first a last`, `first a middle b last`, or XLNet's `a sep b sep cls`),
+    cut longest-first to `budget` tokens in all (None: uncut)."""
+    n, m = len(a[0]), 0 if b is None else len(b[0])
     if budget is not None and n + m > budget:
-        n, m = longest_first(n, m, budget)
-    return Encoding([frame.first, *a_ids[:n], frame.middle, *b_ids[:m], frame.last],
-                    [0] * (n + 2) + [1] * (m + 1) if frame.segments else None,
-                    [None, *a_words[:n], None, *b_words[:m], None],
-                    [(0, 0), *a_offsets[:n], (0, 0), *b_offsets[:m], (0, 0)])
+        n, m = (min(n, budget), 0) if b is None else longest_first(n, m, budget)
+    texts = {_A: (a, n), _B: (b, m)}
+    ids: list[int] = []
+    segments: list[int] = []
+    word_ids: list[int | None] = []
+    offsets: list[tuple[int, int]] = []
+    for what, segment in frame.single if b is None else frame.pair:
+        if what in texts:
+            (text_ids, text_words, text_offsets), keep = texts[what]
+            ids += text_ids[:keep]
+            word_ids += text_words[:keep]
+            offsets += text_offsets[:keep]
+            segments += [segment] * keep
+        else:
+            ids.append(what)
+            word_ids.append(None)
+            offsets.append((0, 0))
+            segments.append(segment)
+    return Encoding(ids, segments if frame.segments else None, word_ids, offsets)
 
 
 def _every_word(encoding: BackendEncoding, words: list[str], unk: int) -> _Piece:
