@@ -25,6 +25,8 @@ class ModelConfig:
     has_segments: ClassVar[bool] = False  # reads segment ids: [CLS] a [SEP] b [SEP] pairs (BERT)
     word_level: ClassVar[bool] = False  # one input id per word, no sub-word pieces (ELMo, Transformer-XL)
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
+    shared_layers: ClassVar[bool] = False  # every layer applies one set of weights (ALBERT): no per-layer groups
+    tokenizer_kind: ClassVar[str | None] = None  # the sub-word tokenizer kind it reads; None: its model_type's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +115,7 @@ class BertConfig(TransformerConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
     has_segments: ClassVar[bool] = True
+    pair_objective: ClassVar[str] = "nsp"  # what the sentence-pair head (`nsp_head`) learns in pretraining
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
@@ -126,6 +129,33 @@ class BertConfig(TransformerConfig):
         super().validate()
         if self.nsp_head and not self.pooler:
             raise UserError("config: nsp_head needs the pooler (pooler: true)")
+
+
+@dataclass
+class AlbertConfig(BertConfig):
+    """ALBERT (Lan et al. 2019): BERT with factorised embeddings, one set of layer weights, sentence order.
+
+    `embedding_size` (E) is the width of the token, position and segment embeddings, projected to `dim` (H) for
+    the encoder; the `n_layers` layers apply one shared block. The sentence-pair head (`nsp_head`, the name BERT's
+    configs use) predicts sentence order (`pair_objective` "sop": are the two segments in their original order?),
+    not whether the second segment follows the first. `activation` is the blocks' and the masked-LM head's:
+    "gelu_tanh" is the published models' "gelu_new".
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("albert",)
+    pair_objective: ClassVar[str] = "sop"
+    shared_layers: ClassVar[bool] = True
+    tokenizer_kind: ClassVar[str | None] = "sentencepiece"
+    model_type: str = "albert"
+    embedding_size: int = 128
+    activation: str = "gelu_tanh"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.embedding_size <= 0:
+            raise UserError(f"config: embedding_size must be positive, got {self.embedding_size}")
+        if self.activation not in ("gelu_tanh", "gelu", "relu"):
+            raise UserError(f"config: activation must be gelu_tanh, gelu or relu, got {self.activation!r}")
 
 
 def _published_filters() -> list[list[int]]:
@@ -277,7 +307,7 @@ class TransformerXLConfig(ModelConfig):
                             f"got {self.tie_projs}")
 
 
-CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
+CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig, AlbertConfig]
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -339,6 +369,7 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
 
     - gpt, gpt2, bert: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size` (default
       8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
+    - albert: as bert, with embeddings min(128, dim) wide (the paper's E = 128) and one block shared by the layers.
     - elmo: the published character CNN with its filter counts scaled by dim / 512 (so dim 512 is ELMo
       "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default
       2) LSTMs of `cell_dim` cells (default 4 x dim) per direction, clipping at ±3 (`clip`) or none, a softmax
@@ -353,6 +384,8 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
         config = cls(model_type=family, vocab_size=8192 if vocab_size is None else vocab_size,
                      max_positions=max_positions, dim=dim, n_layers=4 if layers is None else layers, n_heads=heads,
                      dropout=dropout, attn_dropout=dropout)
+        if isinstance(config, AlbertConfig):
+            config.embedding_size = min(128, dim)  # the paper's E = 128, or H where the model is narrower
         config.validate()
         return config
     if cls is ElmoConfig:

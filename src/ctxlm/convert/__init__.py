@@ -34,7 +34,7 @@ from ctxlm.checkpoint import (
     read_safetensors_header,
     save,
 )
-from ctxlm.convert import allennlp_elmo, hf_bert, hf_gpt, hf_transfo_xl
+from ctxlm.convert import allennlp_elmo, hf_albert, hf_bert, hf_gpt, hf_transfo_xl
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.tokenizers import Tokenizer
@@ -51,6 +51,7 @@ HUB_MODELS = {
     "gpt2-xl": "openai-community/gpt2-xl",
     "distilgpt2": "distilbert/distilgpt2",
     "transfo-xl-wt103": "transfo-xl/transfo-xl-wt103",
+    "albert-base-v2": "albert/albert-base-v2",
 }
 
 
@@ -98,7 +99,7 @@ def read_legacy_bin(file: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
-    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT or Transformer-XL)."""
+    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT, Transformer-XL or ALBERT)."""
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     hub_type = hf_config.get("model_type")
@@ -112,17 +113,20 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     elif hub_type == "transfo-xl":
         config = hf_transfo_xl.config_from_hf(hf_config)
         state = hf_transfo_xl.state_dict_from_hf(weights, config)
+    elif hub_type == "albert":
+        config = hf_albert.config_from_hf(hf_config, weights)
+        state = hf_albert.state_dict_from_hf(weights, config)
     else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2, bert, transfo-xl")
+                        "supported: openai-gpt, gpt2, bert, transfo-xl, albert")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     check_dtypes(model, {name: t.dtype for name, t in state.items()}, str(path))
     model.load_state_dict(state)
     if hub_type == "transfo-xl":  # a word vocabulary, not a `tokenizers` file
         model.tokenizer = hf_transfo_xl.published_tokenizer(path)
-    elif has_tokenizer(path):
-        model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
+    elif has_tokenizer(path) or (path / "spiece.model").is_file():  # spiece.model alone: refused, saying why
+        model.tokenizer = Tokenizer.from_files(path, kind=config.tokenizer_kind or config.model_type)
     return model.eval()
 
 

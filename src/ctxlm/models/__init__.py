@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ctxlm.config import ModelConfig
+from ctxlm.models.albert import AlbertModel
 from ctxlm.models.bert import BertModel
 from ctxlm.models.elmo import ElmoLanguageModel
 from ctxlm.models.gpt import GPTLanguageModel
@@ -12,6 +13,7 @@ from ctxlm.models.transformer_xl import TransformerXLLanguageModel
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
                                          "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
+MODEL_CLASSES["albert"] = AlbertModel
 
 
 def build_model(config: ModelConfig) -> nn.Module:
