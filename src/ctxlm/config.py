@@ -27,6 +27,9 @@ class ModelConfig:
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
     shared_layers: ClassVar[bool] = False  # every layer applies one set of weights (ALBERT): no per-layer groups
     tokenizer_kind: ClassVar[str | None] = None  # the sub-word tokenizer kind it reads; None: its model_type's
+    # What a masked-LM encoder's sentence-pair head learns: "nsp" (BERT: is B the text after A, or a random text?),
+    # "sop" (ALBERT: are A and B in their order, or swapped?); None: a family without one
+    pair_objective: ClassVar[str | None] = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,7 +118,7 @@ class BertConfig(TransformerConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
     has_segments: ClassVar[bool] = True
-    pair_objective: ClassVar[str] = "nsp"  # what the sentence-pair head (`nsp_head`) learns in pretraining
+    pair_objective: ClassVar[str | None] = "nsp"  # what the sentence-pair head (`nsp_head`) learns
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
@@ -143,7 +146,7 @@ class AlbertConfig(BertConfig):
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("albert",)
-    pair_objective: ClassVar[str] = "sop"
+    pair_objective: ClassVar[str | None] = "sop"
     shared_layers: ClassVar[bool] = True
     tokenizer_kind: ClassVar[str | None] = "sentencepiece"
     model_type: str = "albert"

@@ -31,6 +31,8 @@ Examples:
   ctxlm pretrain --init runs/gpt2-wt2 --data imdb --out runs/gpt2-imdb --lr-decay 2.6 --schedule slanted
   # BERT: masked LM (15 %, 80/10/10) + next-sentence prediction, whole-word masking
   ctxlm pretrain --model bert --data wikitext2 --out runs/bert-wt2 --block-size 128 --whole-word-masking
+  # ALBERT: one block shared by the layers, 128-wide embeddings, masked LM + sentence-order prediction
+  ctxlm pretrain --model albert --data wikitext2 --out runs/albert-wt2 --block-size 128 --layers 6
   # ELMo: a character CNN under forward and backward LSTMs (biLM), softmax over every wikitext2 word
   ctxlm pretrain --model elmo --data wikitext2 --out runs/elmo-wt2 --dim 128 --max-minutes 10
   # ... with the published cell and projection clipping (slower: a step-by-step LSTM), adaptive softmax
@@ -51,10 +53,10 @@ Examples:
   # a model too large to train on one GPU: each of 8 holds an eighth of its weights and optimizer state (FSDP)
   torchrun --nproc_per_node=8 -m ctxlm pretrain --model gpt2 --dim 2048 --layers 24 --heads 16 --fsdp --out runs/big
 """)
-@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl"]),
+@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "elmo", "transformer-xl", "albert"]),
               help="architecture family (and objective: causal LM, masked LM + NSP for bert, forward + backward LM "
-              "for elmo, causal LM over segments with memory for transformer-xl) [default: gpt2; with --init: the "
-              "checkpoint's]")
+              "for elmo, causal LM over segments with memory for transformer-xl, masked LM + sentence order for "
+              "albert) [default: gpt2; with --init: the checkpoint's]")
 @click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
               "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,
@@ -131,8 +133,9 @@ Examples:
 @logged_to("out")
 def pretrain(**options) -> None:
     """Pretrain a model from scratch, or continue from a checkpoint with --init, on raw text: causal LM (GPT,
-    GPT-2), masked LM + next sentence (BERT), forward + backward LM over words read by their characters (ELMo), or
-    causal LM over segments that attend to the previous segments' states (Transformer-XL, over words).
+    GPT-2), masked LM + next sentence (BERT) or + sentence order (ALBERT), forward + backward LM over words read
+    by their characters (ELMo), or causal LM over segments that attend to the previous segments' states
+    (Transformer-XL, over words).
 
     Under torchrun (not Transformer-XL), N processes train data-parallel: --batch-size is each process's share of
     a global batch of N x batch-size rows; rank 0 writes the run folder. With --fsdp they shard the model
@@ -152,9 +155,10 @@ def report(result: dict) -> None:
         click.echo(f"step {final['step']}: validation loss {final['valid_loss']:.3f}, "
                    f"perplexity {final['valid_perplexity']:.1f} (per {result['model'].config.model_type} token)")
     if final and result["objective"] == MASKED_LM:
+        pair_task = {"sop": "sentence-order"}.get(result["model"].config.pair_objective, "next-sentence")
         click.echo(f"step {final['step']}: masked-LM accuracy {final['valid_mlm_accuracy']:.3f} "
                    f"(perplexity {math.exp(final['valid_mlm_loss']):.1f})"
-                   + (f", next-sentence accuracy {final['valid_nsp_accuracy']:.3f}" if "valid_nsp_accuracy" in final
+                   + (f", {pair_task} accuracy {final['valid_nsp_accuracy']:.3f}" if "valid_nsp_accuracy" in final
                       else ""))
     if "sample" in result:
         click.echo(f"sample: {result['sample']['prompt']}{result['sample']['continuation']}")

@@ -79,9 +79,8 @@ def run_tokenizer(data: LMData, run_dir: Path, model_config, *, given: Tokenizer
         if given is not None:
             return given
         files = find_text_files(data.train)
-        print(f"training a {model_config.vocab_size}-token {model_config.model_type} tokenizer "
-              f"on {len(files)} file(s)")
-        kind, lower = model_config.model_type, lowercase
+        kind, lower = model_config.tokenizer_kind or model_config.model_type, lowercase
+        print(f"training a {model_config.vocab_size}-token {kind} tokenizer on {len(files)} file(s)")
         if lower is None and kind in NORMALISED_KINDS:
             lower = latin_script(files)
             print(f"{'Latin-script' if lower else 'not Latin-script'} text: a {'lower-cased' if lower else 'cased'} "

@@ -112,10 +112,12 @@ def _canonical_numbering(backend: Backend) -> Backend:
     vocab = data["model"]["vocab"]
     special = {token["content"] for token in data["added_tokens"]}
     if data["model"]["type"] == "Unigram":
-        # A list of [piece, log probability]; UnigramTrainer orders pieces of equal probability by hash-map order.
-        # The special tokens lead (their ids are set); the rest go by probability, then text.
+        # A list of [piece, log probability], ordered by probability. UnigramTrainer's EM sums in hash-map order,
+        # so the same corpus gives the same pieces with log probabilities that differ in the fourth decimal, and a
+        # different order. The special tokens lead (their ids are set); the other pieces are numbered by their
+        # text, which the model never reads (it segments by the probabilities alone): the same pieces, the same ids.
         head = [entry for entry in vocab if entry[0] in special]
-        data["model"]["vocab"] = head + sorted((e for e in vocab if e[0] not in special), key=lambda e: (-e[1], e[0]))
+        data["model"]["vocab"] = head + sorted((e for e in vocab if e[0] not in special), key=lambda e: e[0])
         return Backend.from_str(json.dumps(data))
 
     def base(token: str) -> str:
