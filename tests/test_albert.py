@@ -333,6 +333,10 @@ def test_finetune_albert(albert_run, tmp_path, monkeypatch, capsys, strategy):
                              "--device", "cpu", "--batch-size", 8, "--strategy", strategy, "--out", tmp_path / "run")
     assert code in (0, None), err
     assert "dev_accuracy" in out and (tmp_path / "run" / "model" / "task.json").is_file()
+    import ctxlm
+
+    tuned = ctxlm.load(tmp_path / "run" / "model")  # the backbone, LoRA merged into its one block
+    assert isinstance(tuned, AlbertModel) and tuned.config.lora_rank == 0
 
 
 @pytest.mark.fp32
@@ -367,3 +371,13 @@ def test_serve_albert(albert_run):
         assert attention["layers"] == 2 and len(attention["attention"]) == 2  # the block, read once per layer
         embedded = c.post("/embed", json={"texts": ["the cat sees the house ."]})
         assert embedded.status_code == 200, embedded.text
+
+
+def test_finetune_help_says_what_the_groups_are_when_layers_share_weights(monkeypatch, capsys):
+    from helpers import run_cli
+
+    code, out, _ = run_cli(monkeypatch, capsys, "finetune", "--help")
+    text = " ".join(out.split())
+    assert code == 0
+    assert "share one set of weights (albert) there are two" in text and "every layer at once" in text
+    assert "the embeddings / 2.6²" in text

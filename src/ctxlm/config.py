@@ -25,7 +25,6 @@ class ModelConfig:
     has_segments: ClassVar[bool] = False  # reads segment ids: [CLS] a [SEP] b [SEP] pairs (BERT)
     word_level: ClassVar[bool] = False  # one input id per word, no sub-word pieces (ELMo, Transformer-XL)
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
-    shared_layers: ClassVar[bool] = False  # every layer applies one set of weights (ALBERT): no per-layer groups
     tokenizer_kind: ClassVar[str | None] = None  # the sub-word tokenizer kind it reads; None: its model_type's
     # What a masked-LM encoder's sentence-pair head learns: "nsp" (BERT: is B the text after A, or a random text?),
     # "sop" (ALBERT: are A and B in their order, or swapped?); None: a family without one
@@ -147,7 +146,6 @@ class AlbertConfig(BertConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("albert",)
     pair_objective: ClassVar[str | None] = "sop"
-    shared_layers: ClassVar[bool] = True
     tokenizer_kind: ClassVar[str | None] = "sentencepiece"
     model_type: str = "albert"
     embedding_size: int = 128

@@ -56,7 +56,8 @@ from ctxlm.tokenizers.training import train_backend
 
 
 class Tokenizer:
-    """A trained tokeniser of kind "gpt" or "gpt2" (BPE) or "bert" (WordPiece), with the special tokens' roles.
+    """A trained tokeniser of kind "gpt" or "gpt2" (BPE), "bert" (WordPiece) or "sentencepiece" (Unigram), with
+    the special tokens' roles.
 
     `backend` is the `tokenizers.Tokenizer` doing the work; use it directly for offsets or other extras.
     """
@@ -172,17 +173,19 @@ class Tokenizer:
     def train(cls, files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str], kind: str,
               vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False,
               lowercase: bool | None = None, strip_accents: bool | None = None) -> Tokenizer:
-        """Learn a BPE (gpt, gpt2) or WordPiece (bert) vocabulary of at most `vocab_size` tokens (special
-        tokens included).
+        """Learn a BPE (gpt, gpt2), WordPiece (bert) or Unigram (sentencepiece) vocabulary of at most `vocab_size`
+        tokens (special tokens included).
 
         `files`: a path or a list/tuple of paths (.txt, or .txt.gz) read as UTF-8, or any other iterable
         (e.g. a generator, `iter(lines)`) of text strings. The vocabulary starts with the special tokens:
         gpt2: <|endoftext|> and the three task tokens; gpt: <unk>, <|endoftext|> and the three task tokens;
-        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4). A corpus too small to supply enough merges gives a
+        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4); sentencepiece: <pad> <unk> [CLS] [SEP] [MASK] (ids 0-4, as
+        ALBERT; Unigram training has no `min_frequency`). A corpus too small to supply enough merges gives a
         smaller vocabulary. The same files give the same tokenizer (gpt and bert read them twice for that; a
         one-shot iterator of texts is read once, and its gpt or bert vocabulary may then vary between runs).
-        `lowercase` (gpt, bert; default True): lower-case first, as "uncased" BERT and the 2018 GPT; False keeps
-        case, as "cased" BERT. `strip_accents` (gpt, bert; default: as `lowercase`): strip accents after Unicode
+        `lowercase` (gpt, bert, sentencepiece; default True): lower-case first, as "uncased" BERT and the 2018 GPT
+        and the published ALBERT; False keeps case, as "cased" BERT. `strip_accents` (the same kinds; default: as
+        `lowercase`): strip accents after Unicode
         decomposition, which also turns Russian "й" into "и" and "ё" into "е": a cased vocabulary keeps them unless
         asked. Both are saved with the tokenizer (the normaliser in tokenizer.json, and tokenizer_config.json).
         """
@@ -195,7 +198,9 @@ class Tokenizer:
                    lowercase: bool | None = None) -> Tokenizer:
         """Load tokenizer.json (ours or HF's; our tokenizer_config.json restores kind and roles), or else the
         published vocab.json + merges.txt pair (GPT, GPT-2), or else a published BERT vocab.txt. `kind` is
-        inferred when not given ("</w>" suffix => gpt, WordPiece or vocab.txt => bert).
+        inferred when not given ("</w>" suffix => gpt, WordPiece or vocab.txt => bert, Unigram => sentencepiece,
+        whose roles a published folder's tokenizer_config.json or special_tokens_map.json names, and whose input
+        layout its tokenizer.json's template gives).
 
         BERT's casing: a tokenizer.json holds it. A bare vocab.txt takes it from the tokenizer_config.json
         beside it ("do_lower_case", "strip_accents", "tokenize_chinese_chars", as HF writes them), else from
