@@ -1,6 +1,6 @@
 """The sub-word families' pipelines, and loading their files: ours, Hugging Face's, and the published ones.
 
-Three kinds, each a recipe in `KINDS`:
+Four kinds, each a recipe in `KINDS`:
 
 - "gpt"  (Radford et al. 2018): lower-cased, BERT-style split on whitespace and punctuation, then BPE whose
   word-final symbols carry a "</w>" suffix. Same pipeline as HF's `openai-gpt` tokenizer.json. The original
@@ -290,8 +290,7 @@ def pipeline_options(kind: str, lowercase: bool | None, strip_accents: bool | No
     if kind not in NORMALISED_KINDS:
         if lowercase is not None or strip_accents is not None:
             raise UserError(f"{where}: lowercase= and strip_accents= apply to gpt, bert and sentencepiece tokenizers "
-                            f"only ({kind} "
-                            "keeps text as it is)")
+                            f"only ({kind} keeps text as it is)")
         return {}
     for name, value in (("lowercase", lowercase), ("strip_accents", strip_accents)):
         if value is not None and not isinstance(value, bool):

@@ -69,6 +69,8 @@ class Tokenizer:
         backend.no_truncation()
         backend.no_padding()
         self.special_tokens: dict[str, str] = dict(special_tokens or default_roles(backend, kind))
+        # read once: parsing tokenizer.json's template means serialising the whole vocabulary
+        self._layouts = template_of(backend) if kind == SENTENCEPIECE else None
         self._refresh()
 
     def _refresh(self) -> None:
@@ -397,11 +399,7 @@ class Tokenizer:
         if self.kind == SENTENCEPIECE:
             return self._template_frame(caller)
         if self.kind == "bert":
-            cls, sep = self.cls_id, self.sep_id
-            if cls is None or sep is None:
-                raise UserError(f"{caller}: this vocabulary has no {BERT_SPECIALS['cls']} or {BERT_SPECIALS['sep']}")
-            return _Frame(((cls, 0), (_A, 0), (sep, 0)), ((cls, 0), (_A, 0), (sep, 0), (_B, 1), (sep, 1)),
-                          segments=True)
+            return self._cls_sep_frame(caller)
         ids = (self.start_id, self.delimiter_id, self.extract_id)
         if None in ids:
             raise UserError(f"{caller}: this {self.kind} vocabulary has no task tokens "
@@ -411,16 +409,20 @@ class Tokenizer:
         return _Frame(((start, 0), (_A, 0), (extract, 0)),
                       ((start, 0), (_A, 0), (delimiter, 0), (_B, 0), (extract, 0)), segments=False)
 
+    def _cls_sep_frame(self, caller: str) -> _Frame:
+        """BERT's `[CLS] a [SEP] (b [SEP])`, segments 0 then 1, with the cls and sep roles' tokens."""
+        cls, sep = self.cls_id, self.sep_id
+        if cls is None or sep is None:
+            raise UserError(f"{caller}: this vocabulary has no cls or sep token ({BERT_SPECIALS['cls']}, "
+                            f"{BERT_SPECIALS['sep']})")
+        return _Frame(((cls, 0), (_A, 0), (sep, 0)), ((cls, 0), (_A, 0), (sep, 0), (_B, 1), (sep, 1)), segments=True)
+
     def _template_frame(self, caller: str) -> _Frame:
-        """The layout recorded in tokenizer.json's template (see the module docstring), else ALBERT's from the
-        cls and sep roles."""
-        layouts = template_of(self.backend)
+        """The layout recorded in tokenizer.json's template (see the module docstring), else BERT's from the cls
+        and sep roles."""
+        layouts = self._layouts
         if layouts is None:
-            cls, sep = self.cls_id, self.sep_id
-            if cls is None or sep is None:
-                raise UserError(f"{caller}: this tokenizer has neither an input template nor cls and sep tokens")
-            return _Frame(((cls, 0), (_A, 0), (sep, 0)), ((cls, 0), (_A, 0), (sep, 0), (_B, 1), (sep, 1)),
-                          segments=True)
+            return self._cls_sep_frame(caller)
 
         def ids(layout: list[tuple[str, int]]) -> tuple[tuple[int | str, int], ...]:
             out = []
