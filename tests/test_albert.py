@@ -381,3 +381,14 @@ def test_finetune_help_says_what_the_groups_are_when_layers_share_weights(monkey
     assert code == 0
     assert "share one set of weights (albert) there are two" in text and "every layer at once" in text
     assert "the embeddings / 2.6²" in text
+
+
+def test_pretraining_continues_from_an_albert_with_whole_word_masking(albert_run, tmp_path, monkeypatch, capsys):
+    from helpers import run_cli
+
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    code, out, err = run_cli(monkeypatch, capsys, "pretrain", "--init", albert_run / "checkpoint", "--data",
+                             albert_run.parent / "data", "--out", tmp_path / "run", "--steps", 2, "--block-size", 32,
+                             "--batch-size", 4, "--eval-every", 2, "--whole-word-masking")
+    assert code in (0, None), err
+    assert "masked LM + sentence order" in out and "sentence-order accuracy" in out

@@ -4,7 +4,8 @@ calls for run, the final figures returned. `ctxlm.pretrain` (and `ctxlm pretrain
 The objective follows from what the family can do (the config's capability flags), never from its name:
 memory across segments → causal LM over segments (Transformer-XL); causal → causal LM (GPT, GPT-2); a word-level
 bidirectional model → forward + backward LMs (ELMo's biLM); else an encoder → masked LM, with next-sentence
-prediction for a model that reads segment pairs (BERT).
+prediction for a model that reads segment pairs (BERT), or the sentence-pair task its config's `pair_objective`
+names (ALBERT: sentence order).
 
 With `init` the run continues a checkpoint instead (ULMFiT's stage 2, task-adaptive pretraining; see
 `ctxlm.pretrain.init`): its weights, config and tokenizer, its family's objective, the heads it lacks created.
