@@ -272,7 +272,7 @@ def test_dynamic_masking_draws_a_new_mask_each_epoch():
 def test_the_objective_follows_the_flags():
     config = preset("roberta", dim=32, heads=2)
     assert isinstance(config, RobertaConfig) and objective_of(config) == "masked-lm"
-    assert not config.next_sentence and not config.nsp_head and not config.has_segments
+    assert config.pair_objective is None and not config.nsp_head and not config.has_segments
 
 
 # ------------------------------------------------------------------------------------ the jobs on a tiny model

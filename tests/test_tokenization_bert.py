@@ -91,7 +91,7 @@ def test_training_errors() -> None:
         Tokenizer.train(iter(CORPUS), "bert", 5)
     with pytest.raises(UserError, match="vocab_size=20 is smaller"):
         Tokenizer.train(iter(CORPUS), "bert", 20)  # the alphabet (and its "##" twins) does not fit
-    with pytest.raises(UserError, match="lowercase= and strip_accents= apply to gpt and bert tokenizers only"):
+    with pytest.raises(UserError, match="strip_accents= apply to gpt, bert and sentencepiece tokenizers only"):
         Tokenizer.train(iter(CORPUS), "gpt2", 300, lowercase=True)
 
 

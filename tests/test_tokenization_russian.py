@@ -110,7 +110,7 @@ def test_a_folder_saved_before_the_settings_loads_as_it_did(tmp_path):
 
 
 def test_gpt2_takes_no_casing_settings():
-    with pytest.raises(UserError, match="apply to gpt and bert tokenizers only"):
+    with pytest.raises(UserError, match="apply to gpt, bert and sentencepiece tokenizers only"):
         Tokenizer.train(iter(CORPUS), "gpt2", 300, strip_accents=False)
 
 

@@ -27,8 +27,11 @@ class ModelConfig:
     has_memory: ClassVar[bool] = False  # carries hidden states from one segment to the next (Transformer-XL)
     permutation_lm: ClassVar[bool] = False  # pretrains by permutation LM over two attention streams (XLNet)
     summary_last: ClassVar[bool] = False  # an encoder that sums a text up at its last token (XLNet's <cls>)
-    next_sentence: ClassVar[bool] = False  # pretrained on segment pairs with next-sentence prediction (BERT)
-    tokenizer_kind: ClassVar[str] = ""  # the kind of tokenizer a run from scratch trains ("": the model_type)
+    # What a masked-LM encoder's sentence-pair head learns: "nsp" (BERT: is B the text after A, or a random text?),
+    # "sop" (ALBERT: are A and B in their order, or swapped?); None: no pair task, the masked LM reads full
+    # sentences packed across documents (RoBERTa, DeBERTa)
+    pair_objective: ClassVar[str | None] = None
+    tokenizer_kind: ClassVar[str | None] = None  # the tokenizer kind a run from scratch trains; None: the model_type
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,7 +120,7 @@ class BertConfig(TransformerConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("bert",)
     has_segments: ClassVar[bool] = True
-    next_sentence: ClassVar[bool] = True
+    pair_objective: ClassVar[str | None] = "nsp"  # what the sentence-pair head (`nsp_head`) learns
     model_type: str = "bert"
     vocab_size: int = 30522
     max_positions: int = 512
@@ -201,7 +204,7 @@ class RobertaConfig(BertConfig):
 
     model_types: ClassVar[tuple[str, ...]] = ("roberta",)
     has_segments: ClassVar[bool] = False
-    next_sentence: ClassVar[bool] = False
+    pair_objective: ClassVar[str | None] = None
     model_type: str = "roberta"
     vocab_size: int = 50265
     max_positions: int = 512
@@ -214,6 +217,32 @@ class RobertaConfig(BertConfig):
         super().validate()
         if self.nsp_head:
             raise UserError("config: RoBERTa has no next-sentence prediction (nsp_head must be false)")
+
+
+@dataclass
+class AlbertConfig(BertConfig):
+    """ALBERT (Lan et al. 2019): BERT with factorised embeddings, one set of layer weights, sentence order.
+
+    `embedding_size` (E) is the width of the token, position and segment embeddings, projected to `dim` (H) for
+    the encoder; the `n_layers` layers apply one shared block. The sentence-pair head (`nsp_head`, the name BERT's
+    configs use) predicts sentence order (`pair_objective` "sop": are the two segments in their original order?),
+    not whether the second segment follows the first. `activation` is the blocks' and the masked-LM head's:
+    "gelu_tanh" is the published models' "gelu_new".
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("albert",)
+    pair_objective: ClassVar[str | None] = "sop"
+    tokenizer_kind: ClassVar[str | None] = "sentencepiece"
+    model_type: str = "albert"
+    embedding_size: int = 128
+    activation: str = "gelu_tanh"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.embedding_size <= 0:
+            raise UserError(f"config: embedding_size must be positive, got {self.embedding_size}")
+        if self.activation not in ("gelu_tanh", "gelu", "relu"):
+            raise UserError(f"config: activation must be gelu_tanh, gelu or relu, got {self.activation!r}")
 
 
 def _published_filters() -> list[list[int]]:
@@ -400,10 +429,8 @@ class XLNetConfig(TransformerConfig):
             raise UserError(f"config: mem_len must be 0 or more, got {self.mem_len}")
 
 
-CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, ElmoConfig, TransformerXLConfig]
-CONFIG_CLASSES.append(XLNetConfig)
-CONFIG_CLASSES.append(DebertaConfig)
-CONFIG_CLASSES.append(RobertaConfig)
+CONFIG_CLASSES: list[type[ModelConfig]] = [GPTConfig, BertConfig, RobertaConfig, AlbertConfig, DebertaConfig,
+                                           ElmoConfig, TransformerXLConfig, XLNetConfig]
 
 
 def config_class(model_type: str) -> type[ModelConfig]:
@@ -463,8 +490,10 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
     keywords are its options of the same names (a bad value is refused naming the option), and those a family has
     no use for are ignored.
 
-    - gpt, gpt2, bert, roberta, deberta: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a `vocab_size`
-      (default 8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and attention alike.
+    - gpt, gpt2, bert, roberta, deberta: `layers` (default 4) x `heads`, width `dim` with a 4 x dim MLP, a
+      `vocab_size` (default 8192) vocabulary, `max_positions` positions, `dropout` on the residual branches and
+      attention alike.
+    - albert: as bert, with embeddings min(128, dim) wide (the paper's E = 128) and one block shared by the layers.
     - elmo: the published character CNN with its filter counts scaled by dim / 512 (so dim 512 is ELMo
       "original"'s CNN; at dim 128 the published 2,048 filters would cost more than the LSTMs), `layers` (default
       2) LSTMs of `cell_dim` cells (default 4 x dim) per direction, clipping at ±3 (`clip`) or none, a softmax
@@ -483,6 +512,8 @@ def preset(family: str, *, vocab_size: int | None = None, dim: int = 256, layers
                      dropout=dropout, attn_dropout=dropout)
         if isinstance(config, XLNetConfig):  # segment recurrence in pretraining, as Transformer-XL's
             config.mem_len = mem_len
+        if isinstance(config, AlbertConfig):
+            config.embedding_size = min(128, dim)  # the paper's E = 128, or H where the model is narrower
         config.validate()
         return config
     if cls is ElmoConfig:

@@ -43,7 +43,9 @@ class EncoderOutput:
     hidden: Hidden
     pooled: Tensor | None = None  # (batch, dim): tanh(W h_[CLS] + b), the pooler
     logits: Tensor | None = None  # (batch, time, vocab): masked-LM logits
-    nsp_logits: Tensor | None = None  # (batch, 2): class 0 = B follows A, 1 = B is random
+    # (batch, 2): the sentence-pair head, class 0 = B follows A. BERT's next sentence: 1 = B is random text;
+    # ALBERT's sentence order: 1 = A and B swapped (the config's `pair_objective` says which)
+    nsp_logits: Tensor | None = None
 
     @property
     def mlm_logits(self) -> Tensor | None:

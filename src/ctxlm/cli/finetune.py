@@ -37,7 +37,12 @@ STRATEGY_HELP = ("features (frozen backbone, cached features, head only), full, 
                  "slanted), chain-thaw (the head, then each group alone bottom up, then all), gpt (full + "
                  "auxiliary LM loss 0.5; decoders), adapters (Houlsby bottlenecks, adapter_dim=64, rate 1e-3), "
                  "lora (rank 8 on q and v, rate 2e-3, merged into the saved weights); adapters and lora need a "
-                 "GPT, GPT-2 or BERT backbone (not ELMo or Transformer-XL). Override a field: "
+                 "GPT, GPT-2, BERT or ALBERT backbone (not ELMo or Transformer-XL). Layer groups are the "
+                 "embeddings, then each layer; where the layers share one set of weights (albert) there are two, "
+                 "the embeddings (with their projection) and the shared block, so gradual unfreezing thaws the "
+                 "block, every layer at once, then the embeddings, discriminative rates give the block --lr / 2.6 "
+                 "and the embeddings / 2.6², and adapters or LoRA in the block are shared by its layers too. "
+                 "Override a field: "
                  "'discriminative:lr_decay=2.0', 'l2sp:sp_alpha=10,sp_norm=l1', 'lora:lora_rank=16,lora_targets=qkvo'")
 
 

@@ -33,6 +33,8 @@ Examples:
   ctxlm pretrain --model bert --data wikitext2 --out runs/bert-wt2 --block-size 128 --whole-word-masking
   # RoBERTa: byte-level BPE, masked LM without next-sentence prediction on full sentences, a new mask every epoch
   ctxlm pretrain --model roberta --data wikitext2 --out runs/roberta-wt2 --block-size 128
+  # ALBERT: one block shared by the layers, 128-wide embeddings, masked LM + sentence-order prediction
+  ctxlm pretrain --model albert --data wikitext2 --out runs/albert-wt2 --block-size 128 --layers 6
   # ELMo: a character CNN under forward and backward LSTMs (biLM), softmax over every wikitext2 word
   ctxlm pretrain --model elmo --data wikitext2 --out runs/elmo-wt2 --dim 128 --max-minutes 10
   # ... with the published cell and projection clipping (slower: a step-by-step LSTM), adaptive softmax
@@ -53,12 +55,12 @@ Examples:
   # a model too large to train on one GPU: each of 8 holds an eighth of its weights and optimizer state (FSDP)
   torchrun --nproc_per_node=8 -m ctxlm pretrain --model gpt2 --dim 2048 --layers 24 --heads 16 --fsdp --out runs/big
 """)
-@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "roberta", "deberta", "elmo", "transformer-xl",
-                                          "xlnet"]),
+@click.option("--model", type=click.Choice(["gpt2", "gpt", "bert", "roberta", "albert", "deberta", "elmo",
+                                          "transformer-xl", "xlnet"]),
               help="architecture family (and objective: causal LM, masked LM + NSP for bert, masked LM on full "
-              "sentences across documents for roberta and deberta, forward + backward LM for elmo, causal LM over "
-              "segments with memory for transformer-xl, permutation LM over segments with memory for xlnet) "
-              "[default: gpt2; with --init: the checkpoint's]")
+              "sentences across documents for roberta and deberta, masked LM + sentence order for albert, forward "
+              "+ backward LM for elmo, causal LM over segments with memory for transformer-xl, permutation LM over "
+              "segments with memory for xlnet) [default: gpt2; with --init: the checkpoint's]")
 @click.option("--init", metavar="MODEL", help="continue the family's objective from this checkpoint: a run or model "
               "folder, a converted Hub folder, or minilm; keeps its tokenizer and weights")
 @click.option("--data", default="wikitext2", show_default=True,
@@ -137,8 +139,9 @@ Examples:
 @logged_to("out")
 def pretrain(**options) -> None:
     """Pretrain a model from scratch, or continue from a checkpoint with --init, on raw text: causal LM (GPT,
-    GPT-2), masked LM + next sentence (BERT), forward + backward LM over words read by their characters (ELMo), or
-    causal LM over segments that attend to the previous segments' states (Transformer-XL, over words).
+    GPT-2), masked LM + next sentence (BERT) or + sentence order (ALBERT), forward + backward LM over words read
+    by their characters (ELMo), or causal LM over segments that attend to the previous segments' states
+    (Transformer-XL, over words).
 
     Under torchrun (not Transformer-XL), N processes train data-parallel: --batch-size is each process's share of
     a global batch of N x batch-size rows; rank 0 writes the run folder. With --fsdp they shard the model
@@ -158,9 +161,10 @@ def report(result: dict) -> None:
         click.echo(f"step {final['step']}: validation loss {final['valid_loss']:.3f}, "
                    f"perplexity {final['valid_perplexity']:.1f} (per {result['model'].config.model_type} token)")
     if final and result["objective"] == MASKED_LM:
+        pair_task = {"sop": "sentence-order"}.get(result["model"].config.pair_objective, "next-sentence")
         click.echo(f"step {final['step']}: masked-LM accuracy {final['valid_mlm_accuracy']:.3f} "
                    f"(perplexity {math.exp(final['valid_mlm_loss']):.1f})"
-                   + (f", next-sentence accuracy {final['valid_nsp_accuracy']:.3f}" if "valid_nsp_accuracy" in final
+                   + (f", {pair_task} accuracy {final['valid_nsp_accuracy']:.3f}" if "valid_nsp_accuracy" in final
                       else ""))
     if "sample" in result:
         click.echo(f"sample: {result['sample']['prompt']}{result['sample']['continuation']}")

@@ -34,7 +34,7 @@ from ctxlm.checkpoint import (
     read_safetensors_header,
     save,
 )
-from ctxlm.convert import allennlp_elmo, hf_bert, hf_deberta, hf_gpt, hf_roberta, hf_transfo_xl, hf_xlnet
+from ctxlm.convert import allennlp_elmo, hf_albert, hf_bert, hf_deberta, hf_gpt, hf_roberta, hf_transfo_xl, hf_xlnet
 from ctxlm.errors import UserError
 from ctxlm.models import build_model
 from ctxlm.tokenizers import Tokenizer
@@ -52,6 +52,7 @@ HUB_MODELS = {
     "distilgpt2": "distilbert/distilgpt2",
     "transfo-xl-wt103": "transfo-xl/transfo-xl-wt103",
     "deberta-v3-base": "microsoft/deberta-v3-base",
+    "albert-base-v2": "albert/albert-base-v2",
 }
 HUB_MODELS["xlnet-base-cased"] = "xlnet/xlnet-base-cased"
 HUB_MODELS |= {"roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large",
@@ -102,8 +103,8 @@ def read_legacy_bin(file: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hub_folder(path: str | Path) -> nn.Module:
-    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT, RoBERTa, DeBERTa v2/v3,
-    Transformer-XL or XLNet)."""
+    """Build a ctxlm model from a folder in the Hugging Face layout (GPT, GPT-2, BERT, RoBERTa, ALBERT, DeBERTa
+    v2/v3, Transformer-XL or XLNet)."""
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     hub_type = hf_config.get("model_type")
@@ -120,6 +121,9 @@ def from_hub_folder(path: str | Path) -> nn.Module:
     elif hub_type == "roberta":
         config = hf_roberta.config_from_hf(hf_config, weights)
         state = hf_roberta.state_dict_from_hf(weights, config)
+    elif hub_type == "albert":
+        config = hf_albert.config_from_hf(hf_config, weights)
+        state = hf_albert.state_dict_from_hf(weights, config)
     elif hub_type == "xlnet":
         config = hf_xlnet.config_from_hf(hf_config)
         state = hf_xlnet.state_dict_from_hf(weights, config)
@@ -128,19 +132,19 @@ def from_hub_folder(path: str | Path) -> nn.Module:
         state = hf_deberta.state_dict_from_hf(weights, config)
     else:
         raise UserError(f"{path / 'config.json'}: model_type {hub_type!r} cannot be converted (yet); "
-                        "supported: openai-gpt, gpt2, bert, roberta, deberta-v2, transfo-xl, xlnet")
+                        "supported: openai-gpt, gpt2, bert, roberta, albert, deberta-v2, transfo-xl, xlnet")
     model = build_model(config)
     check_shapes(model, {name: tuple(t.shape) for name, t in state.items()}, str(path))
     check_dtypes(model, {name: t.dtype for name, t in state.items()}, str(path))
     model.load_state_dict(state)
     if hub_type == "transfo-xl":  # a word vocabulary, not a `tokenizers` file
         model.tokenizer = hf_transfo_xl.published_tokenizer(path)
-    elif hub_type == "xlnet":  # SentencePiece: read only as a tokenizer.json
+    elif hub_type == "xlnet":  # SentencePiece, read as its tokenizer.json
         model.tokenizer = hf_xlnet.published_tokenizer(path)
-    elif hub_type == "deberta-v2":  # a tokenizer.json if there is one; SentencePiece's spm.model is refused
+    elif hub_type == "deberta-v2":  # SentencePiece, read as its tokenizer.json; spm.model alone is refused
         model.tokenizer = hf_deberta.published_tokenizer(path)
-    elif has_tokenizer(path):
-        model.tokenizer = Tokenizer.from_files(path, kind=config.model_type)
+    elif has_tokenizer(path) or (path / "spiece.model").is_file():  # spiece.model alone: refused, saying why
+        model.tokenizer = Tokenizer.from_files(path, kind=config.tokenizer_kind or config.model_type)
     return model.eval()
 
 

@@ -144,19 +144,13 @@ def state_dict_from_hf(hf_state: dict[str, Tensor], config: DebertaConfig) -> di
 
 
 def published_tokenizer(path: Path) -> Tokenizer | None:
-    """The folder's tokenizer: its tokenizer.json read by ctxlm's own loading; None when it has no tokenizer
-    files at all. A folder with only SentencePiece's spm.model (published DeBERTa v3) is refused, naming it."""
+    """The folder's tokenizer.json (published DeBERTa v3's is SentencePiece: the "sentencepiece" kind); None when
+    it has no tokenizer files at all. A folder with only SentencePiece's spm.model is refused, naming it."""
     if (path / "tokenizer.json").is_file():
-        try:
-            return Tokenizer.from_files(path)
-        except UserError as err:
-            raise UserError(f"{path / 'tokenizer.json'}: ctxlm cannot read this tokenizer ({err}); DeBERTa v3's "
-                            "own is SentencePiece (Unigram), a kind ctxlm does not read yet. Convert the weights "
-                            "without it (move tokenizer.json and spm.model aside) and pair them with a tokenizer "
-                            "folder of a kind ctxlm reads") from None
+        return Tokenizer.from_files(path)  # DeBERTa v3's is SentencePiece (Unigram): the "sentencepiece" kind
     if (path / "spm.model").is_file():
-        raise UserError(f"{path}: has a SentencePiece model (spm.model) and no tokenizer.json; ctxlm does not read "
-                        "SentencePiece models yet: add the tokenizer.json that transformers' "
-                        "DebertaV2TokenizerFast writes (save_pretrained), or move spm.model aside to convert the "
-                        "weights alone")
+        raise UserError(f"{path}: has a SentencePiece model (spm.model) and no tokenizer.json; ctxlm reads "
+                        "SentencePiece vocabularies from tokenizer.json (the sentencepiece package is not used): "
+                        "add the tokenizer.json that transformers' DebertaV2TokenizerFast writes (save_pretrained), "
+                        "or move spm.model aside to convert the weights alone")
     return None

@@ -93,8 +93,9 @@ def state_dict_from_hf(hf_state: dict[str, Tensor], config: XLNetConfig) -> dict
 
 
 def published_tokenizer(path: Path) -> Tokenizer:
-    """The folder's tokenizer.json, read as the published kinds are; refused, naming the file, without it (the
-    published spiece.model is SentencePiece, which ctxlm reads only once converted to a tokenizer.json)."""
+    """The folder's tokenizer.json (SentencePiece: the "sentencepiece" kind, its `a <sep> b <sep> <cls>` layout
+    from the file's template); refused, naming the file, without it (ctxlm reads SentencePiece vocabularies from
+    tokenizer.json, not from spiece.model)."""
     if not (path / "tokenizer.json").is_file():
         found = ", ".join(sorted(p.name for p in path.glob("spiece.model"))) or "no tokenizer file"
         raise UserError(f"{path}: an XLNet checkpoint needs its tokenizer as tokenizer.json, which is missing "

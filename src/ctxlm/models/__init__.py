@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ctxlm.config import ModelConfig
+from ctxlm.models.albert import AlbertModel
 from ctxlm.models.bert import BertModel
 from ctxlm.models.deberta import DebertaModel
 from ctxlm.models.elmo import ElmoLanguageModel
@@ -18,6 +19,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GP
 MODEL_CLASSES["xlnet"] = XLNetLanguageModel
 MODEL_CLASSES["deberta"] = DebertaModel
 MODEL_CLASSES["roberta"] = RobertaModel
+MODEL_CLASSES["albert"] = AlbertModel
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -10,13 +10,13 @@ The masked-LM head transforms each state (dense → GELU → LayerNorm) and scor
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctxlm.config import BertConfig
 from ctxlm.errors import UserError
 from ctxlm.nn.attention import build_attention_mask
 from ctxlm.nn.blocks import Embeddings, TransformerBlock, init_transformer_weights
+from ctxlm.nn.heads import MaskedLMHead
 from ctxlm.nn.peft import build_peft, reset_peft_parameters
 from ctxlm.outputs import EncoderOutput, Hidden
 
@@ -70,19 +70,6 @@ class BERT(nn.Module):
         return [list(self.embed.parameters())] + [list(b.parameters()) for b in self.blocks]
 
 
-class MaskedLMHead(nn.Module):
-    """dense → GELU → LayerNorm, then scores against the (tied) token embeddings plus a bias."""
-
-    def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.transform = nn.Linear(config.dim, config.dim)
-        self.norm = nn.LayerNorm(config.dim, eps=config.layer_norm_eps)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def forward(self, states: Tensor, token_embeddings: Tensor) -> Tensor:
-        return F.linear(self.norm(F.gelu(self.transform(states))), token_embeddings, self.bias)
-
-
 class BertModel(nn.Module):
     """The encoder with the pooler and pretraining heads its config asks for."""
 
@@ -93,7 +80,8 @@ class BertModel(nn.Module):
         self.config = config
         self.backbone = self.backbone_class(config)
         self.pooler = nn.Linear(config.dim, config.dim) if config.pooler else None
-        self.mlm = MaskedLMHead(config) if config.mlm_head else None
+        self.mlm = (MaskedLMHead(config.dim, config.vocab_size, norm_eps=config.layer_norm_eps)
+                    if config.mlm_head else None)
         self.nsp = nn.Linear(config.dim, 2) if config.nsp_head else None
         self.tokenizer = None
         init_transformer_weights(self, config.init_std, n_layers=None)

@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from ctxlm.config import DebertaConfig
 from ctxlm.errors import UserError
-from ctxlm.models.bert import MaskedLMHead
 from ctxlm.nn.attention import build_attention_mask
 from ctxlm.nn.blocks import TransformerBlock, init_transformer_weights
 from ctxlm.nn.disentangled_attention import DisentangledAttention, RelativePositions, relative_positions
+from ctxlm.nn.heads import MaskedLMHead
 from ctxlm.nn.peft import build_peft, reset_peft_parameters
 from ctxlm.outputs import EncoderOutput, Hidden
 
@@ -131,7 +131,8 @@ class DebertaModel(nn.Module):
         self.config = config
         self.backbone = DeBERTa(config)
         self.emd = EnhancedMaskDecoder(config) if config.mlm_head and config.emd_layers else None
-        self.mlm = MaskedLMHead(config) if config.mlm_head else None
+        self.mlm = (MaskedLMHead(config.dim, config.vocab_size, norm_eps=config.layer_norm_eps)
+                    if config.mlm_head else None)
         self.tokenizer = None
         init_transformer_weights(self, config.init_std, n_layers=None)
         reset_peft_parameters(self)  # adapters and LoRA start at (or near) the identity, not as pretrained weights

@@ -5,8 +5,9 @@ The objective follows from what the family can do (the config's capability flags
 two attention streams → permutation LM over segments (XLNet); memory across segments → causal LM over segments
 (Transformer-XL); causal → causal LM (GPT, GPT-2); a word-level
 bidirectional model → forward + backward LMs (ELMo's biLM); else an encoder → masked LM, with next-sentence
-prediction for a model pretrained on segment pairs (`next_sentence`: BERT), or on full sentences packed across
-documents for one without it (RoBERTa, DeBERTa).
+prediction for a model that reads segment pairs (BERT), or the sentence-pair task its config's `pair_objective`
+names (ALBERT: sentence order), or on full sentences packed across documents for a family without one (RoBERTa,
+DeBERTa).
 
 With `init` the run continues a checkpoint instead (ULMFiT's stage 2, task-adaptive pretraining; see
 `ctxlm.pretrain.init`): its weights, config and tokenizer, its family's objective, the heads it lacks created.

@@ -1,19 +1,25 @@
 """BERT's and its successors' pretraining data and objective: masked LM (15 %; 80 % [MASK], 10 % random, 10 %
-kept), with next-sentence prediction for BERT; a family pretrained without it (its config's `next_sentence` false:
-RoBERTa, DeBERTa) reads full sentences packed across documents (`pack_full_sentences`) and trains the masked LM alone.
+kept) + the sentence-pair task the config's `pair_objective` names: next-sentence prediction (BERT) or
+sentence-order prediction (ALBERT); a family without one (RoBERTa, DeBERTa) reads full sentences packed across
+documents (`pack_full_sentences`) and trains the masked LM alone.
+
 
 Devlin et al. (2018) §3.1 and appendix A.2, data side as Google's `create_pretraining_data.py`:
 
 - `split_documents`: raw text -> documents, each a list of sentences.
 - `build_instances`: tokenised documents -> sentence pairs `[CLS] A [SEP] B [SEP]` with segment ids and a
   next-sentence label (0 = IsNext, 1 = NotNext, as BERT and Hugging Face), drawn once from a seed and stored flat
-  in numpy arrays (4 bytes a token).
+  in numpy arrays (4 bytes a token). For sentence order (Lan et al. 2019, §3.2: "the same technique as BERT when
+  using two consecutive segments from the same document" as positives, "the same two consecutive segments but
+  with their order swapped" as negatives) every pair is consecutive text and half of them are swapped (0 = in
+  order, 1 = swapped, as ALBERT and Hugging Face).
 - `pack_full_sentences`: RoBERTa's inputs instead (Liu et al. 2019 §4.2, FULL-SENTENCES): whole sentences read
-  contiguously across document boundaries, a separator between documents, no pairs and no next-sentence labels.
-- `mask_tokens`: masking drawn at batch time, RoBERTa's dynamic masking (§4.1) for both families: a sequence gets
+  contiguously across document boundaries, a separator between documents, no pairs and no pair labels.
+- `mask_tokens`: masking drawn at batch time, RoBERTa's dynamic masking (§4.1) for every family: a sequence gets
   a new mask every time it is served (every epoch), where BERT's script masked each pair once and stored it
   (`dupe_factor` copies); a batch is a pure function of (seed, batch index), so a resumed run sees exactly the
   batches it would have.
+
 - `MaskedLMBatches`: the batches the shared `Trainer` asks for by index; `mlm_nsp_objective`: the loss.
 
 Under torchrun every process builds and masks the global batch of N x batch_size pairs, as one process with that
@@ -46,6 +52,8 @@ from ctxlm.train import Trainer
 
 IGNORE = -100  # the label of positions the masked-LM loss skips (PyTorch's default ignore_index)
 IS_NEXT, NOT_NEXT = 0, 1
+IN_ORDER, SWAPPED = 0, 1  # sentence order's labels (the same classes: 0 = B follows A)
+PAIR_OBJECTIVES = ("nsp", "sop")
 MIN_LENGTH = 8  # [CLS] A [SEP] B [SEP] with room for a few tokens of text
 _HEADING = re.compile(r"^\s*=(\s*=)*\s[^=].*\s=\s*$")  # WikiText's " = Title = " and " = = Section = = " lines
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
@@ -126,17 +134,13 @@ class Vocabulary:
 
     @classmethod
     def of(cls, tokenizer) -> Vocabulary:
-        """From a `ctxlm.tokenizers.Tokenizer` (BERT or RoBERTa kind): its specials and its continuation pieces,
-        WordPiece's "##" ones, or where words are led by a space (`word_prefix`, byte-level BPE) every piece that
-        does not start with one (as fairseq's whole-word masking for RoBERTa)."""
+        """From a `ctxlm.tokenizers.Tokenizer`: its specials and the pieces that continue a word
+        (`Tokenizer.is_continuation`: WordPiece's "##" pieces, SentencePiece's pieces without "▁", byte-level
+        pieces without a leading space)."""
         vocab = tokenizer.backend.get_vocab(with_added_tokens=True)
         continuation = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-        if tokenizer.word_prefix:
-            texts = tokenizer.token_texts(range(tokenizer.vocab_size))
-            continuation = torch.tensor([not text.startswith(tokenizer.word_prefix) for text in texts])
-        else:
-            for token, index in vocab.items():
-                continuation[index] = token.startswith("##")
+        for token, index in vocab.items():
+            continuation[index] = tokenizer.is_continuation(token)
         return cls(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.pad_id, tokenizer.vocab_size,
                    frozenset(tokenizer.special_ids), continuation)
 
@@ -164,7 +168,7 @@ class Instances:
     ids: np.ndarray  # int32, every pair's ids one after the other
     offsets: np.ndarray  # int64, len = n + 1
     first_segment_length: np.ndarray  # int64, len([CLS] A [SEP]) per pair: segment 0, the rest is segment 1
-    is_random_next: np.ndarray  # int64 NSP labels: 0 = IsNext (B follows A), 1 = NotNext (B from elsewhere)
+    is_random_next: np.ndarray  # int64 pair labels: NSP 0 = IsNext, 1 = NotNext; SOP 0 = in order, 1 = swapped
     documents: int = 0  # documents that had tokens
     empty_documents: int = 0  # documents given with no tokens at all: skipped
     skipped_chunks: int = 0  # one-token, one-sentence chunks drawn as IsNext: no pair can be cut from them
@@ -184,7 +188,7 @@ class Instances:
 
 
 def build_instances(documents: Sequence[Document], vocab: Vocabulary, max_length: int, seed: int, *,
-                    short_seq_prob: float = 0.1, dupe_factor: int = 1) -> Instances:
+                    short_seq_prob: float = 0.1, dupe_factor: int = 1, pair_objective: str = "nsp") -> Instances:
     """Pack tokenised documents (lists of sentences of token ids) into NSP pairs as Google's script does.
 
     For each document, sentences are gathered into a chunk until it holds `target` tokens, `target` being
@@ -199,9 +203,16 @@ def build_instances(documents: Sequence[Document], vocab: Vocabulary, max_length
     chunk NotNext, which skews the labels on corpora of long sentences. A one-token such chunk cannot be cut and
     is skipped (counted in `skipped_chunks`). Documents with no tokens are skipped and counted.
 
+    `pair_objective` "sop" (ALBERT's sentence order) makes every pair of the chunk's own two parts, A then B, and
+    swaps them with probability 1/2 before truncation, as ALBERT's script does (its one-sentence chunks are cut
+    inside the sentence here too, where ALBERT's script falls back to a random other document); a single document
+    is then enough.
+
     `dupe_factor` passes are made over the documents, each drawing different chunks, cuts and partners; all
     pairs are then shuffled. Everything comes from `random.Random(seed)`: the same inputs give the same pairs.
     """
+    if pair_objective not in PAIR_OBJECTIVES:
+        raise ValueError(f"pair_objective {pair_objective!r}: expected one of {PAIR_OBJECTIVES}")
     if max_length < MIN_LENGTH:
         raise UserError(f"max sequence length {max_length} is too short for [CLS] A [SEP] B [SEP] "
                         f"(need >= {MIN_LENGTH})")
@@ -210,7 +221,7 @@ def build_instances(documents: Sequence[Document], vocab: Vocabulary, max_length
     if not 0 <= short_seq_prob <= 1:
         raise UserError(f"short sequence probability must be in [0, 1], got {short_seq_prob}")
     docs, empty = _non_empty(documents, vocab)
-    if len(docs) < 2:
+    if len(docs) < (2 if pair_objective == "nsp" else 1):
         raise UserError(f"next-sentence prediction needs at least 2 non-empty documents, got {len(docs)}"
                         + (f" ({empty} more had no tokens)" if empty else ""))
 
@@ -223,7 +234,9 @@ def build_instances(documents: Sequence[Document], vocab: Vocabulary, max_length
     skipped = 0
     for _ in range(dupe_factor):
         for index in range(len(docs)):
-            for a, b, label in _document_pairs(docs, index, budget, short_seq_prob, rng):
+            pairs = (_document_pairs if pair_objective == "nsp" else _ordered_pairs)(docs, index, budget,
+                                                                                    short_seq_prob, rng)
+            for a, b, label in pairs:
                 if b is None:
                     skipped += 1
                     continue
@@ -337,6 +350,40 @@ def _document_pairs(docs: list[list[np.ndarray]], index: int, budget: int, short
             chunk, length = [], 0
             target = draw_target()
         i += 1
+
+
+def _ordered_pairs(docs: list[list[np.ndarray]], index: int, budget: int, short_seq_prob: float,
+                   rng: random.Random) -> Iterator[tuple[np.ndarray, np.ndarray | None, int]]:
+    """Sentence order's (A, B, label) pairs of one document, untruncated: chunks gathered as for NSP, each cut in
+    two consecutive parts at a random sentence boundary (inside the sentence for a one-sentence chunk), the two
+    parts swapped with probability 1/2. B is None for a one-token chunk, which cannot be cut."""
+    document = docs[index]
+
+    def draw_target() -> int:
+        return rng.randint(2, budget) if rng.random() < short_seq_prob else budget
+
+    target = draw_target()
+    chunk: list[np.ndarray] = []
+    length = 0
+    for i, sentence in enumerate(document):
+        chunk.append(sentence)
+        length += len(sentence)
+        if i == len(document) - 1 or length >= target:
+            if len(chunk) == 1:
+                tokens = chunk[0]
+                cut = rng.randint(1, len(tokens) - 1) if len(tokens) >= 2 else None
+                a, b = (tokens, None) if cut is None else (tokens[:cut], tokens[cut:])
+            else:
+                a_end = rng.randint(1, len(chunk) - 1)
+                a, b = np.concatenate(chunk[:a_end]), np.concatenate(chunk[a_end:])
+            if b is None:
+                yield a, None, IN_ORDER
+            elif rng.random() < 0.5:
+                yield b, a, SWAPPED
+            else:
+                yield a, b, IN_ORDER
+            chunk, length = [], 0
+            target = draw_target()
 
 
 def random_text(documents: Sequence[Sequence[np.ndarray]], exclude: int, length: int,
@@ -525,7 +572,9 @@ def mlm_nsp_objective(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tenso
     The model is called as `model(ids, mask=, segments=, masked_positions=)` and returns `.mlm_logits` for the
     chosen positions only, (n_chosen, vocab), which skips 85 % of the vocabulary projection, and `.nsp_logits`
     (batch, 2). A model without a next-sentence head (`.nsp_logits` None: a checkpoint continued without one)
-    trains the masked LM alone. Metrics are detached scalar tensors: nothing here waits for the device.
+    trains the masked LM alone. For ALBERT the pair head and labels are sentence order's; the metrics keep the
+    names "nsp_loss" and "nsp_accuracy" (the sentence-pair task's, whichever it is). Metrics are detached scalar
+    tensors: nothing here waits for the device.
     """
     device = next(model.parameters()).device
     batch = {name: value.to(device) for name, value in batch.items()}
@@ -553,8 +602,9 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
                        batch_size: int = 32, tokenizer=None, resume: bool = False, whole_word: bool = False,
                        dupe_factor: int = 1, eval_batches: int = 50, init: nn.Module | None = None,
                        casing: dict[str, bool | None] | None = None) -> nn.Module:
-    """Pretrain a BERT by masked LM + next-sentence prediction, or a family without it (`next_sentence` false:
-    RoBERTa, DeBERTa) by masked LM on packed full sentences; the model ends in run_dir/checkpoint.
+    """Pretrain a BERT by masked LM + next-sentence prediction (an ALBERT: + sentence order, as its config's
+    `pair_objective` says), or a family without a pair task (RoBERTa, DeBERTa) by masked LM on packed full
+    sentences; the model ends in run_dir/checkpoint.
 
     `data` is a `causal_lm.LMData` (train path, optional valid path); without a validation path the last 5 % of
     documents are held out. `init`: continue this model (a checkpoint's, with its tokenizer and a masked-LM
@@ -575,9 +625,12 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
     else:
         held_out = max(2, len(documents) // 20)
         documents, valid_documents = documents[:-held_out], documents[-held_out:]
-    if model_config.next_sentence:
-        train_pairs = build_instances(documents, vocab, max_length, seed=train.seed, dupe_factor=dupe_factor)
-        valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1)
+    pairing = model_config.pair_objective
+    if pairing is not None:
+        train_pairs = build_instances(documents, vocab, max_length, seed=train.seed, dupe_factor=dupe_factor,
+                                      pair_objective=pairing)
+        valid_pairs = build_instances(valid_documents, vocab, max_length, seed=train.seed + 1,
+                                      pair_objective=pairing)
     else:  # full sentences: no pairs to duplicate, and the masks differ every epoch anyway
         train_pairs = pack_full_sentences(documents, vocab, max_length, seed=train.seed)
         valid_pairs = pack_full_sentences(valid_documents, vocab, max_length, seed=train.seed + 1)
@@ -590,8 +643,9 @@ def pretrain_masked_lm(data, run_dir: str | Path, model_config, train, *, max_le
           f"validation: {valid_pairs.describe()}")
 
     model = starting_model(model_config, tokenizer, train.seed, init)
-    objectives = ("masked LM on full sentences" if not model_config.next_sentence else
-                  "masked LM + next sentence" if model_config.nsp_head else "masked LM (no next-sentence head)")
+    pair_task = {"nsp": "next sentence", "sop": "sentence order", None: ""}[pairing]
+    objectives = ("masked LM on full sentences" if pairing is None else f"masked LM + {pair_task}"
+                  if model_config.nsp_head else f"masked LM (no {pair_task.replace(' ', '-')} head)")
     print(f"model: {model_config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{objectives}")
     write_data_json(run_dir, data, max_length=max_length, batch_size=batch_size)

@@ -1,6 +1,6 @@
 """The sub-word families' pipelines, and loading their files: ours, Hugging Face's, and the published ones.
 
-Three kinds, each a recipe in `KINDS`:
+Four kinds, each a recipe in `KINDS`:
 
 - "gpt"  (Radford et al. 2018): lower-cased, BERT-style split on whitespace and punctuation, then BPE whose
   word-final symbols carry a "</w>" suffix. Same pipeline as HF's `openai-gpt` tokenizer.json. The original
@@ -15,6 +15,16 @@ Three kinds, each a recipe in `KINDS`:
   one token per CJK character, split on whitespace and punctuation), then WordPiece with "##" continuation
   pieces and [UNK] for words it cannot spell (or longer than 100 characters). Same pipeline as HF's
   `bert-base-uncased` tokenizer.json, and loads a published vocab.txt too.
+- "sentencepiece" (Kudo & Richardson 2018, as ALBERT, XLNet and DeBERTa-v2/v3 use it): a Unigram language
+  model over pieces, each word marked by a leading "▁" (Metaspace: "▁the", "▁castle"), so that decoding restores
+  the spaces. Ours normalises as HF's AlbertTokenizer does (`` and '' to ", then optionally NFKD + accent
+  stripping and lower-casing, both saved settings), and is trained by `tokenizers`' UnigramTrainer with ALBERT's
+  special tokens <pad> <unk> [CLS] [SEP] [MASK] (ids 0-4, as the published ALBERT vocabulary). A published
+  folder's tokenizer.json keeps its own normaliser, special tokens and input layout: the layout is read from its
+  post-processor's template (ALBERT, DeBERTa `[CLS] A [SEP] B [SEP]`; XLNet `A <sep> B <sep> <cls>`, the <cls>
+  of segment 2), the special tokens' roles from HF's tokenizer_config.json / special_tokens_map.json. The
+  `sentencepiece` package is not used: a folder with only spiece.model is refused, saying how to write
+  tokenizer.json from it.
 
 `load_backend` reads a folder: tokenizer.json (ours, with the tokenizer_config.json that `Tokenizer.save` writes
 beside it, or HF's), else a published vocab.json + merges.txt (GPT, GPT-2), else a published BERT vocab.txt.
@@ -24,7 +34,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +51,16 @@ BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]",
 # In the published vocabulary's order: <s> <pad> </s> <unk> first (ids 0-3); <mask> is its last id, ours the fifth.
 ROBERTA_SPECIALS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
 BERT_MAX_WORD_CHARS = 100  # a longer word becomes one [UNK], as in BERT's WordpieceTokenizer
-NORMALISED_KINDS = ("gpt", "bert")  # kinds with a normaliser whose case and accent handling is a setting
 BYTE_LEVEL_KINDS = ("gpt2", "roberta")  # byte-level BPE: text as its bytes, a word inside text led by its space
+SENTENCEPIECE = "sentencepiece"
+# In ALBERT's vocabulary order (its published spiece.model numbers them 0-4, and so do ours).
+SENTENCEPIECE_SPECIALS = {"pad": "<pad>", "unk": "<unk>", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+# Each role's token in the published SentencePiece vocabularies (ALBERT, DeBERTa-v2/v3; XLNet): what a folder
+# without HF's role files is read with.
+SENTENCEPIECE_ROLE_TOKENS = {"pad": ("<pad>", "[PAD]"), "unk": ("<unk>", "[UNK]"), "cls": ("[CLS]", "<cls>"),
+                             "sep": ("[SEP]", "<sep>"), "mask": ("[MASK]", "<mask>")}
+WORD_START = "▁"  # SentencePiece's mark of a word's first piece (U+2581)
+NORMALISED_KINDS = ("gpt", "bert", SENTENCEPIECE)  # kinds with a normaliser whose case and accent handling is a setting
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,46 @@ def _bert_pipeline(model: models.Model, lowercase: bool = True, strip_accents: b
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     return backend
+
+
+def _sentencepiece_pipeline(model: models.Model, lowercase: bool = True, strip_accents: bool | None = None
+                            ) -> Backend:
+    """HF's AlbertTokenizer pipeline: `` and '' become ", accents are stripped (NFKD, then the combining marks
+    dropped; `strip_accents=None`: exactly when lower-casing) and text lower-cased as the settings say; words are
+    split on whitespace and each marked with a leading "▁"."""
+    steps = [normalizers.Replace("``", '"'), normalizers.Replace("''", '"')]
+    if lowercase if strip_accents is None else strip_accents:
+        steps += [normalizers.NFKD(), normalizers.StripAccents()]
+    if lowercase:
+        steps.append(normalizers.Lowercase())
+    backend = Backend(model)
+    backend.normalizer = normalizers.Sequence(steps)
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Metaspace(WORD_START, prepend_scheme="always")])
+    backend.decoder = decoders.Metaspace(WORD_START, prepend_scheme="always")
+    return backend
+
+
+def set_template(backend: Backend, single: str, pair: str, tokens: Iterable[str]) -> None:
+    """The input layout a tokenizer.json records (HF's TemplateProcessing), e.g. "[CLS]:0 $A:0 [SEP]:0"."""
+    backend.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, backend.token_to_id(t)) for t in tokens])
+
+
+def template_of(backend: Backend) -> dict[str, list[tuple[str, int]]] | None:
+    """The single and pair layouts of a tokenizer.json's TemplateProcessing post-processor: per position, "A",
+    "B" or a special token's text, with its segment id; None when it has none."""
+    data = json.loads(backend.to_str()).get("post_processor") or {}
+    if data.get("type") != "TemplateProcessing":
+        return None
+    layouts = {}
+    for name in ("single", "pair"):
+        items = []
+        for item in data[name]:
+            (what, spec), = item.items()
+            items.append((spec["id"] if what == "SpecialToken" else spec["id"].upper(), int(spec["type_id"])))
+        layouts[name] = items
+    return layouts
 
 
 def _byte_alphabet() -> dict[str, int]:
@@ -145,6 +203,11 @@ KINDS: dict[str, Kind] = {
                  {"unk_token": BERT_SPECIALS["unk"], "max_input_chars_per_word": BERT_MAX_WORD_CHARS},
                  lambda **kw: trainers.WordPieceTrainer(continuing_subword_prefix="##", **kw),
                  BERT_SPECIALS, pad_from="pad", alphabet=0, task_tokens=False),
+    # Unigram training has no frequency threshold (it prunes pieces by likelihood): min_frequency does not apply.
+    SENTENCEPIECE: Kind(_sentencepiece_pipeline, models.Unigram, {},
+                        lambda min_frequency, **kw: trainers.UnigramTrainer(unk_token=SENTENCEPIECE_SPECIALS["unk"],
+                                                                            **kw),
+                        SENTENCEPIECE_SPECIALS, pad_from="pad", alphabet=0, task_tokens=False),
 }
 KINDS["roberta"] = Kind(_gpt2_pipeline, models.BPE, {}, KINDS["gpt2"].trainer, ROBERTA_SPECIALS, pad_from="pad",
                         alphabet=256, task_tokens=False, lstrip=("mask",))
@@ -203,6 +266,11 @@ def load_backend(directory: Path, kind: str | None, lowercase: bool | None) -> t
         path = directory / "vocab.txt"
         kind = _check_kind(kind, "bert", path, kind_how)
         backend = _from_vocab_txt(path, _vocab_txt_options(config, config_path, lowercase))
+    elif (directory / "spiece.model").is_file():
+        raise UserError(f"{directory}: has spiece.model but no tokenizer.json; ctxlm reads SentencePiece vocabularies "
+                        "from tokenizer.json and does not use the sentencepiece package. Write one where "
+                        "sentencepiece and transformers are installed: AutoTokenizer.from_pretrained(FOLDER)"
+                        ".save_pretrained(FOLDER), then convert again")
     else:
         raise UserError(f"{directory}: no tokenizer.json, nor vocab.json + merges.txt, nor vocab.txt")
     if lowercase is not None and kind != "bert":
@@ -219,6 +287,8 @@ def load_backend(directory: Path, kind: str | None, lowercase: bool | None) -> t
         _require_bert_specials(backend, path)
     elif kind == "roberta":
         _require_specials(backend, path, kind)
+    elif kind == SENTENCEPIECE:
+        roles = _published_roles(backend, config, directory)
     if kind == "gpt":
         _ensure_unk(backend)
     return backend, kind, roles
@@ -246,8 +316,8 @@ def pipeline_options(kind: str, lowercase: bool | None, strip_accents: bool | No
     uncased normaliser), never silently from cased text. "gpt2" reads bytes as they are and takes neither."""
     if kind not in NORMALISED_KINDS:
         if lowercase is not None or strip_accents is not None:
-            raise UserError(f"{where}: lowercase= and strip_accents= apply to gpt and bert tokenizers only ({kind} "
-                            "keeps text as it is)")
+            raise UserError(f"{where}: lowercase= and strip_accents= apply to gpt, bert and sentencepiece tokenizers "
+                            f"only ({kind} keeps text as it is)")
         return {}
     for name, value in (("lowercase", lowercase), ("strip_accents", strip_accents)):
         if value is not None and not isinstance(value, bool):
@@ -258,16 +328,30 @@ def pipeline_options(kind: str, lowercase: bool | None, strip_accents: bool | No
 
 def normalizer_lowercase(backend: Backend) -> bool | None:
     normalizer = backend.normalizer
-    return normalizer.lowercase if isinstance(normalizer, normalizers.BertNormalizer) else None
+    if isinstance(normalizer, normalizers.BertNormalizer):
+        return normalizer.lowercase
+    steps = _normalizer_steps(backend)
+    return None if steps is None else "Lowercase" in steps
 
 
 def normalizer_strip_accents(backend: Backend) -> bool | None:
     """Whether the normaliser strips accents: its own setting, or when unset (None), exactly when it lower-cases
-    (BERT's rule)."""
+    (BERT's rule); for a sequence of normalisers (SentencePiece), whether it has a StripAccents step."""
     normalizer = backend.normalizer
-    if not isinstance(normalizer, normalizers.BertNormalizer):
+    if isinstance(normalizer, normalizers.BertNormalizer):
+        return normalizer.lowercase if normalizer.strip_accents is None else normalizer.strip_accents
+    steps = _normalizer_steps(backend)
+    return None if steps is None else "StripAccents" in steps
+
+
+def _normalizer_steps(backend: Backend) -> list[str] | None:
+    """The types of a Unigram tokenizer's normaliser steps (none: an empty list); None for the other models,
+    whose case handling is not read this way."""
+    if not isinstance(backend.model, models.Unigram):
         return None
-    return normalizer.lowercase if normalizer.strip_accents is None else normalizer.strip_accents
+    data = json.loads(backend.to_str()).get("normalizer") or {}
+    steps = data.get("normalizers", [data]) if data.get("type") == "Sequence" else [data]
+    return [step.get("type") for step in steps if step]
 
 
 def _check_lowercase(backend: Backend, wanted: bool | None, path: Path, how: str) -> None:
@@ -351,8 +435,36 @@ def _from_vocab_txt(path: Path, options: dict) -> Backend:
     return backend
 
 
+def _published_roles(backend: Backend, config: object, directory: Path) -> dict[str, str]:
+    """The special tokens' roles of a published SentencePiece tokenizer: as HF's tokenizer_config.json or
+    special_tokens_map.json name them ("cls_token": "<cls>", or {"content": "<cls>", ...}), else the usual tokens
+    of each role that the vocabulary holds (`SENTENCEPIECE_ROLE_TOKENS`), the unknown piece the model's own.
+    They are registered as special tokens, which keeps them whole inside text and lets decode skip them."""
+    sources = [config]
+    if (directory / "special_tokens_map.json").is_file():
+        sources.append(_read_json(directory / "special_tokens_map.json"))
+    roles: dict[str, str] = {}
+    unk_id = json.loads(backend.to_str())["model"].get("unk_id")
+    if unk_id is not None:
+        roles["unk"] = backend.id_to_token(unk_id)
+    for role, usual in SENTENCEPIECE_ROLE_TOKENS.items():
+        named = [value.get("content") if isinstance(value, dict) else value
+                 for source in sources if isinstance(source, dict) and (value := source.get(f"{role}_token"))]
+        found = [t for t in [*named, *usual] if isinstance(t, str) and backend.token_to_id(t) is not None]
+        if found and role not in roles:
+            roles[role] = found[0]
+    missing = [role for role in ("cls", "sep") if role not in roles]
+    if missing:
+        raise UserError(f"{directory}: this SentencePiece vocabulary has no token for the roles {missing}; a "
+                        "tokenizer_config.json naming them (e.g. \"cls_token\": \"[CLS]\") is needed")
+    backend.add_special_tokens(list(roles.values()))
+    return roles
+
+
 def _infer_kind(backend: Backend) -> str | None:
     model = backend.model
+    if isinstance(model, models.Unigram):
+        return SENTENCEPIECE
     if isinstance(model, models.WordPiece):
         return "bert"
     if isinstance(model, models.BPE):

@@ -1,7 +1,7 @@
 """Sub-word tokenisers for the GPT and BERT families, on Hugging Face `tokenizers` (Rust, parallel batches).
 
-One class, `Tokenizer`, for four kinds ("gpt", "gpt2", "bert", "roberta"; their pipelines are in `published.py`).
-It implements `TokenizerProtocol`; the kind decides how each role becomes a model input:
+One class, `Tokenizer`, for five kinds ("gpt", "gpt2", "bert", "roberta", "sentencepiece"; their pipelines are in
+`published.py`). It implements `TokenizerProtocol`; the kind decides how each role becomes a model input:
 
 - "bert" (Devlin et al. 2019 §3): `[CLS] a [SEP] (b [SEP])` with segment ids 0 then 1; a tagged sentence is
   `[CLS] pieces [SEP]`, its words split by the tokeniser one by one (`is_pretokenized`).
@@ -12,6 +12,9 @@ It implements `TokenizerProtocol`; the kind decides how each role becomes a mode
   <|extract|>`, no segment ids; a tagged sentence is `<|start|> pieces` with no closing token (a decoder's state
   has seen only the words to its left). The three task tokens are not in published vocabularies, see
   `add_task_tokens`.
+- "sentencepiece" (ALBERT, DeBERTa-v2/v3, XLNet): the layout its tokenizer.json's template records (ALBERT's
+  `[CLS] a [SEP] (b [SEP])` for one we train; XLNet's `a <sep> (b <sep>) <cls>`, the <cls> in segment 2), with
+  its segment ids; a tagged sentence is the one-text layout around its words' pieces, as for bert.
 
 Truncation to `max_length` (special tokens included) cuts text "longest first": one token at a time from the end of
 the longer of a and b, from b when they are equally long (BERT's `_truncate_seq_pair`; HF's slow tokenisers did the
@@ -43,20 +46,23 @@ from ctxlm.tokenizers.published import (
     BYTE_LEVEL_KINDS,
     NORMALISED_KINDS,
     ROBERTA_SPECIALS,
+    SENTENCEPIECE,
     TASK_TOKENS,
+    WORD_START,
     byte_level_text,
     default_roles,
     kind_spec,
     load_backend,
     normalizer_lowercase,
     normalizer_strip_accents,
+    template_of,
 )
 from ctxlm.tokenizers.training import train_backend
 
 
 class Tokenizer:
-    """A trained tokeniser of kind "gpt", "gpt2" or "roberta" (BPE) or "bert" (WordPiece), with the special tokens'
-    roles.
+    """A trained tokeniser of kind "gpt", "gpt2" or "roberta" (BPE), "bert" (WordPiece) or "sentencepiece"
+    (Unigram), with the special tokens' roles.
 
     `backend` is the `tokenizers.Tokenizer` doing the work; use it directly for offsets or other extras.
     """
@@ -68,6 +74,8 @@ class Tokenizer:
         backend.no_truncation()
         backend.no_padding()
         self.special_tokens: dict[str, str] = dict(special_tokens or default_roles(backend, kind))
+        # read once: parsing tokenizer.json's template means serialising the whole vocabulary
+        self._layouts = template_of(backend) if kind == SENTENCEPIECE else None
         self._refresh()
 
     def _refresh(self) -> None:
@@ -145,6 +153,19 @@ class Tokenizer:
     def extract_id(self) -> int | None:
         return self._role_id("extract")
 
+    def is_continuation(self, token: str) -> bool:
+        """Whether a vocabulary entry continues a word rather than starting one (whole-word masking): bert's "##"
+        pieces; a sentencepiece entry without the "▁" that marks a word's first piece; a byte-level entry (gpt2,
+        roberta) that does not start with a space, as fairseq's whole-word masking for RoBERTa (special tokens
+        excepted). False for "gpt"."""
+        if self.kind == "bert":
+            return token.startswith("##")
+        if self.kind == SENTENCEPIECE:
+            return not token.startswith(WORD_START) and token not in self.special_tokens.values()
+        if self.kind in BYTE_LEVEL_KINDS:
+            return not byte_level_text(token).startswith(" ") and token not in self.special_tokens.values()
+        return False
+
     @property
     def word_prefix(self) -> str:
         """What goes before a word inside running text for it to split as it does there: a space for "gpt2"
@@ -162,18 +183,20 @@ class Tokenizer:
     def train(cls, files: str | os.PathLike | Sequence[str | os.PathLike] | Iterable[str], kind: str,
               vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False,
               lowercase: bool | None = None, strip_accents: bool | None = None) -> Tokenizer:
-        """Learn a BPE (gpt, gpt2, roberta) or WordPiece (bert) vocabulary of at most `vocab_size` tokens (special
-        tokens included).
+        """Learn a BPE (gpt, gpt2, roberta), WordPiece (bert) or Unigram (sentencepiece) vocabulary of at most
+        `vocab_size` tokens (special tokens included).
 
         `files`: a path or a list/tuple of paths (.txt, or .txt.gz) read as UTF-8, or any other iterable
         (e.g. a generator, `iter(lines)`) of text strings. The vocabulary starts with the special tokens:
         gpt2: <|endoftext|> and the three task tokens; gpt: <unk>, <|endoftext|> and the three task tokens;
-        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4); roberta: <s> <pad> </s> <unk> <mask> (ids 0-4). A corpus
-        too small to supply enough merges gives a smaller vocabulary. The same files give the same tokenizer (gpt
-        and bert read them twice for that; a one-shot iterator of texts is read once, and its gpt or bert
-        vocabulary may then vary between runs).
-        `lowercase` (gpt, bert; default True): lower-case first, as "uncased" BERT and the 2018 GPT; False keeps
-        case, as "cased" BERT. `strip_accents` (gpt, bert; default: as `lowercase`): strip accents after Unicode
+        bert: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4); roberta: <s> <pad> </s> <unk> <mask> (ids 0-4);
+        sentencepiece: <pad> <unk> [CLS] [SEP] [MASK] (ids 0-4, as ALBERT; Unigram training has no
+        `min_frequency`). A corpus too small to supply enough merges gives a smaller vocabulary. The same files give
+        the same tokenizer (gpt and bert read them twice for that; a one-shot iterator of texts is read once, and
+        its gpt or bert vocabulary may then vary between runs).
+        `lowercase` (gpt, bert, sentencepiece; default True): lower-case first, as "uncased" BERT and the 2018 GPT
+        and the published ALBERT; False keeps case, as "cased" BERT. `strip_accents` (the same kinds; default: as
+        `lowercase`): strip accents after Unicode
         decomposition, which also turns Russian "й" into "и" and "ё" into "е": a cased vocabulary keeps them unless
         asked. Both are saved with the tokenizer (the normaliser in tokenizer.json, and tokenizer_config.json).
         """
@@ -187,7 +210,9 @@ class Tokenizer:
         """Load tokenizer.json (ours or HF's; our tokenizer_config.json restores kind and roles), or else the
         published vocab.json + merges.txt pair (GPT, GPT-2), or else a published BERT vocab.txt. `kind` is
         inferred when not given ("</w>" suffix => gpt, WordPiece or vocab.txt => bert, byte-level BPE with <s> and
-        <mask> => roberta, other byte-level BPE => gpt2).
+        <mask> => roberta, other byte-level BPE => gpt2, Unigram => sentencepiece, whose roles a published folder's
+        tokenizer_config.json or special_tokens_map.json names, and whose input layout its tokenizer.json's
+        template gives).
 
         BERT's casing: a tokenizer.json holds it. A bare vocab.txt takes it from the tokenizer_config.json
         beside it ("do_lower_case", "strip_accents", "tokenize_chinese_chars", as HF writes them), else from
@@ -242,6 +267,8 @@ class Tokenizer:
         text their bytes spell ("Ġare" → " are", Cyrillic as Cyrillic, a byte that is only part of a character as
         "\\xd0"); "gpt"'s and "bert"'s entries as they are (BERT's "##" marks a piece inside a word)."""
         entries = [self.backend.id_to_token(i) or "" for i in self._known(ids, "token_texts")]
+        if self.kind == SENTENCEPIECE:  # "▁castle" reads " castle", as it stands in the text
+            return [entry.replace(WORD_START, " ") for entry in entries]
         return [byte_level_text(entry) for entry in entries] if self.kind in BYTE_LEVEL_KINDS else entries
 
     def _known(self, ids: Iterable[int], caller: str) -> list[int]:
@@ -335,16 +362,15 @@ class Tokenizer:
                       caller: str) -> list[Encoding]:
         checked = [str_list(words, "words" if caller == "encode_words" else f"sentences[{i}]", caller)
                    for i, words in enumerate(as_list(sentences, "sentences", caller))]
-        if self.kind == "roberta":
-            frame = self._frame(caller)
-            return self._encode_words_one_by_one(checked, max_length, caller, frame.first, frame.last,
-                                                 stand_in=self.unk_id)
-        if self.kind != "bert":
+        if self.kind == "roberta":  # each word after a space, as inside running text
+            first, _, last = self._frame(caller).around(pair=False)
+            return self._encode_words_one_by_one(checked, max_length, caller, first, last, stand_in=self.unk_id)
+        if self.kind in ("gpt", "gpt2"):
             return self._encode_words_left_to_right(checked, max_length, caller)
         frame = self._frame(caller)
         unk = self.unk_id
         if unk is None:
-            raise UserError(f"{caller}: this vocabulary has no [UNK] token")
+            raise UserError(f"{caller}: this vocabulary has no unknown token ([UNK], <unk>)")
         budget = length_budget(max_length, frame.specials(pair=False))
         encoded = self.backend.encode_batch(checked, is_pretokenized=True, add_special_tokens=False)
         return [_assemble(frame, _every_word(e, words, unk), None, budget)
@@ -393,40 +419,82 @@ class Tokenizer:
         """The special tokens of a pair input (before a, between a and b, after b): bert ([CLS],), ([SEP],),
         ([SEP],); roberta (<s>,), (</s>, </s>), (</s>,); gpt, gpt2 the task tokens. For callers that assemble a
         pair from pieces themselves (SQuAD's windows of a long passage)."""
-        frame = self._frame("pair_specials")
-        return frame.first, frame.middle, frame.last
+        return self._frame("pair_specials").around(pair=True)
 
     def _frame(self, caller: str) -> _Frame:
-        """The special tokens around a model input of this kind."""
-        if self.kind in ("bert", "roberta"):
+        """The layout of this kind's inputs: where the special tokens go around the texts."""
+        if self.kind == SENTENCEPIECE:
+            return self._template_frame(caller)
+        if self.kind == "bert":
+            return self._cls_sep_frame(caller)
+        if self.kind == "roberta":  # `<s> a </s></s> b </s>`: two separators between the texts, no segments
             cls, sep = self.cls_id, self.sep_id
             if cls is None or sep is None:
-                names = BERT_SPECIALS if self.kind == "bert" else ROBERTA_SPECIALS
-                raise UserError(f"{caller}: this vocabulary has no {names['cls']} or {names['sep']}")
-            if self.kind == "roberta":  # two separators between the texts, as the published tokenizer
-                return _Frame((cls,), (sep, sep), (sep,), segments=False)
-            return _Frame((cls,), (sep,), (sep,), segments=True)
+                raise UserError(f"{caller}: this vocabulary has no {ROBERTA_SPECIALS['cls']} or "
+                                f"{ROBERTA_SPECIALS['sep']}")
+            return _Frame(((cls, 0), (_A, 0), (sep, 0)),
+                          ((cls, 0), (_A, 0), (sep, 0), (sep, 0), (_B, 0), (sep, 0)), segments=False)
         ids = (self.start_id, self.delimiter_id, self.extract_id)
         if None in ids:
             raise UserError(f"{caller}: this {self.kind} vocabulary has no task tokens "
                             f"{', '.join(TASK_TOKENS.values())}; call tokenizer.add_task_tokens() and "
                             "resize the model's token embeddings to tokenizer.vocab_size before fine-tuning")
         start, delimiter, extract = ids
-        return _Frame((start,), (delimiter,), (extract,), segments=False)
+        return _Frame(((start, 0), (_A, 0), (extract, 0)),
+                      ((start, 0), (_A, 0), (delimiter, 0), (_B, 0), (extract, 0)), segments=False)
+
+    def _cls_sep_frame(self, caller: str) -> _Frame:
+        """BERT's `[CLS] a [SEP] (b [SEP])`, segments 0 then 1, with the cls and sep roles' tokens."""
+        cls, sep = self.cls_id, self.sep_id
+        if cls is None or sep is None:
+            raise UserError(f"{caller}: this vocabulary has no cls or sep token ({BERT_SPECIALS['cls']}, "
+                            f"{BERT_SPECIALS['sep']})")
+        return _Frame(((cls, 0), (_A, 0), (sep, 0)), ((cls, 0), (_A, 0), (sep, 0), (_B, 1), (sep, 1)), segments=True)
+
+    def _template_frame(self, caller: str) -> _Frame:
+        """The layout recorded in tokenizer.json's template (see the module docstring), else BERT's from the cls
+        and sep roles."""
+        layouts = self._layouts
+        if layouts is None:
+            return self._cls_sep_frame(caller)
+
+        def ids(layout: list[tuple[str, int]]) -> tuple[tuple[int | str, int], ...]:
+            out = []
+            for what, segment in layout:
+                token_id = what if what in (_A, _B) else self.backend.token_to_id(what)
+                if token_id is None:
+                    raise UserError(f"{caller}: the tokenizer's template names {what!r}, which is not in its "
+                                    "vocabulary")
+                out.append((token_id, segment))
+            return tuple(out)
+
+        return _Frame(ids(layouts["single"]), ids(layouts["pair"]), segments=True)
+
+
+_A, _B = "A", "B"  # the places of the first and second text in a layout
 
 
 @dataclass(frozen=True)
 class _Frame:
-    """The special tokens of one kind's inputs: `first a middle b last`, or `first a last` for one text."""
+    """One kind's input layouts, for one text and for two: per position a special token's id or the place of a
+    text (_A, _B), with its segment id (`segments`: whether the kind has segment ids, BERT's token type ids)."""
 
-    first: tuple[int, ...]
-    middle: tuple[int, ...]
-    last: tuple[int, ...]
-    segments: bool  # whether the kind has segment ids (BERT's token type ids)
+    single: tuple[tuple[int | str, int], ...]
+    pair: tuple[tuple[int | str, int], ...]
+    segments: bool
 
-    def specials(self, *, pair: bool) -> int:
-        """How many special tokens an input of one text (or of a pair) holds."""
-        return len(self.first) + len(self.last) + (len(self.middle) if pair else 0)
+    def specials(self, pair: bool) -> int:
+        """How many special tokens an input of one text (or of two) holds."""
+        return sum(what not in (_A, _B) for what, _ in (self.pair if pair else self.single))
+
+    def around(self, *, pair: bool) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """The special tokens before the first text, between the texts (none for one text) and after the last
+        (XLNet's `a <sep> b <sep> <cls>`: none before, <sep> between, <sep> <cls> after)."""
+        layout = self.pair if pair else self.single
+        places = [k for k, (what, _) in enumerate(layout) if what in (_A, _B)]
+        ids = [what for what, _ in layout]
+        first, last = tuple(ids[:places[0]]), tuple(ids[places[-1] + 1:])
+        return first, tuple(ids[places[0] + 1:places[-1]]) if pair else (), last
 
 
 _Piece = tuple[list[int], list[int | None], list[tuple[int, int]]]  # one text's ids, word ids, offsets
@@ -437,35 +505,29 @@ def _piece(encoding: BackendEncoding) -> _Piece:
 
 
 def _assemble(frame: _Frame, a: _Piece, b: _Piece | None, budget: int | None) -> Encoding:
-    """`first a last` or `first a middle b last`, the texts cut longest-first to `budget` tokens in all (None:
-    uncut)."""
-    a_ids, a_words, a_offsets = a
-    first, middle, last = frame.first, frame.middle, frame.last
-    if b is None:
-        n = len(a_ids) if budget is None else min(len(a_ids), budget)
-        length = len(first) + n + len(last)
-        return Encoding([*first, *a_ids[:n], *last], [0] * length if frame.segments else None,
-                        [*_none(first), *a_words[:n], *_none(last)],
-                        [*_zero(first), *a_offsets[:n], *_zero(last)])
-    b_ids, b_words, b_offsets = b
-    n, m = len(a_ids), len(b_ids)
+    """The texts in the frame's layout (`first a last`, `first a middle b last`, or XLNet's `a sep b sep cls`),
+    cut longest-first to `budget` tokens in all (None: uncut)."""
+    n, m = len(a[0]), 0 if b is None else len(b[0])
     if budget is not None and n + m > budget:
-        n, m = longest_first(n, m, budget)
-    a_length = len(first) + n + len(middle)  # segment 0: the first text with the specials before and after it
-    return Encoding([*first, *a_ids[:n], *middle, *b_ids[:m], *last],
-                    [0] * a_length + [1] * (m + len(last)) if frame.segments else None,
-                    [*_none(first), *a_words[:n], *_none(middle), *b_words[:m], *_none(last)],
-                    [*_zero(first), *a_offsets[:n], *_zero(middle), *b_offsets[:m], *_zero(last)])
-
-
-def _none(specials: tuple[int, ...]) -> list[None]:
-    """The word ids of special tokens: none."""
-    return [None] * len(specials)
-
-
-def _zero(specials: tuple[int, ...]) -> list[tuple[int, int]]:
-    """The offsets of special tokens: (0, 0)."""
-    return [(0, 0)] * len(specials)
+        n, m = (min(n, budget), 0) if b is None else longest_first(n, m, budget)
+    texts = {_A: (a, n), _B: (b, m)}
+    ids: list[int] = []
+    segments: list[int] = []
+    word_ids: list[int | None] = []
+    offsets: list[tuple[int, int]] = []
+    for what, segment in frame.single if b is None else frame.pair:
+        if what in texts:
+            (text_ids, text_words, text_offsets), keep = texts[what]
+            ids += text_ids[:keep]
+            word_ids += text_words[:keep]
+            offsets += text_offsets[:keep]
+            segments += [segment] * keep
+        else:
+            ids.append(what)
+            word_ids.append(None)
+            offsets.append((0, 0))
+            segments.append(segment)
+    return Encoding(ids, segments if frame.segments else None, word_ids, offsets)
 
 
 def _every_word(encoding: BackendEncoding, words: list[str], unk: int) -> _Piece:

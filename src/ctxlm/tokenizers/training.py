@@ -1,5 +1,7 @@
-"""Training a sub-word vocabulary (BPE for "gpt", "gpt2" and "roberta", WordPiece for "bert") on Hugging Face
-`tokenizers`, repeatably: the same corpus gives the same tokenizer, ids included. See `Tokenizer.train`."""
+"""Training a sub-word vocabulary (BPE for "gpt", "gpt2" and "roberta", WordPiece for "bert", Unigram for
+"sentencepiece") on Hugging Face `tokenizers`, repeatably: the same corpus gives the same tokenizer, ids included. See
+`Tokenizer.train`.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ from tokenizers import Tokenizer as Backend
 from ctxlm.errors import UserError
 from ctxlm.textfiles import decode_line
 from ctxlm.tokenizers.published import (
+    SENTENCEPIECE,
+    SENTENCEPIECE_SPECIALS,
     TASK_TOKENS,
     kind_spec,
     pipeline_options,
     set_bert_post_processor,
     set_roberta_post_processor,
+    set_template,
     with_pad,
 )
 
@@ -71,8 +76,11 @@ def train_backend(files: str | os.PathLike | Sequence[str | os.PathLike] | Itera
     backend = _canonical_numbering(backend)
     if kind == "bert":
         set_bert_post_processor(backend)
-    if kind == "roberta":
+    elif kind == "roberta":
         set_roberta_post_processor(backend)
+    elif kind == SENTENCEPIECE:  # ALBERT's layout, which HF's AlbertTokenizer writes too
+        cls, sep = SENTENCEPIECE_SPECIALS["cls"], SENTENCEPIECE_SPECIALS["sep"]
+        set_template(backend, f"{cls}:0 $A:0 {sep}:0", f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1", [cls, sep])
     return backend, with_pad(specials, spec)
 
 
@@ -108,6 +116,14 @@ def _canonical_numbering(backend: Backend) -> Backend:
     data = json.loads(backend.to_str())
     vocab = data["model"]["vocab"]
     special = {token["content"] for token in data["added_tokens"]}
+    if data["model"]["type"] == "Unigram":
+        # A list of [piece, log probability], ordered by probability. UnigramTrainer's EM sums in hash-map order,
+        # so the same corpus gives the same pieces with log probabilities that differ in the fourth decimal, and a
+        # different order. The special tokens lead (their ids are set); the other pieces are numbered by their
+        # text, which the model never reads (it segments by the probabilities alone): the same pieces, the same ids.
+        head = [entry for entry in vocab if entry[0] in special]
+        data["model"]["vocab"] = head + sorted((e for e in vocab if e[0] not in special), key=lambda e: e[0])
+        return Backend.from_str(json.dumps(data))
 
     def base(token: str) -> str:
         return token.removeprefix("##").removesuffix("</w>")
