@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain pretraining-pays ulmfit-imdb test test-isa test-bf16 lint bench clean parity-xl
+.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives test test-isa test-bf16 lint bench clean parity-xl
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,14 @@ pretraining-pays: install
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py build --out ../runs/pays $(PAYS_BUILD)
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py select --out ../runs/pays
 	cd benchmarks && ../$(BIN)/python pretraining_pays.py table --out ../runs/pays $(PAYS_TABLE)
+
+# The objectives after BERT at equal compute (benchmarks/objectives_compare.py): BERT, RoBERTa, ALBERT, DeBERTa and
+# XLNet of one shape, each pretrained on WikiText-2 + Gutenberg for the same training tokens, then fine-tuned on the
+# same 1,000 SST-2 labels (3 seeds), with BERT from random weights beside them: runs/objectives/objectives.md.
+OBJECTIVES ?= --tokens 4000000
+objectives: install
+	cd benchmarks && ../$(BIN)/python objectives_compare.py --out ../runs/objectives $(OBJECTIVES)
+
 
 # ULMFiT's IMDb experiment (Fig. 3) with ctxlm's own models (benchmarks/ulmfit_imdb.py --help): tokens/s of a few
 # shapes (speed.md), the rows' models in runs/imdb (a GPT-2 from scratch, general on WikiText-2 + Gutenberg, general +
