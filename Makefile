@@ -47,7 +47,6 @@ OBJECTIVES ?= --tokens 4000000
 objectives: install
 	cd benchmarks && ../$(BIN)/python objectives_compare.py --out ../runs/objectives $(OBJECTIVES)
 
-
 # ULMFiT's IMDb experiment (Fig. 3) with ctxlm's own models (benchmarks/ulmfit_imdb.py --help): tokens/s of a few
 # shapes (speed.md), the rows' models in runs/imdb (a GPT-2 from scratch, general on WikiText-2 + Gutenberg, general +
 # stage 2 on IMDb's training and unlabelled reviews, the LM on those reviews alone, MiniLM + masked LM on them), a
