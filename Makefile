@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives test test-isa test-bf16 lint bench clean parity-xl
+.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives notebook test test-isa test-bf16 lint bench clean \
+	parity-xl
 
 install: $(VENV)/.installed
 
@@ -69,6 +70,17 @@ ulmfit-imdb: install
 	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py table --out ../$(IMDB_OUT) --sizes $(IMDB_SIZES) $(IMDB_TABLE)
 	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py neuron --out ../$(IMDB_OUT) $(IMDB_NEURON)
 	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py sst2 --out ../$(IMDB_OUT) $(IMDB_SST2)
+
+# The lecture as a notebook (notebooks/lecture.ipynb, README: "The lecture as a notebook"): executed top to bottom
+# into runs/notebook/lecture.ipynb, with lecture.html beside it. NOTEBOOK_FAST=1 runs its CI mode (tiny models, a few
+# minutes); the full mode builds its models into runs/notebook and reuses them on the next run.
+# `.venv/bin/jupyter lab notebooks/lecture.ipynb` (jupyterlab installed separately) opens it to work in.
+NOTEBOOK_FAST ?= 0
+notebook: install
+	mkdir -p runs/notebook
+	CTXLM_NOTEBOOK_FAST=$(NOTEBOOK_FAST) $(BIN)/jupyter nbconvert --to notebook --execute notebooks/lecture.ipynb \
+		--ExecutePreprocessor.timeout=-1 --output-dir runs/notebook
+	$(BIN)/jupyter nbconvert --to html runs/notebook/lecture.ipynb
 
 # ruff, the suite, then the numeric tests again on another instruction set's kernels (test-isa) and the default-path
 # tests again with bf16 forced (test-bf16), both below.

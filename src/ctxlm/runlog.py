@@ -153,17 +153,17 @@ def drop_metrics_after(run_dir: str | Path, step: int) -> None:
 def plot_losses(run_dir: str | Path) -> Path:
     """run_dir/loss.png: training and validation loss per step, and beside them the other validation metrics
     (BERT pretraining: masked-LM and next-sentence accuracy; fine-tuning: the task's metrics)."""
-    import matplotlib  # only when a run ends: matplotlib takes a noticeable part of a second to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Only when a run ends: matplotlib takes a noticeable part of a second to import. A Figure of its own, not
+    # pyplot: switching the process's backend to Agg would silence the inline figures of a notebook that trains.
+    from matplotlib.figure import Figure
 
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     # Perplexities (exp of a loss already drawn) would dwarf the other metrics on a shared axis.
     others = sorted(k for k in {k for r in records for k in r} if k.startswith("valid_") and k != "valid_loss"
                     and not k.endswith("perplexity"))
-    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(11 if others else 6, 4), squeeze=False)
+    fig = Figure(figsize=(11 if others else 6, 4))
+    axes = fig.subplots(1, 2 if others else 1, squeeze=False)
     panels = [(axes[0][0], [("loss", "train"), ("valid_loss", "validation")], "loss (nats)")]
     if others:
         panels.append((axes[0][1], [(k, k.removeprefix("valid_").replace("_", " ")) for k in others],
@@ -178,5 +178,4 @@ def plot_losses(run_dir: str | Path) -> Path:
     fig.tight_layout()
     path = run_dir / PLOT_FILE
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -88,15 +88,15 @@ def markdown_table(summary: list[dict], metric: str) -> str:
 
 
 def plot(summary: list[dict], metric: str, path: Path) -> None:
-    import matplotlib  # only when plotting: matplotlib takes a noticeable part of a second to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Only when plotting: matplotlib takes a noticeable part of a second to import. A Figure of its own, not pyplot,
+    # whose backend switch to Agg would silence a notebook's inline figures.
+    from matplotlib.figure import Figure
 
     models = list(dict.fromkeys(r["model"] for r in summary))
     strategies = list(dict.fromkeys(r["strategy"] for r in summary))
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(strategies) * max(1, len(models) / 2)), 4))
+    fig = Figure(figsize=(max(6, 1.3 * len(strategies) * max(1, len(models) / 2)), 4))
+    ax = fig.subplots()
     for k, model in enumerate(models):
         found = {r["strategy"]: r for r in summary if r["model"] == model}
         xs = [i + (k - (len(models) - 1) / 2) * width for i, s in enumerate(strategies) if s in found]
@@ -107,4 +107,3 @@ def plot(summary: list[dict], metric: str, path: Path) -> None:
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
