@@ -32,14 +32,12 @@ from ctxlm.pretrain.xl import pretrain_xl
 from ctxlm.runlog import PLOT_FILE, last_validation
 from ctxlm.train import TrainConfig
 
-SEGMENTS, CAUSAL_LM, BILM, MASKED_LM = "segments", "causal-lm", "bilm", "masked-lm"
+SEGMENTS, CAUSAL_LM, BILM, MASKED_LM, PERMUTATION_LM = "segments", "causal-lm", "bilm", "masked-lm", "permutation-lm"
 # a run from scratch: what the options left out (None) stand for
 DEFAULTS = dict(model="gpt2", dim=256, heads=4, clip=False, softmax="full", cutoffs="2000,10000", dropout=0.1)
 # the key of the final evaluation's record in metrics.jsonl, by objective
 FINAL_KEY = {SEGMENTS: "valid_perplexity", CAUSAL_LM: "valid_perplexity", BILM: "valid_forward_perplexity",
-             MASKED_LM: "valid_mlm_accuracy"}
-PERMUTATION_LM = "permutation-lm"
-FINAL_KEY[PERMUTATION_LM] = "valid_perplexity"
+             MASKED_LM: "valid_mlm_accuracy", PERMUTATION_LM: "valid_perplexity"}
 
 
 def objective_of(config: ModelConfig) -> str:
@@ -88,11 +86,11 @@ def pretrain(model: str | None = None, data: str | Path = "wikitext2", *, out: s
              grad_checkpoint: bool = False, fsdp: bool = False, device: str = "auto", on_nonfinite: str = "stop",
              deterministic: bool = False, seed: int = 0, resume: bool = False, lowercase: bool | None = None,
              strip_accents: bool | None = None, partial_prediction: int = PAPER_K) -> dict[str, Any] | None:
-    """Pretrain a `model` family (gpt2, gpt, bert, elmo, transformer-xl, xlnet, deberta) from scratch on the text
-    `data` (a file, a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets the checkpoint,
-    metrics.jsonl and loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain --help`): the
-    sizes go to `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a tokenizer. Sizes left
-    None take their defaults (`DEFAULTS`, and the preset's).
+    """Pretrain a `model` family (gpt2, gpt, bert, roberta, albert, deberta, elmo, transformer-xl, xlnet) from
+    scratch on the text `data` (a file, a folder, or a data set name under $CTXLM_DATA); the run folder `out` gets
+    the checkpoint, metrics.jsonl and loss.png. The keywords are `ctxlm pretrain`'s options (see `ctxlm pretrain
+    --help`): the sizes go to `ctxlm.config.preset`, the rest to the trainer; `tokenizer` is a folder or a
+    tokenizer. Sizes left None take their defaults (`DEFAULTS`, and the preset's).
 
     `init` (a run or model folder, a converted Hub folder, "minilm", ...: what `ctxlm.load` reads) continues
     that checkpoint's family objective from its weights, with its tokenizer and sizes: `model` may be left
