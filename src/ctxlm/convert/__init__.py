@@ -53,10 +53,11 @@ HUB_MODELS = {
     "transfo-xl-wt103": "transfo-xl/transfo-xl-wt103",
     "deberta-v3-base": "microsoft/deberta-v3-base",
     "albert-base-v2": "albert/albert-base-v2",
+    "xlnet-base-cased": "xlnet/xlnet-base-cased",
+    "roberta-base": "FacebookAI/roberta-base",
+    "roberta-large": "FacebookAI/roberta-large",
+    "distilroberta-base": "distilbert/distilroberta-base",
 }
-HUB_MODELS["xlnet-base-cased"] = "xlnet/xlnet-base-cased"
-HUB_MODELS |= {"roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large",
-               "distilroberta-base": "distilbert/distilroberta-base"}
 
 
 def is_hub_layout(path: Path) -> bool:

@@ -14,12 +14,11 @@ from ctxlm.models.roberta import RobertaModel
 from ctxlm.models.transformer_xl import TransformerXLLanguageModel
 from ctxlm.models.xlnet import XLNetLanguageModel
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel,
-                                         "elmo": ElmoLanguageModel, "transformer-xl": TransformerXLLanguageModel}
-MODEL_CLASSES["xlnet"] = XLNetLanguageModel
-MODEL_CLASSES["deberta"] = DebertaModel
-MODEL_CLASSES["roberta"] = RobertaModel
-MODEL_CLASSES["albert"] = AlbertModel
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "gpt": GPTLanguageModel, "gpt2": GPTLanguageModel, "bert": BertModel, "roberta": RobertaModel,
+    "albert": AlbertModel, "deberta": DebertaModel, "elmo": ElmoLanguageModel,
+    "transformer-xl": TransformerXLLanguageModel, "xlnet": XLNetLanguageModel,
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
