@@ -12,8 +12,10 @@ and the classical reference:
 
 Protocol. The imdb task's dev split (1,000 training reviews held out with a fixed seed, never trained on, never in
 the LM text) chooses every recipe; the test split gives the figures only. `select` reads the training and dev
-splits alone (the test file is never opened) and chooses, per row AND per label count, among `features` (frozen
-backbone, a linear head: logistic regression on its features), `full` at the decoder's default rate and at 5e-4,
+splits alone (the test file is never opened) and chooses, per row AND per label count, among `features-lr` (the
+frozen backbone's concat-pooled vector of each review, computed once per row and kept in features/ROW.npz, then
+scikit-learn's logistic regression with its C chosen on dev), `features` (a linear head trained on the frozen
+backbone's features by the fine-tuning loop), `full` at the decoder's default rate and at 5e-4,
 `ulmfit` (gradual unfreezing + discriminative + slanted rates at 2e-3) and `discriminative` (1e-3, /2.6 a layer
 group), each fine-tuned on that many training reviews (seed 0) with a floor of --min-steps optimizer steps (100
 labels in batches of 32 are 4 steps an epoch). `table` then fine-tunes every row at every size and seed with the
@@ -72,6 +74,11 @@ ROWS = (*GPT_ROWS, "minilm+imdb", "tfidf")
 # The recipes a row chooses from (pretraining_pays.py's, and discriminative rates alone); tfidf chooses its C.
 RECIPES = {name: PAYS_RECIPES[name] for name in ("features", "full", "full-5e-4", "ulmfit")} | {
     "discriminative": dict(strategy="discriminative", lr=1e-3)}
+# features-lr: the frozen backbone's vector of each review (read once per row, cached) + logistic regression whose C
+# is chosen on dev: the cheap, classical way to read a frozen LM (the trial in the issue; Peters et al. 2019).
+FEATURES_LR = "features-lr"
+CANDIDATES = (*RECIPES, FEATURES_LR)
+FEATURE_CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 TFIDF_CS = (0.3, 1.0, 3.0, 10.0, 30.0)
 TEST_SEED = 0
 ALL = "all"  # the size of a run on every training review
@@ -176,6 +183,83 @@ def tfidf_run(data: TaskData, c: float) -> dict:
     classifier = tfidf_classifier([e.texts[0] for e in data.train], [e.label for e in data.train], c)
     scores = {"dev_accuracy": accuracy_of(classifier, data.dev)}
     return scores | ({"test_accuracy": accuracy_of(classifier, data.test)} if data.test else {})
+
+
+# -- features + logistic regression: each review read once per row --------------------------------------------------
+class FeatureCache:
+    """The frozen `model`'s vector of every review asked for: its top layer, ULMFiT's concat pooling ([last, max,
+    mean], 3 × dim) over the whole review read in windows. Kept in features/ROW.npz (keys: a hash of the text), so a
+    review is read once per row whichever step, size or seed asks for it, and an interrupted pass keeps what it
+    read (saved every `chunk` reviews)."""
+
+    def __init__(self, path: Path, model: str, precision: str = "fp32", chunk: int = 512) -> None:
+        self.path, self.model, self.precision, self.chunk = path, model, precision, chunk
+        self.vectors: dict[str, np.ndarray] = {}
+        if path.exists():
+            with np.load(path) as saved:
+                self.vectors = dict(zip(saved["keys"].tolist(), saved["vectors"], strict=True))
+
+    def __call__(self, examples: list[Example]) -> np.ndarray:
+        """(reviews, 3 × dim) float64, in the order of `examples`; the missing ones computed first, the longest
+        first (batches of like lengths pad little)."""
+        keys = [review_key(e.texts[0]) for e in examples]
+        missing = {key: e.texts[0] for key, e in zip(keys, examples, strict=True) if key not in self.vectors}
+        todo = sorted(missing, key=lambda key: -len(missing[key]))
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start:start + self.chunk]
+            print(f"features of {self.path.stem}: reviews {start + 1:,}-{start + len(part):,} of {len(todo):,}",
+                  flush=True)
+            vectors = ctxlm.embed([missing[key] for key in part], self.model, layers="last", pool="concat",
+                                  long_text="windows", dtype=self.precision, batch_size=16)
+            self.vectors.update(zip(part, vectors.numpy(), strict=True))
+            self.save()
+        return np.stack([self.vectors[key] for key in keys]).astype(np.float64)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.stem}.tmp.npz")
+        np.savez(tmp, keys=np.array(list(self.vectors)), vectors=np.stack(list(self.vectors.values())))
+        tmp.replace(self.path)
+
+
+def review_key(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def feature_cache(out: Path, name: str, model: str, args) -> FeatureCache:
+    return FeatureCache(out / "features" / f"{name}.npz", model, args.precision)
+
+
+def features_lr_run(features: FeatureCache, data: TaskData) -> dict:
+    """Standardised features + L2 logistic regression on `data.train`, C the best of FEATURE_CS on dev: its dev
+    (and test, where given) accuracy and the C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def xy(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
+        return features(examples), np.array([e.label for e in examples])
+
+    (x, y), (x_dev, y_dev) = xy(data.train), xy(data.dev)
+    fitted = {c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+              for c in FEATURE_CS}
+    dev = {c: float(np.mean(model.predict(x_dev) == y_dev)) for c, model in fitted.items()}
+    c = max(dev, key=dev.get)
+    scores = {"dev_accuracy": dev[c], "c": c}
+    if data.test:
+        x_test, y_test = xy(data.test)
+        scores["test_accuracy"] = float(np.mean(fitted[c].predict(x_test) == y_test))
+    return scores
+
+
+def model_run(out: Path, name: str, model: str, data: TaskData, run_dir: Path, recipe: str, seed: int,
+              args) -> dict:
+    """A model row's cell: features-lr on the row's cached features, else fine-tuning with `recipe`."""
+    if recipe == FEATURES_LR:
+        return features_lr_run(feature_cache(out, name, model, args), data)
+    return finetune_run(model, data, run_dir, recipe, seed, args)
 
 
 # -- speed: tokens/s of a few shapes, to choose one ----------------------------------------------------------------
@@ -313,7 +397,9 @@ def select(args) -> None:
     out = Path(args.out)
     chosen_file = out / "chosen.json"
     chosen = json.loads(chosen_file.read_text()) if chosen_file.exists() else {}
-    recipes = args.recipes.split(",") if args.recipes else list(RECIPES)
+    recipes = args.recipes.split(",") if args.recipes else list(CANDIDATES)
+    if unknown := [r for r in recipes if r not in CANDIDATES]:
+        raise SystemExit(f"--recipes: unknown {', '.join(unknown)} (choose from {', '.join(CANDIDATES)})")
     for name, model in pick_rows(out, args.rows).items():
         for size in ints(args.sizes):
             candidates = [f"C={c:g}" for c in TFIDF_CS] if model is None else recipes
@@ -333,9 +419,10 @@ def select_score(out: Path, name: str, model: str | None, size: int, recipe: str
         if model is None:
             metrics = tfidf_run(data, float(recipe.removeprefix("C=")))
         else:
-            metrics = finetune_run(model, data, out / "select" / "runs" / name / f"{size}-{recipe}", recipe, 0, args)
+            metrics = model_run(out, name, model, data, out / "select" / "runs" / name / f"{size}-{recipe}", recipe,
+                                0, args)
         return {"row": name, "size": size, "recipe": recipe, "dev_accuracy": metrics["dev_accuracy"],
-                "steps": metrics.get("steps")}
+                "steps": metrics.get("steps"), "c": metrics.get("c")}
 
     return once_json(out / "select" / "results" / f"{name}-{size}-{recipe}.json", costed(score))["dev_accuracy"]
 
@@ -368,7 +455,7 @@ def table(args) -> None:
         table_cell(out, name, pick_rows(out, name)[name], ALL, cells[-1][2], chosen, args)
     if args.full_test:
         for name, size, seed in cells:
-            full_test_cell(out, name, size, seed, chosen, args)
+            full_test_cell(out, name, pick_rows(out, name)[name], size, seed, chosen, args)
     current = partial(is_current, chosen)
     write_table(out, list(filter(current, read_records(out / "results"))),
                 list(filter(current, read_records(out / "results-full"))))
@@ -401,14 +488,14 @@ def table_cell(out: Path, name: str, model: str | None, size: int | str, seed: i
         if model is None:
             metrics = tfidf_run(data, float(recipe.removeprefix("C=")))
         else:
-            metrics = finetune_run(model, data, out / "finetune" / cell_name(name, recipe, size, seed), recipe, seed,
-                                   args)
+            metrics = model_run(out, name, model, data, out / "finetune" / cell_name(name, recipe, size, seed),
+                                recipe, seed, args)
         print(f"{name} ({recipe}), {len(data.train):,} labels, seed {seed}: test {100 * metrics['test_accuracy']:.1f}",
               flush=True)
         return {"row": name, "recipe": recipe, "chosen_at": chosen_at, "size": len(data.train), "requested": size,
                 "all": size == ALL, "seed": seed, "dev_accuracy": metrics["dev_accuracy"],
                 "test_accuracy": metrics["test_accuracy"], "test_reviews": len(data.test),
-                "steps": metrics.get("steps")}
+                "steps": metrics.get("steps"), "c": metrics.get("c")}
 
     return once_json(out / "results" / f"{cell_name(name, recipe, size, seed)}.json", costed(run))
 
@@ -430,15 +517,18 @@ def all_size_rows(out: Path, args) -> list[str]:
     return list(dict.fromkeys(best if n == "best" else n for n in names))
 
 
-def full_test_cell(out: Path, name: str, size: int | str, seed: int, chosen: dict, args) -> dict:
+def full_test_cell(out: Path, name: str, model: str | None, size: int | str, seed: int, chosen: dict,
+                   args) -> dict:
     """A finished cell scored on all 25,000 test reviews: the kept fine-tuned model (in fp32, as the run's own
-    evaluations), or tfidf fitted again (it is cheap)."""
+    evaluations), or tfidf and features-lr fitted again (cheap, once the features are cached)."""
     recipe, _ = recipe_for(chosen[name], size)
     cell = json.loads((out / "results" / f"{cell_name(name, recipe, size, seed)}.json").read_text())
 
     def score() -> dict:
         if name == "tfidf":
             accuracy = tfidf_run(imdb(size, seed, None), float(recipe.removeprefix("C=")))["test_accuracy"]
+        elif recipe == FEATURES_LR:  # fitted again on the cached features (the same C is chosen: deterministic)
+            accuracy = features_lr_run(feature_cache(out, name, model, args), imdb(size, seed, None))["test_accuracy"]
         else:
             run = out / "finetune" / cell_name(name, recipe, size, seed)
             accuracy = ctxlm.evaluate(run, task="imdb", split="test", dtype="fp32")["accuracy"]
@@ -792,7 +882,7 @@ def parser() -> argparse.ArgumentParser:
     c = step("select", select, "a recipe per row and label count, chosen on dev: chosen.json, selection.md")
     c.add_argument("--rows", help="comma-separated [default: every row built, and tfidf]")
     c.add_argument("--sizes", default=SIZES, help="label counts [default: %(default)s]")
-    c.add_argument("--recipes", help=f"candidates [default: {','.join(RECIPES)}]")
+    c.add_argument("--recipes", help=f"candidates [default: {','.join(CANDIDATES)}]")
     finetune_options(c)
 
     t = step("table", table, "every row x size x seed with its chosen recipe, on the test subset: imdb.md, imdb.png")

@@ -15,6 +15,7 @@ import pytest
 
 import ctxlm
 from helpers import tiny, write_corpus
+from tolerances import assert_fp_close
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 WORDS = ["the", "film", "plot", "actor", "scene", "story", "music", "ending", "was", "and", "a", "long"]
@@ -111,6 +112,39 @@ def test_the_choice_is_per_label_count_and_a_size_not_selected_takes_the_one_bel
     assert choices == {"100": "features", "1000": "ulmfit"}
     assert [bench.recipe_for(choices, size) for size in (50, 300, 3000, bench.ALL)] == [
         ("features", 100), ("features", 100), ("ulmfit", 1000), ("ulmfit", 1000)]
+
+
+def test_features_lr_reads_each_review_once_per_row_and_chooses_c_on_dev(bench, data_root, tmp_path, monkeypatch,
+                                                                         corpus_dir):
+    texts = write_imdb(data_root, per_label=30, test_per_label=10)
+    out = tmp_path / "out"
+    model = save_row(out, "imdb-only", corpus_dir)
+    read, embed = [], ctxlm.embed
+    monkeypatch.setattr(ctxlm, "embed", lambda batch, *a, **k: read.extend(batch) or embed(batch, *a, **k))
+    run(bench, "select", "--out", out, "--rows", "imdb-only", "--sizes", "12,24", "--recipes", "features-lr")
+    assert not set(read) & set(texts["test"])  # select reads no test review
+    run(bench, "table", "--out", out, "--rows", "imdb-only", "--sizes", "12,24", "--seeds", "0,1", "--all-rows", "",
+        "--test-reviews", 8)
+    assert len(read) == len(set(read))  # every review read once for the row, whichever step, size or seed asked
+    cells = bench.read_records(out / "results")
+    assert len(cells) == 4 and all(r["recipe"] == "features-lr" and r["c"] in bench.FEATURE_CS for r in cells)
+    # a cell's C is the one whose classifier scores best on dev, among all of FEATURE_CS
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    cache = bench.FeatureCache(out / "features" / "imdb-only.npz", str(model))
+    data = bench.imdb(24, 1, 8)
+    x, y = cache(data.train), [e.label for e in data.train]
+    dev = [float(np.mean(make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
+                         .predict(cache(data.dev)) == [e.label for e in data.dev])) for c in bench.FEATURE_CS]
+    (cell,) = [r for r in cells if r["size"] == 24 and r["seed"] == 1]
+    assert cell["dev_accuracy"] == max(dev) == dev[bench.FEATURE_CS.index(cell["c"])]
+    # the cached vector is the review's concat-pooled top layer over all of its windows, as ctxlm.embed gives it
+    review = data.dev[0].texts[0]
+    expected = embed(review, model, layers="last", pool="concat", long_text="windows", dtype="fp32").numpy()
+    config = ctxlm.load(model).config  # a batch of others' padding sums in another order: rounding apart
+    assert_fp_close(cache([data.dev[0]])[0], expected, terms=config.dim, depth=config.n_layers)
 
 
 # -- the classical reference ---------------------------------------------------------------------------------------
