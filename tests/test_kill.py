@@ -1,4 +1,4 @@
-"""kill -9 at random moments of `ctxlm pretrain`, 10 trials (CTXLM_KILL_TRIALS=20 for more): whatever the moment
+"""kill -9 at random moments of `ctxlm pretrain`, 6 trials (CTXLM_KILL_TRIALS=20 for more): whatever the moment
 (tokenising the corpus, between steps, in the middle of writing a checkpoint), the newest checkpoint loads and the
 resumed run ends with the same weights, and logs the same losses and gradient norms, bit for bit, as a run that was
 never interrupted. The runs train with `--precision auto`: fp32 here, bf16 autocast on a CPU with bf16 units and
@@ -18,7 +18,7 @@ import torch
 
 from ctxlm.checkpoint import load_checkpoint
 
-TRIALS = int(os.environ.get("CTXLM_KILL_TRIALS", "10"))
+TRIALS = int(os.environ.get("CTXLM_KILL_TRIALS", "6"))  # each costs two process starts: ~15 s
 pytestmark = pytest.mark.default_precision
 STEPS = 40
 
@@ -80,9 +80,9 @@ def test_kill_minus_9_at_random_moments_loses_nothing(corpus_dir, tiny_model_dir
         out, cache = tmp_path / f"trial{trial}" / "run", tmp_path / f"trial{trial}" / "cache"  # a cold cache each
         process = subprocess.Popen(command(corpus_dir, tiny_model_dir, out), env=environment(cache),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Two trials die anywhere (start-up, tokenising, the final report), eight while training and checkpointing
-        # (timed from when this run's training starts: start-up times vary more than training lasts).
-        if trial < 2:
+        # The first trial dies anywhere (start-up, tokenising, the final report), the others while training and
+        # checkpointing (timed from when this run's training starts: start-up times vary more than training lasts).
+        if trial < 1:
             at = rng.uniform(0, total)
         else:
             while process.poll() is None and not (out / "train_config.json").exists():
