@@ -44,6 +44,7 @@ the steps in order (IMDB_* variables shorten it).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import statistics
@@ -223,8 +224,6 @@ class FeatureCache:
 
 
 def review_key(text: str) -> str:
-    import hashlib
-
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
@@ -254,9 +253,12 @@ def features_lr_run(features: FeatureCache, data: TaskData) -> dict:
     return scores
 
 
-def model_run(out: Path, name: str, model: str, data: TaskData, run_dir: Path, recipe: str, seed: int,
-              args) -> dict:
-    """A model row's cell: features-lr on the row's cached features, else fine-tuning with `recipe`."""
+def row_run(out: Path, name: str, model: str | None, data: TaskData, run_dir: Path, recipe: str, seed: int,
+            args) -> dict:
+    """One candidate or cell of a row: tfidf (no model) with the C its recipe names ("C=3"), features-lr on the
+    row's cached features, else fine-tuning with `recipe` in `run_dir`."""
+    if model is None:
+        return tfidf_run(data, float(recipe.removeprefix("C=")))
     if recipe == FEATURES_LR:
         return features_lr_run(feature_cache(out, name, model, args), data)
     return finetune_run(model, data, run_dir, recipe, seed, args)
@@ -416,11 +418,8 @@ def select_score(out: Path, name: str, model: str | None, size: int, recipe: str
 
     def score() -> dict:
         data = imdb(size, 0, test_reviews=0)  # training and dev reviews only: the test file is never opened
-        if model is None:
-            metrics = tfidf_run(data, float(recipe.removeprefix("C=")))
-        else:
-            metrics = model_run(out, name, model, data, out / "select" / "runs" / name / f"{size}-{recipe}", recipe,
-                                0, args)
+        metrics = row_run(out, name, model, data, out / "select" / "runs" / name / f"{size}-{recipe}", recipe, 0,
+                          args)
         return {"row": name, "size": size, "recipe": recipe, "dev_accuracy": metrics["dev_accuracy"],
                 "steps": metrics.get("steps"), "c": metrics.get("c")}
 
@@ -485,11 +484,8 @@ def table_cell(out: Path, name: str, model: str | None, size: int | str, seed: i
 
     def run() -> dict:
         data = imdb(size, seed, args.test_reviews)
-        if model is None:
-            metrics = tfidf_run(data, float(recipe.removeprefix("C=")))
-        else:
-            metrics = model_run(out, name, model, data, out / "finetune" / cell_name(name, recipe, size, seed),
-                                recipe, seed, args)
+        metrics = row_run(out, name, model, data, out / "finetune" / cell_name(name, recipe, size, seed), recipe,
+                          seed, args)
         print(f"{name} ({recipe}), {len(data.train):,} labels, seed {seed}: test {100 * metrics['test_accuracy']:.1f}",
               flush=True)
         return {"row": name, "recipe": recipe, "chosen_at": chosen_at, "size": len(data.train), "requested": size,
@@ -525,12 +521,10 @@ def full_test_cell(out: Path, name: str, model: str | None, size: int | str, see
     cell = json.loads((out / "results" / f"{cell_name(name, recipe, size, seed)}.json").read_text())
 
     def score() -> dict:
-        if name == "tfidf":
-            accuracy = tfidf_run(imdb(size, seed, None), float(recipe.removeprefix("C=")))["test_accuracy"]
-        elif recipe == FEATURES_LR:  # fitted again on the cached features (the same C is chosen: deterministic)
-            accuracy = features_lr_run(feature_cache(out, name, model, args), imdb(size, seed, None))["test_accuracy"]
+        run = out / "finetune" / cell_name(name, recipe, size, seed)
+        if model is None or recipe == FEATURES_LR:  # fitted again (deterministic: the same C is chosen on dev)
+            accuracy = row_run(out, name, model, imdb(size, seed, None), run, recipe, seed, args)["test_accuracy"]
         else:
-            run = out / "finetune" / cell_name(name, recipe, size, seed)
             accuracy = ctxlm.evaluate(run, task="imdb", split="test", dtype="fp32")["accuracy"]
         return {key: cell[key] for key in ("row", "recipe", "size", "requested", "all", "seed")} | {
             "test_accuracy": accuracy, "test_reviews": "all"}
