@@ -1,6 +1,7 @@
 """The trainer: loss falls on a fixed seed, a resumed run equals an uninterrupted one, schedules are right."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -123,3 +124,19 @@ def test_after_training_a_decoding_forward_reads_the_new_weights(tmp_path):
     # the same weights through two kernels: rounding of a few chained sums of dim terms (stale weights differ by
     # a step of lr 1e-2, far outside)
     assert_fp_close(decoded, direct, terms=model.config.dim, depth=2 * model.config.n_layers + 1)
+
+
+def test_a_run_with_a_time_budget_shows_the_budget_left_not_only_the_steps_eta(tmp_path, capsys, monkeypatch):
+    """A run sized by --minutes (ELMo's: a million steps, stopped by its budget) would otherwise promise an ETA of
+    hundreds of hours: its progress line says how much of the budget is left."""
+    from ctxlm.pretrain.causal_lm import causal_lm_objective
+    from ctxlm.train import Trainer
+    from helpers import synthetic_batches
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # plain lines, as in a log file
+    for minutes, expected in ((60.0, "budget_left=59:"), (None, None)):
+        config = TrainConfig(steps=3, lr=1e-2, warmup_steps=1, eval_every=100, log_every=1, max_minutes=minutes)
+        Trainer(tiny("gpt2", **TRAINING_GPT), causal_lm_objective, synthetic_batches().batch, config,
+                tmp_path / str(minutes)).fit()
+        last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train:")][-1]
+        assert ("budget_left=" in last) == (expected is not None) and (expected is None or expected in last), last

@@ -40,6 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.autograd.graph import increment_version
+from tqdm import tqdm
 
 from ctxlm import distributed
 from ctxlm.checkpoint import WEIGHTS_FILE, load_weights, read_safetensors_header, read_weights, recover, save
@@ -448,7 +449,11 @@ class Trainer:
                 if window.skipped:
                     record["skipped_steps"] = window.skipped
                 self.log(record)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "step"})
+                shown = {k: f"{v:.3g}" for k, v in record.items() if k != "step"}
+                if config.max_minutes is not None:  # a run stopped by its budget: the steps' ETA would mislead
+                    left = max(0.0, 60 * config.max_minutes - (time.perf_counter() - start))
+                    shown["budget_left"] = tqdm.format_interval(left)
+                bar.set_postfix(shown)
                 window = self.window = LogWindow()
             can_eval = self.eval_batches is not None or self.evaluator is not None
             if can_eval and (self.step % config.eval_every == 0 or finished) and not stopped:
