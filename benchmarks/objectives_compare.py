@@ -68,25 +68,9 @@ def sst2_cell(out: Path, name: str, model: str, seed: int, args) -> dict:
     return once_json(out / "results" / f"{name}-{seed}.json", costed(run))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/objectives")
-    parser.add_argument("--families", default="bert,roberta,albert,deberta,xlnet")
-    parser.add_argument("--tokens", type=int, default=4_000_000, help="training tokens each model reads")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--block-size", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="pretraining peak rate (cosine, 5 %% warm-up)")
-    parser.add_argument("--save-every-minutes", type=float, default=10.0)
-    parser.add_argument("--labels", type=int, default=1000)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--ft-lr", type=float, default=1e-4)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--min-steps", type=int, default=200)
-    args = parser.parse_args()
+def compare(args) -> str:
+    """Build every family, fine-tune each (and BERT from random weights) on SST-2 with every seed, write
+    objectives.md and return its text."""
     out = Path(args.out)
     models = build(args, out)
     records = [sst2_cell(out, name, model, seed, args) for name, model in models.items() for seed in ints(args.seeds)]
@@ -105,8 +89,34 @@ def main() -> None:
                      f"{accuracy} |")
     fine_tuning = statistics.fsum(r.get("cpu_seconds", 0) for r in records) / 3600
     lines += ["", f"{machine_info()['cpu']}; fine-tuning {fine_tuning:.2f} CPU-hours"]
-    (out / "objectives.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = "\n".join(lines) + "\n"
+    (out / "objectives.md").write_text(text)
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/objectives")
+    parser.add_argument("--families", default="bert,roberta,albert,deberta,xlnet")
+    parser.add_argument("--tokens", type=int, default=4_000_000, help="training tokens each model reads")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3, help="pretraining peak rate (cosine, 5 %% warm-up)")
+    parser.add_argument("--save-every-minutes", type=float, default=10.0)
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--ft-lr", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--min-steps", type=int, default=200)
+    return parser
+
+
+def main() -> None:
+    print(compare(parser().parse_args()), end="")
 
 
 if __name__ == "__main__":

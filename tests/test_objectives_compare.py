@@ -1,0 +1,86 @@
+"""benchmarks/objectives_compare.py (the objectives after BERT at equal compute) on tiny models, a tiny document
+corpus and a tiny SST-2 folder: every family is pretrained to the same token budget, each row (and BERT from random
+weights) is fine-tuned once per seed, the table names every row, and a second run trains nothing again. No figure
+of the real measurement is asserted."""
+
+import argparse
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from helpers import write_corpus, write_documents
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+FAMILIES = ("bert", "roberta", "albert", "deberta", "xlnet")
+
+
+def write_sst2(root: Path) -> None:
+    rng = random.Random(0)
+    words = ["the", "film", "plot", "was", "a", "story"]
+
+    def rows(n: int) -> str:
+        lines = []
+        for i in range(n):
+            label = i % 2
+            lines.append(" ".join(rng.choice(words) for _ in range(5)) + (" great ." if label else " dull .")
+                         + f" \t{label}\n")
+        return "sentence\tlabel\n" + "".join(lines)
+
+    (root / "sst2").mkdir(parents=True)
+    with gzip.open(root / "sst2" / "train.tsv.gz", "wt", encoding="utf-8") as f:
+        f.write(rows(40))
+    (root / "sst2" / "dev.tsv").write_text(rows(12), encoding="utf-8")
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    data = tmp_path / "data"
+    write_sst2(data)
+    corpus = write_documents(write_corpus(tmp_path / "corpus"), tmp_path / "documents")
+    (data / "wikitext2").mkdir()
+    with gzip.open(data / "wikitext2" / "valid.txt.gz", "wt", encoding="utf-8") as f:
+        f.write((corpus / "valid.txt").read_text())  # documents: next-sentence pairs need two or more
+    monkeypatch.setenv("CTXLM_DATA", str(data))
+    monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import objectives_compare
+
+    monkeypatch.setattr(objectives_compare, "general_corpus", lambda: corpus)
+    return objectives_compare
+
+
+@pytest.mark.fp32
+def test_every_objective_sees_the_same_tokens_and_every_row_is_fine_tuned_per_seed(bench, tmp_path):
+    out = tmp_path / "objectives"
+    args = bench.parser().parse_args(
+        ["--out", str(out), "--tokens", str(3 * 4 * 16), "--layers", "1", "--dim", "32", "--heads", "2",
+         "--vocab", "300", "--block-size", "16", "--batch-size", "4", "--save-every-minutes", "10",
+         "--labels", "16", "--seeds", "0,1", "--epochs", "1", "--min-steps", "2"])
+    text = bench.compare(args)
+    builds = {f: json.loads((out / "build" / f"{f}.json").read_text()) for f in FAMILIES}
+    assert {b["steps"] for b in builds.values()} == {3}
+    assert {b["tokens"] for b in builds.values()} == {3 * 4 * 16}  # the same budget, counted from each run's files
+    results = sorted(p.stem for p in (out / "results").glob("*.json"))
+    assert results == sorted(f"{row}-{seed}" for row in (*FAMILIES, bench.SCRATCH) for seed in (0, 1))
+    for row in (*FAMILIES, bench.SCRATCH):
+        line = next(line for line in text.splitlines() if line.startswith(f"| {row} |"))
+        assert line.endswith("[2] |")  # two seeds in the cell
+    assert (out / "objectives.md").read_text() == text
+
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "build").glob("*.json")}
+    stamps |= {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
+    assert bench.compare(args) == text  # done runs are read back, not trained again
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+
+
+def test_the_budget_sets_the_steps(bench, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(bench, "record_build", lambda out, name, run, train: seen.setdefault(name, train.keywords))
+    args = argparse.Namespace(families="roberta,xlnet", tokens=1_000_000, batch_size=32, block_size=128, layers=4,
+                              dim=256, heads=4, vocab=8192, lr=1e-3, save_every_minutes=10.0)
+    bench.build(args, tmp_path)
+    assert [seen[f]["steps"] for f in ("roberta", "xlnet")] == [1_000_000 // (32 * 128)] * 2
+    assert seen["roberta"]["model"] == "roberta" and seen["xlnet"]["model"] == "xlnet"
