@@ -51,7 +51,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +228,14 @@ def review_key(text: str) -> str:
 
 
 def feature_cache(out: Path, name: str, model: str, args) -> FeatureCache:
-    return FeatureCache(out / "features" / f"{name}.npz", model, args.precision)
+    return _feature_cache(out / "features" / f"{name}.npz", model, args.precision)
+
+
+@cache
+def _feature_cache(path: Path, model: str, precision: str) -> FeatureCache:
+    """One FeatureCache per row and process: `table` asks for a row's vectors once per cell, and its file (74 MB
+    at 24,000 reviews) is read once, not once a cell."""
+    return FeatureCache(path, model, precision)
 
 
 def features_lr_run(features: FeatureCache, data: TaskData) -> dict:
