@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_screenshot.py                      # the packaged MiniLM → docs/serve.png
     .venv/bin/python benchmarks/serve_screenshot.py --model runs/gpt2-wikitext2 --out /tmp/gpt2.png
+    .venv/bin/python benchmarks/serve_screenshot.py --russian --model runs/ru/bert/checkpoint --out docs/serve_ru.png
 
 Starts the server on 127.0.0.1 (a free port) in this process, opens the page in headless Chromium (Debian's
 `chromium` and `chromium-driver`: scripts/install-browser.sh), types a sentence, waits for every panel, and saves
@@ -18,6 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "The bank by the river raised its interest rates."
+# --russian: the lecture's sentence, and "замок" (castle / lock) in the polysemy panel
+RUSSIAN = {"sentence": "Ворота замка закрыты на замок.", "word": "замок", "mask": "Ворота замка закрыты на [MASK].",
+           "senses": ["Старый замок стоит на высоком холме.", "Рыцари вернулись в замок к вечеру.",
+                      "Он повесил на дверь новый замок.", "Ворота замка закрыты на замок."]}
 
 
 def chromium(width: int = 1400, height: int = 1000):
@@ -42,6 +47,8 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--out", default=str(ROOT / "docs" / "serve.png"))
     parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--russian", action="store_true",
+                        help="type the lecture's sentence and compare «замок» in castle and lock sentences")
     args = parser.parse_args()
 
     from selenium.common.exceptions import StaleElementReferenceException
@@ -59,7 +66,15 @@ def main() -> None:
             wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
             box = driver.find_element(By.ID, "text")
             box.clear()
-            box.send_keys(SENTENCE)
+            box.send_keys(RUSSIAN["sentence"] if args.russian else SENTENCE)
+            if args.russian and driver.find_element(By.ID, "panel-layers").is_displayed():
+                for field, value in (("poly-word", RUSSIAN["word"]), ("poly-sentences", "\n".join(RUSSIAN["senses"]))):
+                    driver.find_element(By.ID, field).clear()
+                    driver.find_element(By.ID, field).send_keys(value)
+                driver.find_element(By.ID, "poly-run").click()
+            if args.russian and driver.find_element(By.ID, "panel-fill").is_displayed():
+                driver.find_element(By.ID, "fill-text").clear()
+                driver.find_element(By.ID, "fill-text").send_keys(RUSSIAN["mask"])
             attention = driver.find_element(By.ID, "panel-attention").is_displayed()
 
             def drawn(d) -> bool:
