@@ -64,17 +64,18 @@ def main() -> None:
             driver.get(url + "/")
             wait = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))
             wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
-            box = driver.find_element(By.ID, "text")
-            box.clear()
-            box.send_keys(RUSSIAN["sentence"] if args.russian else SENTENCE)
+            def type_into(element_id: str, text: str) -> None:
+                field = driver.find_element(By.ID, element_id)
+                field.clear()
+                field.send_keys(text)
+
+            type_into("text", RUSSIAN["sentence"] if args.russian else SENTENCE)
             if args.russian and driver.find_element(By.ID, "panel-layers").is_displayed():
-                for field, value in (("poly-word", RUSSIAN["word"]), ("poly-sentences", "\n".join(RUSSIAN["senses"]))):
-                    driver.find_element(By.ID, field).clear()
-                    driver.find_element(By.ID, field).send_keys(value)
+                type_into("poly-word", RUSSIAN["word"])
+                type_into("poly-sentences", "\n".join(RUSSIAN["senses"]))
                 driver.find_element(By.ID, "poly-run").click()
             if args.russian and driver.find_element(By.ID, "panel-fill").is_displayed():
-                driver.find_element(By.ID, "fill-text").clear()
-                driver.find_element(By.ID, "fill-text").send_keys(RUSSIAN["mask"])
+                type_into("fill-text", RUSSIAN["mask"])
             attention = driver.find_element(By.ID, "panel-attention").is_displayed()
 
             def drawn(d) -> bool:

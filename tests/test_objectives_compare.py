@@ -4,14 +4,13 @@ weights) is fine-tuned once per seed, the table names every row, and a second ru
 of the real measurement is asserted."""
 
 import argparse
-import gzip
 import json
 import random
 from pathlib import Path
 
 import pytest
 
-from helpers import write_corpus, write_documents
+from helpers import write_corpus, write_documents, write_file
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 FAMILIES = ("bert", "roberta", "albert", "deberta", "xlnet")
@@ -29,10 +28,8 @@ def write_sst2(root: Path) -> None:
                          + f" \t{label}\n")
         return "sentence\tlabel\n" + "".join(lines)
 
-    (root / "sst2").mkdir(parents=True)
-    with gzip.open(root / "sst2" / "train.tsv.gz", "wt", encoding="utf-8") as f:
-        f.write(rows(40))
-    (root / "sst2" / "dev.tsv").write_text(rows(12), encoding="utf-8")
+    write_file(root / "sst2" / "train.tsv.gz", rows(40))
+    write_file(root / "sst2" / "dev.tsv", rows(12))
 
 
 @pytest.fixture
@@ -40,9 +37,8 @@ def bench(monkeypatch, tmp_path):
     data = tmp_path / "data"
     write_sst2(data)
     corpus = write_documents(write_corpus(tmp_path / "corpus"), tmp_path / "documents")
-    (data / "wikitext2").mkdir()
-    with gzip.open(data / "wikitext2" / "valid.txt.gz", "wt", encoding="utf-8") as f:
-        f.write((corpus / "valid.txt").read_text())  # documents: next-sentence pairs need two or more
+    # documents: next-sentence pairs need two or more
+    write_file(data / "wikitext2" / "valid.txt.gz", (corpus / "valid.txt").read_text())
     monkeypatch.setenv("CTXLM_DATA", str(data))
     monkeypatch.setenv("CTXLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(BENCHMARKS))
