@@ -1,6 +1,5 @@
 """Task readers and metrics: small files in the real formats, the errors a user can cause, the real data sets."""
 
-import gzip
 import json
 
 import pytest
@@ -9,13 +8,7 @@ from ctxlm.errors import UserError
 from ctxlm.paths import data_root
 from ctxlm.transfer.data import TASKS, Example, TaskSpec, UserTaskOptions, load_task, task_texts
 from ctxlm.transfer.metrics import compute_metrics
-
-
-def write(path, text: str, *, bom: bool = False):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = ("\ufeff" if bom else "").encode() + text.encode()
-    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
-    return path
+from helpers import write_file as write
 
 
 @pytest.fixture
