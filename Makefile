@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives notebook test test-isa test-bf16 lint bench clean \
+.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives russian notebook test test-isa test-bf16 lint bench clean \
 	parity-xl
 
 install: $(VENV)/.installed
@@ -70,6 +70,21 @@ ulmfit-imdb: install
 	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py table --out ../$(IMDB_OUT) --sizes $(IMDB_SIZES) $(IMDB_TABLE)
 	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py neuron --out ../$(IMDB_OUT) $(IMDB_NEURON)
 	cd benchmarks && ../$(BIN)/python ulmfit_imdb.py sst2 --out ../$(IMDB_OUT) $(IMDB_SST2)
+
+# Russian, the lecture's language (README: "Russian"): own GPT-2, BERT and ELMo pretrained on RusLit into runs/ru
+# (an hour each at the defaults), their perplexities against a unigram model (russian.md), the замок cosines and the
+# sense probe per layer (runs/ru-senses), then CEDR's label-efficiency table (runs/cedr). Every step resumes and
+# skips what is done; RU_* shorten it, e.g. RU_BUILD='--minutes 30' RU_CEDR_SIZES=300,1000.
+RU_BUILD ?= --minutes 60
+RU_CEDR_SELECT ?= --select-sizes 300,1000,3000
+RU_CEDR_SIZES ?= 300,1000,3000,all
+RU_SENSE_MODELS := minilm,bert=../runs/ru/bert/checkpoint,elmo=../runs/ru/elmo/checkpoint,gpt2=../runs/ru/gpt2/checkpoint
+russian: install
+	cd benchmarks && ../$(BIN)/python russian_models.py build --out ../runs/ru $(RU_BUILD)
+	cd benchmarks && ../$(BIN)/python russian_models.py measure --out ../runs/ru
+	cd benchmarks && ../$(BIN)/python russian_senses.py --models $(RU_SENSE_MODELS) --out ../runs/ru-senses
+	cd benchmarks && ../$(BIN)/python cedr_labels.py select --out ../runs/cedr --models ../runs/ru $(RU_CEDR_SELECT)
+	cd benchmarks && ../$(BIN)/python cedr_labels.py table --out ../runs/cedr --models ../runs/ru --sizes $(RU_CEDR_SIZES)
 
 # The lecture as a notebook (notebooks/lecture.ipynb, README: "The lecture as a notebook"): executed top to bottom
 # into runs/notebook/lecture.ipynb, with lecture.html beside it. NOTEBOOK_FAST=1 runs its CI mode (tiny models, a few
