@@ -49,26 +49,39 @@ def bench(monkeypatch, tmp_path):
 
 
 @pytest.mark.fp32
-def test_every_objective_sees_the_same_tokens_and_every_row_is_fine_tuned_per_seed(bench, tmp_path):
+def test_every_objective_sees_the_same_tokens_and_every_row_is_fine_tuned_per_seed_and_rate(bench, tmp_path):
     out = tmp_path / "objectives"
-    args = bench.parser().parse_args(
-        ["--out", str(out), "--tokens", str(3 * 4 * 16), "--layers", "1", "--dim", "32", "--heads", "2",
-         "--vocab", "300", "--block-size", "16", "--batch-size", "4", "--save-every-minutes", "10",
-         "--labels", "16", "--seeds", "0,1", "--epochs", "1", "--min-steps", "2"])
+    argv = ["--out", str(out), "--tokens", str(3 * 4 * 16), "--layers", "1", "--dim", "32", "--heads", "2",
+            "--vocab", "300", "--block-size", "16", "--batch-size", "4", "--save-every-minutes", "10",
+            "--labels", "16", "--seeds", "0,1", "--epochs", "1", "--min-steps", "2"]
+    args = bench.parser().parse_args(argv)
     text = bench.compare(args)
     builds = {f: json.loads((out / "build" / f"{f}.json").read_text()) for f in FAMILIES}
     assert {b["steps"] for b in builds.values()} == {3}
     assert {b["tokens"] for b in builds.values()} == {3 * 4 * 16}  # the same budget, counted from each run's files
     results = sorted(p.stem for p in (out / "results").glob("*.json"))
-    assert results == sorted(f"{row}-{seed}" for row in (*FAMILIES, bench.SCRATCH) for seed in (0, 1))
+    assert results == sorted(f"{row}-lr0.0005-{seed}" for row in (*FAMILIES, bench.SCRATCH) for seed in (0, 1))
     for row in (*FAMILIES, bench.SCRATCH):
         line = next(line for line in text.splitlines() if line.startswith(f"| {row} |"))
         assert line.endswith("[2] |")  # two seeds in the cell
+    held_out = {row: line.split(" | ")[5] for row in (*FAMILIES, bench.SCRATCH)
+                for line in text.splitlines() if line.startswith(f"| {row} |")}
+    assert held_out["bert"].startswith("masked-LM acc. ") and held_out["bert"].split(", ")[1].startswith("NSP ")
+    assert held_out["albert"].split(", ")[1].startswith("SOP ")  # its sentence task is the order, not NSP
+    assert held_out["roberta"].startswith("masked-LM acc. ") and "," not in held_out["roberta"]
+    assert held_out["xlnet"].startswith("perplexity ") and held_out[bench.SCRATCH] == "—"
+    assert all(float(line.split(" | ")[6]) > 0 for line in text.splitlines()  # every row's sentence-vector spread
+               if line.startswith(tuple(f"| {row} |" for row in (*FAMILIES, bench.SCRATCH))))
     assert (out / "objectives.md").read_text() == text
 
     stamps = {p: p.stat().st_mtime_ns for p in (out / "build").glob("*.json")}
     stamps |= {p: p.stat().st_mtime_ns for p in (out / "results").glob("*.json")}
     assert bench.compare(args) == text  # done runs are read back, not trained again
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+
+    other_rate = bench.parser().parse_args([*argv, "--ft-lr", "1e-3", "--seeds", "0"])
+    assert "at 0.001 on 16 labels" in bench.compare(other_rate)  # another rate fine-tunes anew, keeping the first
+    assert (out / "results" / "bert-lr0.001-0.json").exists()
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
 
 
