@@ -44,7 +44,7 @@ pretraining-pays: install
 # The objectives after BERT at equal compute (benchmarks/objectives_compare.py): BERT, RoBERTa, ALBERT, DeBERTa and
 # XLNet of one shape, each pretrained on WikiText-2 + Gutenberg for the same training tokens, then fine-tuned on the
 # same 1,000 SST-2 labels (3 seeds), with BERT from random weights beside them: runs/objectives/objectives.md.
-OBJECTIVES ?= --tokens 4000000
+OBJECTIVES ?= --tokens 2500000
 objectives: install
 	cd benchmarks && ../$(BIN)/python objectives_compare.py --out ../runs/objectives $(OBJECTIVES)
 
