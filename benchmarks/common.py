@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ctxlm.precision import cpu_bf16_features
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -115,7 +117,10 @@ def cpu_model() -> str:
 def machine_info() -> dict:
     """What the figures depend on: the CPU and how much of it this process may use, the GPU, the versions."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+    bf16 = ", ".join(cpu_bf16_features()) or "none"
+    # The model name alone does not say it: one "AMD EPYC" here had AVX2 only, the next AVX-512 and AVX512-BF16.
+    features = f"{torch.backends.cpu.get_cpu_capability()} kernels, bf16 units: {bf16}"
+    return {"cpu": f"{cpu_model()} ({features})", "logical_cpus": os.cpu_count(), "usable_cpus": usable,
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": torch.__version__, "transformers": _version("transformers"),

@@ -74,9 +74,11 @@ def held_out(name: str, valid: dict | None) -> str:
 def spread(model, texts: list[str]) -> float:
     """How far apart the model's sentence vectors (the top layer's mean over tokens, what fine-tuning's head reads)
     lie: their mean distance from their centroid over the centroid's norm. Near 0 the top layer says the same for
-    every sentence (a masked LM still on its unigram plateau), and fine-tuning starts from a collapsed state."""
+    every sentence (a masked LM still on its unigram plateau), and fine-tuning starts from a collapsed state.
+    Computed in float32 whatever the CPU (auto would run bf16 where it has bf16 units): the figure is a model's,
+    not a machine's."""
     vectors = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in
-                           ctxlm.embed(texts, model, layers="last", pool="mean")])
+                           ctxlm.embed(texts, model, layers="last", pool="mean", dtype="fp32")])
     centre = vectors.mean(0)
     return ((vectors - centre).norm(dim=-1).mean() / centre.norm()).item()
 
@@ -121,7 +123,8 @@ def compare(args) -> str:
         lines.append(f"| {name} | {OBJECTIVES.get(name, 'random weights')} | {parameters:.1f}M | {seen} | {cpu} | "
                      f"{held_out(name, b['valid'] if b else None)} | {spread(loaded, texts):.2f} | {accuracy} |")
     fine_tuning = statistics.fsum(r.get("cpu_seconds", 0) for r in records) / 3600
-    lines += ["", f"{machine_info()['cpu']}; fine-tuning {fine_tuning:.2f} CPU-hours"]
+    lines += ["", f"{machine_info()['cpu']}; pretraining, fine-tuning and the spread in fp32; fine-tuning "
+              f"{fine_tuning:.2f} CPU-hours"]
     text = "\n".join(lines) + "\n"
     (out / "objectives.md").write_text(text)
     return text
