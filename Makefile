@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives russian notebook test test-isa test-bf16 lint bench clean \
+.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives russian notebook test test-isa test-bf16 test-fp32 lint bench clean \
 	parity-xl
 
 install: $(VENV)/.installed
@@ -98,21 +98,22 @@ notebook: install
 	$(BIN)/jupyter nbconvert --to html runs/notebook/lecture.ipynb
 
 # ruff, the suite, then the numeric tests again on another instruction set's kernels (test-isa) and the default-path
-# tests again with bf16 forced (test-bf16), both below.
+# tests again in the precision the suite's own run did not use (test-bf16 or test-fp32), both below.
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory test-isa
-	$(MAKE) --no-print-directory test-bf16
+	$(MAKE) --no-print-directory test-$$($(BIN)/python -c "$(PICK_OTHER_PRECISION)")
 
 # The tests of the default precision path (pytest -m default_precision: --precision auto, bounds derived from the dtype
-# it ran, tests/conftest.py) once more with CTXLM_PRECISION=bf16, as a CPU with AMX or AVX512-BF16 runs them: the bf16
-# path is tested on every machine (emulated where the CPU lacks bf16 units). CTXLM_PRECISION=fp32 tests the fp32 path
-# on a machine whose auto picks bf16.
-FORCED_PRECISION ?= bf16
-test-bf16: install
-	@echo "default-path tests again, CTXLM_PRECISION=$(FORCED_PRECISION)"
-	CTXLM_PRECISION=$(FORCED_PRECISION) $(BIN)/pytest -m "default_precision and not slow"
+# it ran, tests/conftest.py) once more with the other precision forced, so that both paths are tested on every
+# machine: bf16 (emulated) where auto picks fp32, as a CPU with AMX or AVX512-BF16 runs them; fp32 where auto picks
+# bf16 (such a CPU's own run of the suite is the bf16 one). `make test-bf16` / `make test-fp32` run either by hand.
+PICK_OTHER_PRECISION := import torch; from ctxlm.precision import bf16_units; \
+	print('fp32' if bf16_units(torch.device('cpu'))[0] else 'bf16')
+test-bf16 test-fp32: install
+	@echo "default-path tests again, CTXLM_PRECISION=$(@:test-%=%)"
+	CTXLM_PRECISION=$(@:test-%=%) $(BIN)/pytest -m "default_precision and not slow"
 
 # The numeric checks (pytest -m numeric: parity with reference implementations and float64 references) once more,
 # on PyTorch's kernels for another instruction set, as another machine runs them: AVX2 where this machine's best are

@@ -6,8 +6,9 @@ AMX or AVX512-BF16 (ctxlm.precision). A test that reaches that default says whic
 - `@pytest.mark.fp32`: it checks exact semantics (a layer mode is its manual sum, cached generation is uncached
   generation, a pooling): auto is pinned to fp32 for it ($CTXLM_PRECISION=fp32), on every machine.
 - `@pytest.mark.default_precision`: it tests the default path as users get it, with bounds derived from the dtype
-  that path really ran (tolerances.default_dtype). `make test-bf16` runs these once more with CTXLM_PRECISION=bf16,
-  so that the bf16 path is tested on every machine (emulated, slower, where the CPU has no bf16 units).
+  that path really ran (tolerances.default_dtype). `make test` runs these once more in the other precision
+  (`make test-bf16`: CTXLM_PRECISION=bf16, emulated and slower where the CPU has no bf16 units; `make test-fp32`
+  where auto picks bf16), so that both paths are tested on every machine.
 
 A test that resolves auto in this process without either mark fails, naming the marks: a new default-path test
 cannot slip in with fp32 bounds that only hold on the CPU it was written on. Subprocesses are out of its sight: a
@@ -74,7 +75,7 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (f"{item.nodeid} ran ctxlm's default precision (--precision auto: fp32 or bf16, as the "
                            "machine or $CTXLM_PRECISION decides) without saying which it tests: mark it "
                            "@pytest.mark.fp32 (exact semantics, pinned) or @pytest.mark.default_precision (bounds "
-                           "from tolerances.default_dtype(); rerun by make test-bf16). See tests/conftest.py.")
+                           "from tolerances.default_dtype(); rerun in the other precision by make test). See tests/conftest.py.")
 
 
 @pytest.fixture(scope="session")
