@@ -75,7 +75,8 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (f"{item.nodeid} ran ctxlm's default precision (--precision auto: fp32 or bf16, as the "
                            "machine or $CTXLM_PRECISION decides) without saying which it tests: mark it "
                            "@pytest.mark.fp32 (exact semantics, pinned) or @pytest.mark.default_precision (bounds "
-                           "from tolerances.default_dtype(); rerun in the other precision by make test). See tests/conftest.py.")
+                           "from tolerances.default_dtype(); make test reruns it in the other precision). "
+                           "See tests/conftest.py.")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """kill -9 at random moments of `ctxlm pretrain`, 6 trials (CTXLM_KILL_TRIALS=20 for more): whatever the moment
 (tokenising the corpus, between steps, in the middle of writing a checkpoint), the newest checkpoint loads and the
 resumed run ends with the same weights, and logs the same losses and gradient norms, bit for bit, as a run that was
-never interrupted. The runs train with `--precision auto`: fp32 here, bf16 autocast on a CPU with bf16 units and
-in the suite's forced-bf16 pass (make test-bf16), so that exact resume is tested in both arithmetics."""
+never interrupted. The runs train with `--precision auto`: bf16 autocast on a CPU with bf16 units, fp32 elsewhere,
+and `make test` reruns them in the other precision, so that exact resume is tested in both arithmetics."""
 
 import json
 import os
