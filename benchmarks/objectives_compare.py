@@ -57,17 +57,17 @@ def build(args, out: Path) -> dict[str, str]:
     return models
 
 
-def held_out(name: str, valid: dict | None) -> str:
+def held_out(valid: dict | None, pair_objective: str | None) -> str:
     """A pretraining run's last validation figure in its own objective's terms: masked-LM accuracy (and the sentence
-    task's accuracy, logged as nsp_accuracy for ALBERT's sentence order too) for the masked LMs, perplexity over the
-    permuted targets for XLNet."""
+    task's accuracy, logged as nsp_accuracy whichever task the config's `pair_objective` names) for the masked LMs,
+    perplexity over the permuted targets for XLNet."""
     if not valid:
         return "—"
     if "valid_mlm_accuracy" not in valid:
         return f"perplexity {valid['valid_perplexity']:,.0f}"
     text = f"masked-LM acc. {valid['valid_mlm_accuracy']:.3f}"
     if "valid_nsp_accuracy" in valid:
-        text += f", {'SOP' if name == 'albert' else 'NSP'} {valid['valid_nsp_accuracy']:.2f}"
+        text += f", {pair_objective.upper()} {valid['valid_nsp_accuracy']:.2f}"
     return text
 
 
@@ -120,8 +120,9 @@ def compare(args) -> str:
         b = builds.get(name)
         seen = f"{b['tokens'] / 1e6:.1f}M" if b else "—"
         cpu = f"{b['cpu_seconds'] / 60:.0f}" if b else "—"
+        own = held_out(b["valid"] if b else None, loaded.config.pair_objective)
         lines.append(f"| {name} | {OBJECTIVES.get(name, 'random weights')} | {parameters:.1f}M | {seen} | {cpu} | "
-                     f"{held_out(name, b['valid'] if b else None)} | {spread(loaded, texts):.2f} | {accuracy} |")
+                     f"{own} | {spread(loaded, texts):.2f} | {accuracy} |")
     fine_tuning = statistics.fsum(r.get("cpu_seconds", 0) for r in records) / 3600
     lines += ["", f"{machine_info()['cpu']}; pretraining, fine-tuning and the spread in fp32; fine-tuning "
               f"{fine_tuning:.2f} CPU-hours"]
