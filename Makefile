@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 DATA ?= wikitext2
 RUN ?= runs/showcase
 
-.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives russian notebook test test-isa test-bf16 test-fp32 lint bench clean \
-	parity-xl
+.PHONY: install run pretrain pretraining-pays ulmfit-imdb objectives russian notebook test test-isa test-bf16 \
+	test-fp32 lint bench clean parity-xl
 
 install: $(VENV)/.installed
 
