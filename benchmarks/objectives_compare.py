@@ -21,7 +21,6 @@ import statistics
 from functools import partial
 from pathlib import Path
 
-import torch
 from common import machine_info, mean_cell, once_json
 from pretraining_pays import general_corpus, random_copy
 from ulmfit_imdb import costed, ints, record_build
@@ -77,8 +76,7 @@ def spread(model, texts: list[str]) -> float:
     every sentence (a masked LM still on its unigram plateau), and fine-tuning starts from a collapsed state.
     Computed in float32 whatever the CPU (auto would run bf16 where it has bf16 units): the figure is a model's,
     not a machine's."""
-    vectors = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in
-                           ctxlm.embed(texts, model, layers="last", pool="mean", dtype="fp32")])
+    vectors = ctxlm.embed(texts, model, layers="last", pool="mean", dtype="fp32").double()
     centre = vectors.mean(0)
     return ((vectors - centre).norm(dim=-1).mean() / centre.norm()).item()
 
